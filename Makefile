@@ -1,0 +1,44 @@
+# chatd: `make run` sets up .venv and runs the server; `make test` sets up
+# .venv and runs every test. Both work on a fresh clone.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# An editable install in "compat" mode puts the checkout itself on sys.path,
+# so twistd's plugin scan finds twisted/plugins/chatd_plugin.py in it (the
+# default editable mode uses an import hook that the scan does not see).
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	--config-settings editable_mode=compat --editable
+
+ARGS ?=
+
+.PHONY: run test trial proto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same suite under Twisted's own runner.
+trial: $(VENV)/.installed-test
+	$(BIN)/trial tests
+
+# Regenerate chatd/protobuf/chat_pb2.py from proto/chat.proto.
+proto: $(VENV)/.installed-test
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. \
+		--python_out=../chatd/protobuf chat.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache

@@ -1,0 +1,88 @@
+"""
+A service that listens on one endpoint for one wire format.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+
+def describeAddress(address) -> str:
+    """C{IPv4Address(TCP, '127.0.0.1', 5000)} -> C{'tcp:127.0.0.1:5000'}."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    kind = getattr(address, "type", "TCP").lower()
+    return f"{kind}:{host}:{port}"
+
+
+class ListenerService(service.Service):
+    """
+    Listen on C{endpoint} with C{factory} while the service runs.
+
+    Once listening it logs C{"chatd {label} listening on tcp:HOST:PORT"} (the
+    tests and operators read the port from it when they ask for port 0). A
+    failure to listen that is known at start-up (a port in use) is raised, so
+    C{twistd} stops with the reason instead of running without the listener.
+    """
+
+    log = Logger()
+
+    def __init__(self, label: str, endpoint: IStreamServerEndpoint, factory) -> None:
+        self.label = label
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred | None = None
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges, as Twisted's own endpoint
+        # service does.
+        service.Service.privilegedStartService(self)
+        starting = True
+        early: list[Failure] = []
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                early.append(failure)
+            else:
+                # An endpoint that listens asynchronously failed later on.
+                self.log.failure(
+                    "chatd {label} could not listen", failure, label=self.label
+                )
+
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, failed)
+        starting = False
+        if early:
+            self._listening = None
+            early[0].raiseException()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        if self._listening is None:
+            self.privilegedStartService()
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        self.log.info(
+            "chatd {label} listening on {address}",
+            label=self.label,
+            address=describeAddress(port.getHost()),
+        )
+        return port
+
+    def stopService(self) -> defer.Deferred | None:
+        service.Service.stopService(self)
+        listening, self._listening = self._listening, None
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        if listening is not None:
+            listening.cancel()
+        return None

@@ -1,0 +1,417 @@
+"""
+The presence service: who is online, through which protocol, and delivery of
+messages between them.
+
+It knows nothing about bytes. Each wire protocol adapts its connection to
+L{IChatSession} and talks to one shared L{IPresenceService}; protocols never
+talk to each other.
+
+The interface is shaped so that a distributed backend can implement it later:
+
+  - claiming a name (L{IPresenceService.login}) returns a L{Deferred}, because
+    a cluster has to agree that a name is free;
+  - everything else works on a local view of the directory (a distributed
+    backend keeps a replicated copy) and hands messages for sessions it does
+    not hold to its peers.
+
+See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+#: The receiver name that means "every online user but the sender".
+BROADCAST = "all"
+
+#: Longest user name, in characters.
+MAX_NAME_LENGTH = 32
+
+#: Longest status text, in characters.
+MAX_STATUS_LENGTH = 64
+
+#: Longest ip text stored for a user.
+MAX_IP_LENGTH = 64
+
+#: The status a user has right after logging in.
+DEFAULT_STATUS = "ACTIVO"
+
+# Characters that separate fields or list items in some wire format (MSGR uses
+# "||", "&&" and a backslash escape); a name never contains them, so a name
+# never needs escaping anywhere.
+_NAME_FORBIDDEN = frozenset("|&\\")
+
+
+class PresenceError(Exception):
+    """
+    Base of the errors the presence service reports; C{str(error)} is a short
+    English sentence a protocol may show to its user.
+    """
+
+
+class InvalidName(PresenceError):
+    """The name breaks the name rule (see L{checkName})."""
+
+
+class NameInUse(PresenceError):
+    """Someone is already online with this name (in any protocol)."""
+
+
+class NameProtected(PresenceError):
+    """The name belongs to a registered account and needs its password."""
+
+
+class NoSuchUser(PresenceError):
+    """Nobody with this name is online."""
+
+
+class InvalidStatus(PresenceError):
+    """The status text breaks the status rule (see L{checkStatus})."""
+
+
+class AlreadyLoggedIn(PresenceError):
+    """The session is logged in already (or a login is under way)."""
+
+
+def checkName(name: str) -> None:
+    """
+    Enforce the one name rule every protocol shares.
+
+    A name is 1 to L{MAX_NAME_LENGTH} characters, each printable and none of
+    them white space, C{|}, C{&} or C{\\}; and it is not C{all} in any case.
+
+    @raise InvalidName: with the reason, when C{name} breaks the rule.
+    """
+    if not name:
+        raise InvalidName("the name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"the name is longer than {MAX_NAME_LENGTH} characters")
+    if name.casefold() == BROADCAST:
+        raise InvalidName(f"the name {BROADCAST!r} is reserved for broadcasts")
+    for ch in name:
+        if not ch.isprintable() or ch.isspace():
+            raise InvalidName("the name has a space or a control character")
+        if ch in _NAME_FORBIDDEN:
+            raise InvalidName(f"the name has the reserved character {ch!r}")
+
+
+def checkStatus(status: str) -> None:
+    """
+    A status is free text of 1 to L{MAX_STATUS_LENGTH} printable characters.
+
+    @raise InvalidStatus: with the reason.
+    """
+    if not status:
+        raise InvalidStatus("the status is empty")
+    if len(status) > MAX_STATUS_LENGTH:
+        raise InvalidStatus(
+            f"the status is longer than {MAX_STATUS_LENGTH} characters"
+        )
+    if not status.isprintable():
+        raise InvalidStatus("the status has a control character")
+
+
+def nameKey(name: str) -> str:
+    """
+    The key names are compared by: names are unique and looked up without
+    regard to case, and shown as their owner wrote them.
+    """
+    return name.casefold()
+
+
+def isBroadcast(receiver: str) -> bool:
+    """Whether C{receiver} names every user (C{all}, in any case)."""
+    return receiver.casefold() == BROADCAST
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """What the directory says about one online user (a snapshot)."""
+
+    name: str
+    protocol: str
+    ip: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """
+    A text message on its way to one session.
+
+    C{sender} is always set by the server from the sender's session, never
+    taken from the client. C{receiver} is the receiver's name as the directory
+    spells it, or L{BROADCAST} for a message to everyone.
+    """
+
+    sender: str
+    receiver: str
+    text: str
+
+
+class IChatSession(Interface):
+    """
+    One logged-in connection, as the presence service sees it. Each protocol
+    adapts its connection to this.
+    """
+
+    protocolName = Attribute(
+        "A short label of the wire format: 'protobuf', 'msrp', 'msgr'."
+    )
+
+    def deliverMessage(message: ChatMessage) -> None:
+        """
+        Put C{message} on this session's wire, in its protocol's terms. It must
+        not raise for anything the message contains.
+        """
+
+    def disconnect(reason: str) -> None:
+        """
+        Close the connection, telling the user C{reason} in the protocol's
+        terms where the protocol has a way.
+        """
+
+
+# Presence events, passed to observers as (kind, UserInfo).
+LOGIN = "login"
+LOGOUT = "logout"
+STATUS = "status"
+
+
+class IPresenceService(Interface):
+    """
+    The directory of online users shared by every listener.
+    """
+
+    def login(
+        session: IChatSession,
+        name: str,
+        ip: str,
+        status: str = DEFAULT_STATUS,
+        authenticated: bool = False,
+    ) -> defer.Deferred:
+        """
+        Claim C{name} for C{session}.
+
+        @param authenticated: C{True} only when the protocol checked a password
+            for C{name}; names of registered accounts are refused otherwise.
+
+        @return: a L{Deferred} that fires with the session's L{UserInfo}, or
+            fails with L{InvalidName}, L{NameInUse}, L{NameProtected} or
+            L{AlreadyLoggedIn}.
+        """
+
+    def logout(session: IChatSession) -> None:
+        """
+        Release the name of C{session}; a no-op when it is not logged in, so a
+        protocol may call it from C{connectionLost} unconditionally.
+        """
+
+    def setStatus(session: IChatSession, status: str) -> UserInfo:
+        """
+        Change the status of C{session}'s user; others see it in lists.
+
+        @raise InvalidStatus: for a status that breaks the rule.
+        @raise NoSuchUser: when C{session} is not logged in.
+        """
+
+    def lookup(name: str) -> UserInfo | None:
+        """The online user called C{name} (in any case), or C{None}."""
+
+    def users() -> list[UserInfo]:
+        """Every online user, in the order they logged in."""
+
+    def sessionFor(name: str) -> IChatSession | None:
+        """The session of the online user C{name}, or C{None}."""
+
+    def infoFor(session: IChatSession) -> UserInfo | None:
+        """The directory entry of C{session}, or C{None} when logged out."""
+
+    def sendMessage(sender: IChatSession, receiver: str, text: str) -> int:
+        """
+        Deliver C{text} from C{sender}'s user to the user C{receiver}, or to
+        every other online user when C{receiver} is L{BROADCAST}.
+
+        @return: how many sessions it was handed to.
+        @raise NoSuchUser: when C{receiver} is not online, or C{sender} is not
+            logged in.
+        """
+
+    def addObserver(observer: Callable[[str, UserInfo], None]) -> None:
+        """
+        Call C{observer(kind, info)} after every L{LOGIN}, L{LOGOUT} and
+        L{STATUS} event.
+        """
+
+    def removeObserver(observer: Callable[[str, UserInfo], None]) -> None:
+        """Stop calling C{observer}."""
+
+
+class _Entry:
+    """The directory's mutable record of one online user."""
+
+    __slots__ = ("session", "info")
+
+    def __init__(self, session: IChatSession, info: UserInfo) -> None:
+        self.session = session
+        self.info = info
+
+
+@implementer(IPresenceService)
+class InMemoryPresenceService:
+    """
+    L{IPresenceService} for a single process: a dictionary of online users.
+
+    @param isProtectedName: tells whether a name belongs to a registered
+        account (and so may only be claimed with C{authenticated=True}); it
+        must answer from memory, without waiting on anything.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, isProtectedName: Callable[[str], bool] = lambda name: False
+    ) -> None:
+        self.isProtectedName = isProtectedName
+        # nameKey(name) -> _Entry, in login order (dicts keep insertion order).
+        self._byName: dict[str, _Entry] = {}
+        self._bySession: dict[IChatSession, _Entry] = {}
+        self._observers: list[Callable[[str, UserInfo], None]] = []
+
+    def login(
+        self,
+        session: IChatSession,
+        name: str,
+        ip: str,
+        status: str = DEFAULT_STATUS,
+        authenticated: bool = False,
+    ) -> defer.Deferred:
+        try:
+            info = self._claim(session, name, ip, status, authenticated)
+        except PresenceError as e:
+            self.log.info(
+                "login refused for {name!r} ({protocol}): {reason}",
+                name=name,
+                protocol=session.protocolName,
+                reason=str(e),
+            )
+            return defer.fail(e)
+        self.log.info(
+            "{name} logged in ({protocol}, {ip})",
+            name=info.name,
+            protocol=info.protocol,
+            ip=info.ip,
+        )
+        self._notify(LOGIN, info)
+        return defer.succeed(info)
+
+    def _claim(
+        self,
+        session: IChatSession,
+        name: str,
+        ip: str,
+        status: str,
+        authenticated: bool,
+    ) -> UserInfo:
+        if session in self._bySession:
+            raise AlreadyLoggedIn(
+                f"already logged in as {self._bySession[session].info.name}"
+            )
+        checkName(name)
+        checkStatus(status)
+        key = nameKey(name)
+        if key in self._byName:
+            raise NameInUse(f"the name {name} is already online")
+        if not authenticated and self.isProtectedName(name):
+            raise NameProtected(
+                f"the name {name} belongs to a registered account"
+            )
+        info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
+        entry = _Entry(session, info)
+        self._byName[key] = entry
+        self._bySession[session] = entry
+        return info
+
+    def logout(self, session: IChatSession) -> None:
+        entry = self._bySession.pop(session, None)
+        if entry is None:
+            return
+        del self._byName[nameKey(entry.info.name)]
+        self.log.info(
+            "{name} logged out ({protocol})",
+            name=entry.info.name,
+            protocol=entry.info.protocol,
+        )
+        self._notify(LOGOUT, entry.info)
+
+    def setStatus(self, session: IChatSession, status: str) -> UserInfo:
+        checkStatus(status)
+        entry = self._bySession.get(session)
+        if entry is None:
+            raise NoSuchUser("not logged in")
+        info = entry.info
+        entry.info = UserInfo(info.name, info.protocol, info.ip, status)
+        self._notify(STATUS, entry.info)
+        return entry.info
+
+    def lookup(self, name: str) -> UserInfo | None:
+        entry = self._byName.get(nameKey(name))
+        return None if entry is None else entry.info
+
+    def users(self) -> list[UserInfo]:
+        return [entry.info for entry in self._byName.values()]
+
+    def sessionFor(self, name: str) -> IChatSession | None:
+        entry = self._byName.get(nameKey(name))
+        return None if entry is None else entry.session
+
+    def infoFor(self, session: IChatSession) -> UserInfo | None:
+        entry = self._bySession.get(session)
+        return None if entry is None else entry.info
+
+    def sendMessage(self, sender: IChatSession, receiver: str, text: str) -> int:
+        source = self._bySession.get(sender)
+        if source is None:
+            raise NoSuchUser("not logged in")
+        if isBroadcast(receiver):
+            message = ChatMessage(source.info.name, BROADCAST, text)
+            count = 0
+            # A list copy: a delivery may disconnect someone and change the
+            # directory while we walk it.
+            for entry in list(self._byName.values()):
+                if entry is not source:
+                    self._deliver(entry, message)
+                    count += 1
+            return count
+        target = self._byName.get(nameKey(receiver))
+        if target is None:
+            raise NoSuchUser(f"{receiver} is not online")
+        self._deliver(target, ChatMessage(source.info.name, target.info.name, text))
+        return 1
+
+    def _deliver(self, entry: _Entry, message: ChatMessage) -> None:
+        # One session's failure must not cost anyone else their message.
+        try:
+            entry.session.deliverMessage(message)
+        except Exception:
+            self.log.failure(
+                "delivery to {name} failed", name=entry.info.name
+            )
+
+    def addObserver(self, observer: Callable[[str, UserInfo], None]) -> None:
+        self._observers.append(observer)
+
+    def removeObserver(self, observer: Callable[[str, UserInfo], None]) -> None:
+        self._observers.remove(observer)
+
+    def _notify(self, kind: str, info: UserInfo) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(kind, info)
+            except Exception:
+                self.log.failure("presence observer failed on {kind}", kind=kind)

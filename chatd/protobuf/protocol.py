@@ -1,0 +1,351 @@
+"""
+The seed-000 protobuf chat: one connection's behaviour.
+
+Requests are framed by L{chatd.protobuf.framing}, decoded as
+C{chat.ClientRequest} and answered with exactly one C{chat.ServerResponse}
+each. docs/protobuf.md is the normative description.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from google.protobuf.message import DecodeError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatd.presence import (
+    ChatMessage,
+    IChatSession,
+    IPresenceService,
+    PresenceError,
+    UserInfo,
+    isBroadcast,
+    nameKey,
+)
+from chatd.protobuf import chat_pb2
+from chatd.protobuf.framing import (
+    DEFAULT_MAX_FRAME,
+    DelimitedFramer,
+    FrameTooLarge,
+    MalformedFrame,
+    RawRequestFramer,
+    encodeDelimited,
+    encodeRaw,
+    encodeVarint,
+    scanOption,
+)
+
+Request = chat_pb2.ClientRequest
+Response = chat_pb2.ServerResponse
+
+USER_LOGIN = Request.USER_LOGIN
+CONNECTED_USERS = Request.CONNECTED_USERS
+USER_INFORMATION = Request.USER_INFORMATION
+STATUS_CHANGE = Request.STATUS_CHANGE
+SEND_MESSAGE = Request.SEND_MESSAGE
+
+FAILED = Response.FAILED_OPERATION
+SUCCESSFUL = Response.SUCCESSFUL_OPERATION
+
+RAW = "raw"
+DELIMITED = "delimited"
+FRAMINGS = (RAW, DELIMITED)
+
+#: How long a raw request that may still grow is waited for, in seconds.
+DEFAULT_RAW_WAIT = 0.05
+
+#: Longest ip text a client may give in newuser.ip.
+_MAX_IP = 64
+
+
+def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
+    return chat_pb2.UserInformation(
+        username=info.name, ip=info.ip, status=info.status
+    )
+
+
+@implementer(IChatSession)
+class ProtobufChatProtocol(Protocol):
+    """
+    One client of the protobuf chat, adapted to L{IChatSession}.
+    """
+
+    protocolName = "protobuf"
+    log = Logger()
+
+    def __init__(
+        self,
+        presence: IPresenceService,
+        clock: IReactorTime,
+        framer: RawRequestFramer | DelimitedFramer,
+        encode: Callable[[bytes], bytes],
+        rawWait: float = DEFAULT_RAW_WAIT,
+    ) -> None:
+        self.presence = presence
+        self.clock = clock
+        self.framer = framer
+        self.encode = encode
+        self.rawWait = rawWait
+        self.user: UserInfo | None = None
+        self._loggingIn = False
+        self._closing = False
+        self._waitCall: IDelayedCall | None = None
+        self._handlers = {
+            USER_LOGIN: self._login,
+            CONNECTED_USERS: self._connectedUsers,
+            USER_INFORMATION: self._userInformation,
+            STATUS_CHANGE: self._statusChange,
+            SEND_MESSAGE: self._sendMessage,
+        }
+
+    # Bytes in.
+
+    def connectionMade(self) -> None:
+        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._waitCall is not None:
+            self._waitCall.cancel()
+            self._waitCall = None
+        try:
+            for frame in self.framer.feed(data):
+                self._handleFrame(frame)
+                if self._closing:
+                    return
+        except FrameTooLarge as e:
+            self.disconnect(str(e))
+            return
+        except MalformedFrame as e:
+            self._fail(None, f"malformed request: {e}")
+        if self.framer.waiting and not self._closing:
+            self._waitCall = self.clock.callLater(self.rawWait, self._waited)
+
+    def _waited(self) -> None:
+        self._waitCall = None
+        frame = self.framer.flush()
+        if frame is not None:
+            self._handleFrame(frame)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        if self._waitCall is not None:
+            self._waitCall.cancel()
+            self._waitCall = None
+        self.presence.logout(self)
+        self.user = None
+
+    def _handleFrame(self, frame: bytes) -> None:
+        try:
+            request = Request.FromString(frame)
+        except DecodeError:
+            self._fail(
+                scanOption(frame), "malformed request: not a chat.ClientRequest"
+            )
+            return
+        if request.HasField("option"):
+            option = request.option
+        else:
+            # proto2 keeps an enum value it does not know among the unknown
+            # fields, and reads the field as its default (USER_LOGIN).
+            option = scanOption(frame)
+            if option is not None:
+                self._fail(
+                    option,
+                    f"unknown option {option}: chatd speaks the seed's 0-based"
+                    f" options, USER_LOGIN=0 to SEND_MESSAGE=4",
+                )
+                return
+            option = USER_LOGIN
+        if option != USER_LOGIN and self.user is None:
+            self._fail(option, "log in first (USER_LOGIN)")
+            return
+        try:
+            self._handlers[option](request)
+        except Exception:
+            self.log.failure("protobuf request {option} failed", option=option)
+            self._fail(option, "internal error")
+
+    # Bytes out.
+
+    def _send(self, response: Response) -> None:
+        self.transport.write(self.encode(response.SerializeToString()))
+
+    def _fail(self, option: int | None, text: str) -> None:
+        if option is None or option in self._handlers:
+            response = Response(code=FAILED, response=text)
+            if option is not None:
+                response.option = option
+            self._send(response)
+        else:
+            # An option value chat.proto does not define cannot be set on the
+            # message, but the answer still carries the request's option.
+            payload = Response(code=FAILED, response=text).SerializeToString()
+            self.transport.write(
+                self.encode(b"\x08" + encodeVarint(option) + payload)
+            )
+
+    def _succeed(self, option: int, text: str, **fields) -> None:
+        self._send(Response(option=option, code=SUCCESSFUL, response=text, **fields))
+
+    # Requests.
+
+    def _login(self, request: Request) -> None:
+        if self.user is not None or self._loggingIn:
+            name = self.user.name if self.user else "someone"
+            self._fail(USER_LOGIN, f"already logged in as {name}")
+            return
+        newuser = request.newuser
+        if not newuser.username:
+            self._fail(USER_LOGIN, "login needs newuser.username")
+            return
+        ip = newuser.ip
+        if not ip or len(ip) > _MAX_IP or not ip.isprintable():
+            ip = self.peerHost
+        self._loggingIn = True
+        d = self.presence.login(self, newuser.username, ip)
+        d.addCallbacks(self._loggedIn, self._loginRefused)
+
+    def _loggedIn(self, info: UserInfo) -> None:
+        self._loggingIn = False
+        if self._closing:
+            self.presence.logout(self)
+            return
+        self.user = info
+        self._succeed(
+            USER_LOGIN, f"welcome, {info.name}", user=userInformation(info)
+        )
+
+    def _loginRefused(self, failure: Failure) -> None:
+        self._loggingIn = False
+        if self._closing:
+            return
+        if failure.check(PresenceError):
+            self._fail(USER_LOGIN, f"login refused: {failure.value}")
+        else:
+            self.log.failure("login failed", failure)
+            self._fail(USER_LOGIN, "login failed: internal error")
+
+    def _connectedUsers(self, request: Request) -> None:
+        self._list(CONNECTED_USERS)
+
+    def _list(self, option: int) -> None:
+        users = self.presence.users()
+        self._succeed(
+            option,
+            f"{len(users)} users online",
+            users=chat_pb2.ConnectedUsers(users=map(userInformation, users)),
+        )
+
+    def _userInformation(self, request: Request) -> None:
+        name = request.user.user
+        if not name or isBroadcast(name):
+            self._list(USER_INFORMATION)
+            return
+        info = self.presence.lookup(name)
+        if info is None:
+            self._fail(USER_INFORMATION, f"{name} is not online")
+            return
+        self._succeed(
+            USER_INFORMATION, f"{info.name} is online", user=userInformation(info)
+        )
+
+    def _statusChange(self, request: Request) -> None:
+        change = request.status
+        if change.username and nameKey(change.username) != nameKey(self.user.name):
+            self._fail(STATUS_CHANGE, "you can only change your own status")
+            return
+        if not request.HasField("status") or not change.HasField("status"):
+            self._fail(STATUS_CHANGE, "status change needs status.status")
+            return
+        try:
+            info = self.presence.setStatus(self, change.status)
+        except PresenceError as e:
+            self._fail(STATUS_CHANGE, f"status refused: {e}")
+            return
+        self.user = info
+        self._succeed(
+            STATUS_CHANGE,
+            f"status is now {info.status}",
+            status=chat_pb2.ChangeStatus(username=info.name, status=info.status),
+        )
+
+    def _sendMessage(self, request: Request) -> None:
+        messg = request.messg
+        if not messg.receiver:
+            self._fail(SEND_MESSAGE, "a message needs messg.receiver")
+            return
+        if not messg.text:
+            self._fail(SEND_MESSAGE, "the message is empty")
+            return
+        try:
+            count = self.presence.sendMessage(self, messg.receiver, messg.text)
+        except PresenceError as e:
+            self._fail(SEND_MESSAGE, f"not delivered: {e}")
+            return
+        if isBroadcast(messg.receiver):
+            self._succeed(SEND_MESSAGE, f"delivered to {count} users")
+        else:
+            self._succeed(SEND_MESSAGE, f"delivered to {messg.receiver}")
+
+    # IChatSession.
+
+    def deliverMessage(self, message: ChatMessage) -> None:
+        self._send(
+            Response(
+                option=SEND_MESSAGE,
+                code=SUCCESSFUL,
+                messg=chat_pb2.Message(
+                    receiver=message.receiver,
+                    sender=message.sender,
+                    text=message.text,
+                ),
+            )
+        )
+
+    def disconnect(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._fail(None, reason)
+        self.transport.loseConnection()
+
+
+class ProtobufChatFactory(Factory):
+    """
+    Builds L{ProtobufChatProtocol}s that share one presence service.
+
+    @param framing: L{RAW} (the existing clients' framing) or L{DELIMITED}.
+    """
+
+    noisy = False  # the listener logs its address; no per-factory chatter
+
+    def __init__(
+        self,
+        presence: IPresenceService,
+        clock: IReactorTime,
+        framing: str = RAW,
+        maxFrameSize: int = DEFAULT_MAX_FRAME,
+        rawWait: float = DEFAULT_RAW_WAIT,
+    ) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+        self.presence = presence
+        self.clock = clock
+        self.framing = framing
+        self.maxFrameSize = maxFrameSize
+        self.rawWait = rawWait
+
+    def buildProtocol(self, addr) -> ProtobufChatProtocol:
+        if self.framing == RAW:
+            framer, encode = RawRequestFramer(self.maxFrameSize), encodeRaw
+        else:
+            framer, encode = DelimitedFramer(self.maxFrameSize), encodeDelimited
+        protocol = ProtobufChatProtocol(
+            self.presence, self.clock, framer, encode, self.rawWait
+        )
+        protocol.factory = self
+        return protocol

@@ -78,6 +78,10 @@ class AlreadyLoggedIn(PresenceError):
     """The session is logged in already (or a login is under way)."""
 
 
+class FilesNotAccepted(PresenceError):
+    """The receiver's protocol (or mode) cannot carry this file."""
+
+
 def checkName(name: str) -> None:
     """
     Enforce the one name rule every protocol shares.
@@ -177,6 +181,19 @@ class IChatSession(Interface):
         """
 
 
+class IFileReceiver(Interface):
+    """
+    A session that can be handed a whole file from another protocol. Only
+    small files travel this way (MSGR carries files inside one line); large
+    transfers between sessions of one protocol are that protocol's business.
+    """
+
+    maxFileSize = Attribute("The largest file, in bytes, it accepts whole.")
+
+    def deliverFile(sender: str, filename: str, content: bytes) -> None:
+        """Put the whole file on this session's wire, in its protocol's terms."""
+
+
 # Presence events, passed to observers as (kind, UserInfo).
 LOGIN = "login"
 LOGOUT = "logout"
@@ -240,6 +257,25 @@ class IPresenceService(Interface):
         @return: how many sessions it was handed to.
         @raise NoSuchUser: when C{receiver} is not online, or C{sender} is not
             logged in.
+        """
+
+    def sendFile(
+        sender: IChatSession, receiver: str, filename: str, content: bytes
+    ) -> None:
+        """
+        Hand a whole file from C{sender}'s user to the user C{receiver}.
+
+        @raise NoSuchUser: when C{receiver} is not online (or C{sender} is not
+            logged in).
+        @raise FilesNotAccepted: when the receiver's session does not take
+            files, or not this large (see L{fileLimit}).
+        """
+
+    def fileLimit(receiver: str) -> int | None:
+        """
+        The largest whole file the user C{receiver} can be handed with
+        L{sendFile}: C{None} when nobody of that name is online, C{0} when
+        their session takes no files.
         """
 
     def addObserver(observer: Callable[[str, UserInfo], None]) -> None:
@@ -393,6 +429,38 @@ class InMemoryPresenceService:
             raise NoSuchUser(f"{receiver} is not online")
         self._deliver(target, ChatMessage(source.info.name, target.info.name, text))
         return 1
+
+    def sendFile(
+        self, sender: IChatSession, receiver: str, filename: str, content: bytes
+    ) -> None:
+        source = self._bySession.get(sender)
+        if source is None:
+            raise NoSuchUser("not logged in")
+        target = self._byName.get(nameKey(receiver))
+        if target is None:
+            raise NoSuchUser(f"{receiver} is not online")
+        limit = self._fileLimit(target)
+        if limit == 0:
+            raise FilesNotAccepted(f"{target.info.name} cannot receive files")
+        if len(content) > limit:
+            raise FilesNotAccepted(
+                f"{target.info.name} accepts files of at most {limit} bytes"
+            )
+        try:
+            IFileReceiver(target.session).deliverFile(
+                source.info.name, filename, content
+            )
+        except Exception:
+            self.log.failure("file delivery to {name} failed", name=target.info.name)
+
+    def fileLimit(self, receiver: str) -> int | None:
+        target = self._byName.get(nameKey(receiver))
+        return None if target is None else self._fileLimit(target)
+
+    @staticmethod
+    def _fileLimit(entry: _Entry) -> int:
+        receiver = IFileReceiver(entry.session, None)
+        return 0 if receiver is None else receiver.maxFileSize
 
     def _deliver(self, entry: _Entry, message: ChatMessage) -> None:
         # One session's failure must not cost anyone else their message.

@@ -18,19 +18,8 @@ from typing import Iterator
 # Protobuf wire types.
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 
-# Field numbers of chat.ClientRequest, and which field each option needs
-# before a raw message can be taken as complete at the end of a read.
+# The option field of both chat.ClientRequest and chat.ServerResponse.
 OPTION_FIELD = 1
-NEEDED_FIELD = {
-    0: 2,  # USER_LOGIN needs newuser
-    2: 3,  # USER_INFORMATION needs user
-    3: 4,  # STATUS_CHANGE needs status
-    4: 5,  # SEND_MESSAGE needs messg
-}
-# The highest field number ClientRequest defines: serializers write fields in
-# ascending order, so once it has been read nothing more of the message can
-# follow.
-LAST_FIELD = 5
 
 DEFAULT_MAX_FRAME = 256 * 1024
 
@@ -146,25 +135,16 @@ def _skipValue(data, pos: int, wireType: int, maxLength: int) -> int | None:
     raise MalformedFrame(f"wire type {wireType} is not used by chat.proto")
 
 
-class RawRequestFramer:
+class RawFramer:
     """
-    Frames raw (unprefixed) serialized C{chat.ClientRequest} messages.
-
-    A message is complete:
-      - at a C{0x00} byte where a field tag would start (C{0x00} is never a
-        valid tag; some clients end every request with one, and it is
-        dropped);
-      - at a field whose number does not increase (standard serializers write
-        fields in ascending order, so it starts the next message);
-      - at the end of a read that ends on a field boundary, once the message
-        holds what its option needs (C{newuser} for a login, C{user} for user
-        information, C{status} for a status change, C{messg} for a message),
-        or holds field 5, after which no field can follow.
-
-    Otherwise, at the end of a read on a field boundary, L{waiting} is true
-    and the protocol waits a short time for more bytes before it calls
-    L{flush}. A read that ends inside a field simply waits for the rest.
+    Frames raw (unprefixed) serialized messages of one type (see
+    L{RawRequestFramer} for the rules). Subclasses say which field each option
+    value needs (C{neededFields}) and the highest field number of the type
+    (C{lastField}).
     """
+
+    neededFields: dict[int, int] = {}
+    lastField = 0
 
     def __init__(self, maxFrameSize: int = DEFAULT_MAX_FRAME) -> None:
         self.maxFrameSize = maxFrameSize
@@ -238,10 +218,10 @@ class RawRequestFramer:
             yield frame
 
     def _complete(self) -> bool:
-        needed = NEEDED_FIELD.get(self._option)
+        needed = self.neededFields.get(self._option)
         if needed is not None and self._fields & (1 << needed):
             return True
-        return self._lastField >= LAST_FIELD
+        return self._lastField >= self.lastField
 
     def _next(self, buf: bytearray) -> bytes | None:
         """
@@ -287,6 +267,49 @@ class RawRequestFramer:
             self._lastField = field
             self._pos = valueEnd
         return None
+
+
+class RawRequestFramer(RawFramer):
+    """
+    Frames raw (unprefixed) serialized C{chat.ClientRequest} messages.
+
+    A message is complete:
+      - at a C{0x00} byte where a field tag would start (C{0x00} is never a
+        valid tag; some clients end every request with one, and it is
+        dropped);
+      - at a field whose number does not increase (standard serializers write
+        fields in ascending order, so it starts the next message);
+      - at the end of a read that ends on a field boundary, once the message
+        holds what its option needs (C{newuser} for a login, C{user} for user
+        information, C{status} for a status change, C{messg} for a message),
+        or holds field 5 (C{messg}, the last one), after which no field can
+        follow.
+
+    Otherwise, at the end of a read on a field boundary, L{waiting} is true
+    and the protocol waits a short time for more bytes before it calls
+    L{flush}. A read that ends inside a field simply waits for the rest.
+    """
+
+    neededFields = {
+        0: 2,  # USER_LOGIN needs newuser
+        2: 3,  # USER_INFORMATION needs user
+        3: 4,  # STATUS_CHANGE needs status
+        4: 5,  # SEND_MESSAGE needs messg
+    }
+    # Serializers write fields in ascending order: once field 5 has been read,
+    # nothing more of the message can follow.
+    lastField = 5
+
+
+class RawResponseFramer(RawFramer):
+    """
+    Frames raw serialized C{chat.ServerResponse} messages, for clients. chatd
+    writes each response with one write, so a client rarely has to wait; a
+    response is complete at a non-ascending field, at a C{0x00} or after field
+    7, and otherwise when the client's short wait ends (L{flush}).
+    """
+
+    lastField = 7
 
 
 class DelimitedFramer:

@@ -62,6 +62,20 @@ DEFAULT_RAW_WAIT = 0.05
 _MAX_IP = 64
 
 
+class Refused(Exception):
+    """A request is answered FAILED_OPERATION with this text."""
+
+
+def text(value: str | bytes, field: str) -> str:
+    """
+    A string field of a request. proto2 hands invalid UTF-8 back as bytes
+    instead of failing the parse; such a request is refused.
+    """
+    if isinstance(value, bytes):
+        raise Refused(f"{field} is not valid UTF-8")
+    return value
+
+
 def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
     return chat_pb2.UserInformation(
         username=info.name, ip=info.ip, status=info.status
@@ -160,11 +174,12 @@ class ProtobufChatProtocol(Protocol):
                 )
                 return
             option = USER_LOGIN
-        if option != USER_LOGIN and self.user is None:
-            self._fail(option, "log in first (USER_LOGIN)")
-            return
         try:
+            if option != USER_LOGIN and self.user is None:
+                raise Refused("log in first (USER_LOGIN)")
             self._handlers[option](request)
+        except Refused as e:
+            self._fail(option, str(e))
         except Exception:
             self.log.failure("protobuf request {option} failed", option=option)
             self._fail(option, "internal error")
@@ -196,17 +211,18 @@ class ProtobufChatProtocol(Protocol):
     def _login(self, request: Request) -> None:
         if self.user is not None or self._loggingIn:
             name = self.user.name if self.user else "someone"
-            self._fail(USER_LOGIN, f"already logged in as {name}")
-            return
+            raise Refused(f"already logged in as {name}")
         newuser = request.newuser
-        if not newuser.username:
-            self._fail(USER_LOGIN, "login needs newuser.username")
-            return
+        name = text(newuser.username, "newuser.username")
+        if not name:
+            raise Refused("login needs newuser.username")
         ip = newuser.ip
-        if not ip or len(ip) > _MAX_IP or not ip.isprintable():
+        if not isinstance(ip, str) or not ip or len(ip) > _MAX_IP or not ip.isprintable():
+            # Clients fill the field with anything; the peer address is the
+            # one thing known to be true.
             ip = self.peerHost
         self._loggingIn = True
-        d = self.presence.login(self, newuser.username, ip)
+        d = self.presence.login(self, name, ip)
         d.addCallbacks(self._loggedIn, self._loginRefused)
 
     def _loggedIn(self, info: UserInfo) -> None:
@@ -241,31 +257,28 @@ class ProtobufChatProtocol(Protocol):
         )
 
     def _userInformation(self, request: Request) -> None:
-        name = request.user.user
+        name = text(request.user.user, "user.user")
         if not name or isBroadcast(name):
             self._list(USER_INFORMATION)
             return
         info = self.presence.lookup(name)
         if info is None:
-            self._fail(USER_INFORMATION, f"{name} is not online")
-            return
+            raise Refused(f"{name} is not online")
         self._succeed(
             USER_INFORMATION, f"{info.name} is online", user=userInformation(info)
         )
 
     def _statusChange(self, request: Request) -> None:
         change = request.status
-        if change.username and nameKey(change.username) != nameKey(self.user.name):
-            self._fail(STATUS_CHANGE, "you can only change your own status")
-            return
-        if not request.HasField("status") or not change.HasField("status"):
-            self._fail(STATUS_CHANGE, "status change needs status.status")
-            return
+        username = text(change.username, "status.username")
+        if username and nameKey(username) != nameKey(self.user.name):
+            raise Refused("you can only change your own status")
+        if not change.HasField("status"):
+            raise Refused("status change needs status.status")
         try:
-            info = self.presence.setStatus(self, change.status)
+            info = self.presence.setStatus(self, text(change.status, "status.status"))
         except PresenceError as e:
-            self._fail(STATUS_CHANGE, f"status refused: {e}")
-            return
+            raise Refused(f"status refused: {e}")
         self.user = info
         self._succeed(
             STATUS_CHANGE,
@@ -275,21 +288,20 @@ class ProtobufChatProtocol(Protocol):
 
     def _sendMessage(self, request: Request) -> None:
         messg = request.messg
-        if not messg.receiver:
-            self._fail(SEND_MESSAGE, "a message needs messg.receiver")
-            return
-        if not messg.text:
-            self._fail(SEND_MESSAGE, "the message is empty")
-            return
+        receiver = text(messg.receiver, "messg.receiver")
+        body = text(messg.text, "messg.text")
+        if not receiver:
+            raise Refused("a message needs messg.receiver")
+        if not body:
+            raise Refused("the message is empty")
         try:
-            count = self.presence.sendMessage(self, messg.receiver, messg.text)
+            count = self.presence.sendMessage(self, receiver, body)
         except PresenceError as e:
-            self._fail(SEND_MESSAGE, f"not delivered: {e}")
-            return
-        if isBroadcast(messg.receiver):
+            raise Refused(f"not delivered: {e}")
+        if isBroadcast(receiver):
             self._succeed(SEND_MESSAGE, f"delivered to {count} users")
         else:
-            self._succeed(SEND_MESSAGE, f"delivered to {messg.receiver}")
+            self._succeed(SEND_MESSAGE, f"delivered to {receiver}")
 
     # IChatSession.
 

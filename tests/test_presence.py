@@ -1,0 +1,205 @@
+"""
+The presence service shared by every listener.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from chatd.presence import (
+    LOGIN,
+    LOGOUT,
+    STATUS,
+    AlreadyLoggedIn,
+    ChatMessage,
+    FilesNotAccepted,
+    IFileReceiver,
+    InMemoryPresenceService,
+    InvalidName,
+    InvalidStatus,
+    IPresenceService,
+    NameInUse,
+    NameProtected,
+    NoSuchUser,
+    checkName,
+)
+from tests.support import RecordingSession
+
+
+@implementer(IFileReceiver)
+class FileSession(RecordingSession):
+    maxFileSize = 10
+
+    def __init__(self) -> None:
+        super().__init__("files")
+        self.files: list[tuple[str, str, bytes]] = []
+
+    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+        self.files.append((sender, filename, content))
+
+
+class BrokenSession(RecordingSession):
+    def deliverMessage(self, message: ChatMessage) -> None:
+        raise RuntimeError("this session's transport is gone")
+
+
+class NameRuleTests(TestCase):
+    def test_valid(self) -> None:
+        for name in ["a", "clt1", "Ñandú", "x" * 32, "user.name-1_2", "alli", "ballot"]:
+            checkName(name)
+
+    def test_invalid(self) -> None:
+        for name, reason in [
+            ("", "empty"),
+            ("x" * 33, "longer than 32"),
+            ("all", "reserved"),
+            ("aLL", "reserved"),
+            ("a b", "space"),
+            ("a\tb", "space"),
+            ("a\x00b", "control"),
+            ("a\u200bb", "control"),
+            ("a|b", "'|'"),
+            ("a&b", "'&'"),
+            ("a\\b", "'\\\\'"),
+        ]:
+            with self.assertRaises(InvalidName, msg=repr(name)) as cm:
+                checkName(name)
+            self.assertIn(reason, str(cm.exception))
+
+
+class PresenceTests(TestCase):
+    def setUp(self) -> None:
+        self.presence = InMemoryPresenceService()
+
+    def login(self, name: str, session=None, **kw):
+        session = session or RecordingSession()
+        info = self.successResultOf(self.presence.login(session, name, "10.0.0.1", **kw))
+        return session, info
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IPresenceService, self.presence))
+
+    def test_loginAndLookup(self) -> None:
+        session, info = self.login("Alice")
+        self.assertEqual(
+            (info.name, info.protocol, info.ip, info.status),
+            ("Alice", "test", "10.0.0.1", "ACTIVO"),
+        )
+        self.assertEqual(self.presence.lookup("alice"), info)
+        self.assertIs(self.presence.sessionFor("ALICE"), session)
+        self.assertEqual(self.presence.infoFor(session), info)
+
+    def test_uniqueIgnoringCase(self) -> None:
+        self.login("Alice")
+        self.failureResultOf(
+            self.presence.login(RecordingSession(), "aLiCe", "x"), NameInUse
+        )
+
+    def test_invalidName(self) -> None:
+        self.failureResultOf(
+            self.presence.login(RecordingSession(), "all", "x"), InvalidName
+        )
+
+    def test_oneNamePerSession(self) -> None:
+        session, _ = self.login("alice")
+        self.failureResultOf(self.presence.login(session, "bob", "x"), AlreadyLoggedIn)
+        self.assertIsNone(self.presence.lookup("bob"))
+
+    def test_protectedNames(self) -> None:
+        self.presence.isProtectedName = lambda name: name.lower() == "carol"
+        self.failureResultOf(
+            self.presence.login(RecordingSession(), "Carol", "x"), NameProtected
+        )
+        self.login("Carol", authenticated=True)
+
+    def test_logout(self) -> None:
+        session, _ = self.login("alice")
+        self.presence.logout(session)
+        self.presence.logout(session)
+        self.assertIsNone(self.presence.lookup("alice"))
+        self.assertEqual(self.presence.users(), [])
+        self.login("alice")
+
+    def test_usersInLoginOrder(self) -> None:
+        for name in ["c", "a", "b"]:
+            self.login(name)
+        self.assertEqual([u.name for u in self.presence.users()], ["c", "a", "b"])
+
+    def test_status(self) -> None:
+        session, _ = self.login("alice")
+        info = self.presence.setStatus(session, "OCUPADO")
+        self.assertEqual(info.status, "OCUPADO")
+        self.assertEqual(self.presence.lookup("alice").status, "OCUPADO")
+        self.assertRaises(InvalidStatus, self.presence.setStatus, session, "")
+        self.assertRaises(NoSuchUser, self.presence.setStatus, RecordingSession(), "x")
+
+    def test_direct(self) -> None:
+        alice, _ = self.login("alice")
+        bob, _ = self.login("Bob")
+        self.assertEqual(self.presence.sendMessage(alice, "bob", "hi"), 1)
+        self.assertEqual(bob.messages, [ChatMessage("alice", "Bob", "hi")])
+        self.assertEqual(alice.messages, [])
+
+    def test_unknownReceiver(self) -> None:
+        alice, _ = self.login("alice")
+        self.assertRaises(NoSuchUser, self.presence.sendMessage, alice, "zed", "hi")
+
+    def test_senderMustBeLoggedIn(self) -> None:
+        self.login("bob")
+        self.assertRaises(
+            NoSuchUser, self.presence.sendMessage, RecordingSession(), "bob", "hi"
+        )
+
+    def test_broadcast(self) -> None:
+        alice, _ = self.login("alice")
+        others = [self.login(name)[0] for name in ["b", "c"]]
+        self.assertEqual(self.presence.sendMessage(alice, "ALL", "hey"), 2)
+        for other in others:
+            self.assertEqual(other.messages, [ChatMessage("alice", "all", "hey")])
+        self.assertEqual(alice.messages, [])
+
+    def test_failingSessionCostsNobodyElse(self) -> None:
+        alice, _ = self.login("alice")
+        self.login("broken", session=BrokenSession())
+        carl, _ = self.login("carl")
+        self.assertEqual(self.presence.sendMessage(alice, "all", "hey"), 2)
+        self.assertEqual([m.text for m in carl.messages], ["hey"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_observers(self) -> None:
+        events = []
+        observer = lambda kind, info: events.append((kind, info.name, info.status))
+        self.presence.addObserver(observer)
+        session, _ = self.login("alice")
+        self.presence.setStatus(session, "OCUPADO")
+        self.presence.logout(session)
+        self.presence.removeObserver(observer)
+        self.login("bob")
+        self.assertEqual(
+            events,
+            [
+                (LOGIN, "alice", "ACTIVO"),
+                (STATUS, "alice", "OCUPADO"),
+                (LOGOUT, "alice", "OCUPADO"),
+            ],
+        )
+
+    def test_files(self) -> None:
+        alice, _ = self.login("alice")
+        files = FileSession()
+        self.login("bob", session=files)
+        self.login("carl")
+        self.assertEqual(self.presence.fileLimit("bob"), 10)
+        self.assertEqual(self.presence.fileLimit("carl"), 0)
+        self.assertIsNone(self.presence.fileLimit("zed"))
+        self.presence.sendFile(alice, "BOB", "a.txt", b"0123456789")
+        self.assertEqual(files.files, [("alice", "a.txt", b"0123456789")])
+        self.assertRaises(
+            FilesNotAccepted, self.presence.sendFile, alice, "bob", "b", b"x" * 11
+        )
+        self.assertRaises(
+            FilesNotAccepted, self.presence.sendFile, alice, "carl", "c", b"x"
+        )
+        self.assertRaises(NoSuchUser, self.presence.sendFile, alice, "zed", "d", b"x")

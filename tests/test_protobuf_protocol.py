@@ -232,7 +232,9 @@ class ListAndInfoTests(ProtobufTestMixin, TestCase):
         alice = self.loggedIn("alice")
         alice.send(request(option=Q.CONNECTED_USERS, user=chat_pb2.UserRequest(user="all")))
         self.clock.advance(DEFAULT_RAW_WAIT)
-        self.assertEqual(len(alice.response().users.users), 1)
+        response = alice.response()
+        self.assertEqual(len(response.users.users), 1)
+        self.assertEqual(response.response, "1 user online")
 
     def test_userInformationAll(self) -> None:
         alice = self.loggedIn("alice")

@@ -76,6 +76,11 @@ def text(value: str | bytes, field: str) -> str:
     return value
 
 
+def users(count: int) -> str:
+    """C{1 user}, C{2 users}."""
+    return f"{count} user" if count == 1 else f"{count} users"
+
+
 def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
     return chat_pb2.UserInformation(
         username=info.name, ip=info.ip, status=info.status
@@ -249,11 +254,11 @@ class ProtobufChatProtocol(Protocol):
         self._list(CONNECTED_USERS)
 
     def _list(self, option: int) -> None:
-        users = self.presence.users()
+        found = self.presence.users()
         self._succeed(
             option,
-            f"{len(users)} users online",
-            users=chat_pb2.ConnectedUsers(users=map(userInformation, users)),
+            f"{users(len(found))} online",
+            users=chat_pb2.ConnectedUsers(users=map(userInformation, found)),
         )
 
     def _userInformation(self, request: Request) -> None:
@@ -299,7 +304,7 @@ class ProtobufChatProtocol(Protocol):
         except PresenceError as e:
             raise Refused(f"not delivered: {e}")
         if isBroadcast(receiver):
-            self._succeed(SEND_MESSAGE, f"delivered to {count} users")
+            self._succeed(SEND_MESSAGE, f"delivered to {users(count)}")
         else:
             self._succeed(SEND_MESSAGE, f"delivered to {receiver}")
 

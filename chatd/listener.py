@@ -78,11 +78,19 @@ class ListenerService(service.Service):
         return port
 
     def stopService(self) -> defer.Deferred | None:
+        """
+        Stop accepting, then let the factory say goodbye to its connections
+        (its C{shutDown()}, if it has one) in its protocol's terms.
+        """
         service.Service.stopService(self)
         listening, self._listening = self._listening, None
+        stopped = None
         if self.port is not None:
             port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
-        if listening is not None:
+            stopped = defer.maybeDeferred(port.stopListening)
+        elif listening is not None:
             listening.cancel()
-        return None
+        shutDown = getattr(self.factory, "shutDown", None)
+        if shutDown is not None:
+            shutDown()
+        return stopped

@@ -125,6 +125,7 @@ class ProtobufChatProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._waitCall is not None:
@@ -156,6 +157,7 @@ class ProtobufChatProtocol(Protocol):
             self._waitCall = None
         self.presence.logout(self)
         self.user = None
+        self.factory.connections.discard(self)
 
     def _handleFrame(self, frame: bytes) -> None:
         try:
@@ -355,6 +357,12 @@ class ProtobufChatFactory(Factory):
         self.framing = framing
         self.maxFrameSize = maxFrameSize
         self.rawWait = rawWait
+        self.connections: set[ProtobufChatProtocol] = set()
+
+    def shutDown(self) -> None:
+        """Tell every connected client that the server is going away, and close."""
+        for connection in list(self.connections):
+            connection.disconnect("the server is shutting down")
 
     def buildProtocol(self, addr) -> ProtobufChatProtocol:
         if self.framing == RAW:

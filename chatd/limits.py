@@ -1,0 +1,188 @@
+"""
+What one client may cost: connection counts, message rates, and bytes queued
+for a client that does not read. Shared by every wire format; each protocol
+words the refusals in its own terms.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Callable
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
+
+
+class TokenBucket:
+    """
+    A token bucket: C{rate} tokens a second, at most C{burst} saved up.
+    Time comes from C{clock}.
+    """
+
+    __slots__ = ("rate", "burst", "clock", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, burst: float, clock: IReactorTime) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = burst
+        self._stamp = clock.seconds()
+
+    def allow(self, cost: float = 1.0) -> bool:
+        """Take C{cost} tokens if there are that many; whether it could."""
+        now = self.clock.seconds()
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        self._tokens = tokens if tokens < self.burst else self.burst
+        self._stamp = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+
+class ConnectionLimiter:
+    """
+    Counts open connections in total and per address. C{0} means no limit.
+    One limiter is shared by every listener, so the limits hold across all
+    protocols at once.
+    """
+
+    def __init__(self, maxTotal: int = 0, maxPerAddress: int = 0) -> None:
+        self.maxTotal = maxTotal
+        self.maxPerAddress = maxPerAddress
+        self.total = 0
+        self._perAddress: dict[str, int] = {}
+
+    def acquire(self, address: str) -> str | None:
+        """
+        Count a new connection from C{address}, or refuse it.
+
+        @return: C{None} when it is counted (call L{release} when it closes),
+            or the reason it is refused (nothing is counted then).
+        """
+        if self.maxTotal and self.total >= self.maxTotal:
+            return "the server has too many connections"
+        count = self._perAddress.get(address, 0)
+        if self.maxPerAddress and count >= self.maxPerAddress:
+            return "too many connections from your address"
+        self.total += 1
+        self._perAddress[address] = count + 1
+        return None
+
+    def release(self, address: str) -> None:
+        count = self._perAddress.get(address, 0)
+        if count <= 0:
+            return
+        self.total -= 1
+        if count == 1:
+            del self._perAddress[address]
+        else:
+            self._perAddress[address] = count - 1
+
+    def count(self, address: str) -> int:
+        return self._perAddress.get(address, 0)
+
+
+@implementer(IPushProducer)
+class OutboundQueue:
+    """
+    Bytes on their way to one client, bounded.
+
+    Writes go straight to the transport while it accepts them. When the
+    transport's own buffer fills (it pauses us, its producer), further writes
+    wait here, in order; when it drains (it resumes us), they follow. If what
+    waits here would pass C{maxBytes} (C{0}: no limit), C{onOverflow} is
+    called once instead and nothing more is queued: the client is not reading
+    and is disconnected by the protocol.
+
+    Memory for one slow client is bounded by the transport's buffer plus
+    C{maxBytes}.
+    """
+
+    def __init__(
+        self, transport, maxBytes: int, onOverflow: Callable[[], None]
+    ) -> None:
+        self.transport = transport
+        self.maxBytes = maxBytes
+        self.onOverflow = onOverflow
+        self.queued = 0
+        self.overflowed = False
+        self._waiting: deque[bytes] = deque()
+        self._paused = False
+        transport.registerProducer(self, True)
+
+    def write(self, data: bytes) -> bool:
+        """Send or queue C{data}; C{False} when it was dropped (overflow)."""
+        if self.overflowed:
+            return False
+        if not self._paused:
+            self.transport.write(data)
+            return True
+        if self.maxBytes and self.queued + len(data) > self.maxBytes:
+            self.overflowed = True
+            self.onOverflow()
+            return False
+        self._waiting.append(data)
+        self.queued += len(data)
+        return True
+
+    def writeUrgent(self, data: bytes) -> None:
+        """
+        Send C{data} after what is queued, ignoring the limit: for the one
+        last notice before the protocol closes the connection.
+        """
+        self._waiting.append(data)
+        self.queued += len(data)
+        self._drain()
+
+    # IPushProducer, called by the transport.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._drain()
+
+    def stopProducing(self) -> None:
+        self._waiting.clear()
+        self.queued = 0
+
+    def _drain(self) -> None:
+        waiting = self._waiting
+        if self._paused and not self.overflowed:
+            return
+        if waiting:
+            self.transport.writeSequence(list(waiting))
+            waiting.clear()
+            self.queued = 0
+
+
+def enableKeepAlive(
+    transport, idle: int = 60, interval: int = 15, count: int = 4
+) -> None:
+    """
+    Turn on TCP keepalive with short timers where the platform allows it, so
+    a peer that vanished (power off, cable out) is noticed in about
+    C{idle + interval * count} seconds and its name freed.
+    """
+    try:
+        transport.setTcpKeepAlive(True)
+    except (AttributeError, OSError):
+        return
+    handle = getattr(transport, "getHandle", lambda: None)()
+    setsockopt = getattr(handle, "setsockopt", None)
+    if setsockopt is None:
+        return
+    for option, value in [
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+    ]:
+        number = getattr(socket, option, None)
+        if number is not None:
+            try:
+                setsockopt(socket.IPPROTO_TCP, number, value)
+            except OSError:
+                pass

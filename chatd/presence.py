@@ -78,6 +78,13 @@ class AlreadyLoggedIn(PresenceError):
     """The session is logged in already (or a login is under way)."""
 
 
+class RecipientBusy(PresenceError):
+    """
+    The receiver cannot take more now: what waits for it passed its limit.
+    A session's C{deliverMessage} raises it to refuse a message.
+    """
+
+
 class FilesNotAccepted(PresenceError):
     """The receiver's protocol (or mode) cannot carry this file."""
 
@@ -172,6 +179,9 @@ class IChatSession(Interface):
         """
         Put C{message} on this session's wire, in its protocol's terms. It must
         not raise for anything the message contains.
+
+        @raise RecipientBusy: to refuse the message because too much already
+            waits for this session; the sender is told.
         """
 
     def disconnect(reason: str) -> None:
@@ -254,9 +264,10 @@ class IPresenceService(Interface):
         Deliver C{text} from C{sender}'s user to the user C{receiver}, or to
         every other online user when C{receiver} is L{BROADCAST}.
 
-        @return: how many sessions it was handed to.
+        @return: how many sessions took it (a broadcast skips the busy ones).
         @raise NoSuchUser: when C{receiver} is not online, or C{sender} is not
             logged in.
+        @raise RecipientBusy: when the one receiver refused it.
         """
 
     def sendFile(
@@ -421,7 +432,10 @@ class InMemoryPresenceService:
             # directory while we walk it.
             for entry in list(self._byName.values()):
                 if entry is not source:
-                    self._deliver(entry, message)
+                    try:
+                        self._deliver(entry, message)
+                    except RecipientBusy:
+                        continue
                     count += 1
             return count
         target = self._byName.get(nameKey(receiver))
@@ -466,6 +480,8 @@ class InMemoryPresenceService:
         # One session's failure must not cost anyone else their message.
         try:
             entry.session.deliverMessage(message)
+        except RecipientBusy:
+            raise
         except Exception:
             self.log.failure(
                 "delivery to {name} failed", name=entry.info.name

@@ -17,6 +17,7 @@ from chatd.listener import ListenerService
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
+from chatd.msrp.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_QUEUED, MsrpFactory
 
 DISABLED = "none"
 
@@ -74,6 +75,30 @@ class Options(usage.Options):
             "Seconds a raw request that may still grow is waited for.",
             _positiveFloat,
         ],
+        [
+            "msrp",
+            None,
+            "tcp:8080",
+            "Endpoint of MSRP (seed 004), binary clients and people on "
+            "nc/telnet, or 'none'.",
+        ],
+        [
+            "msrp-max-file",
+            None,
+            DEFAULT_MAX_FILE,
+            "Largest file an MSRP client may announce, in bytes; a larger "
+            "announcement gets an ERROR and the connection is closed.",
+            _positiveInt,
+        ],
+        [
+            "msrp-max-queue",
+            None,
+            DEFAULT_MAX_QUEUED,
+            "Bytes that may wait for one MSRP user (behind a file streaming "
+            "to them, or while they read slowly) before messages to them are "
+            "refused.",
+            _positiveInt,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -111,4 +136,12 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         _listener(reactor, "protobuf", config["protobuf"], factory).setServiceParent(
             top
         )
+    if config["msrp"] != DISABLED:
+        factory = MsrpFactory(
+            presence,
+            reactor,
+            maxFileSize=config["msrp-max-file"],
+            maxQueued=config["msrp-max-queue"],
+        )
+        _listener(reactor, "msrp", config["msrp"], factory).setServiceParent(top)
     return top

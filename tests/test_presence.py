@@ -23,6 +23,7 @@ from chatd.presence import (
     NameInUse,
     NameProtected,
     NoSuchUser,
+    RecipientBusy,
     checkName,
 )
 from tests.support import RecordingSession
@@ -203,3 +204,27 @@ class PresenceTests(TestCase):
             FilesNotAccepted, self.presence.sendFile, alice, "carl", "c", b"x"
         )
         self.assertRaises(NoSuchUser, self.presence.sendFile, alice, "zed", "d", b"x")
+
+
+class BusySession(RecordingSession):
+    def deliverMessage(self, message: ChatMessage) -> None:
+        raise RecipientBusy(f"{message.receiver} is busy")
+
+
+class RecipientBusyTests(TestCase):
+    def setUp(self) -> None:
+        self.presence = InMemoryPresenceService()
+        self.alice = RecordingSession()
+        self.presence.login(self.alice, "alice", "x")
+        self.presence.login(BusySession(), "busy", "x")
+        self.carl = RecordingSession()
+        self.presence.login(self.carl, "carl", "x")
+
+    def test_directIsRefused(self) -> None:
+        with self.assertRaises(RecipientBusy) as cm:
+            self.presence.sendMessage(self.alice, "busy", "hi")
+        self.assertEqual(str(cm.exception), "busy is busy")
+
+    def test_broadcastSkipsBusy(self) -> None:
+        self.assertEqual(self.presence.sendMessage(self.alice, "all", "hi"), 1)
+        self.assertEqual([m.text for m in self.carl.messages], ["hi"])

@@ -48,7 +48,9 @@ class TwistdPluginTests(TestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         server = TwistdProcess(
-            ["--protobuf", "tcp:0:interface=127.0.0.1"], ["protobuf"], directory
+            ["--protobuf", "tcp:0:interface=127.0.0.1", "--msrp", "none"],
+            ["protobuf"],
+            directory,
         )
         self.addCleanup(server.stop)
         ports = yield server.start()

@@ -1,0 +1,985 @@
+"""
+MSRP (seed 004): one connection's behaviour.
+
+Frames are decoded by L{chatd.msrp.codec}; docs/msrp.md is the normative
+description. The shape of a connection:
+
+  - The first 4 bytes are the user's name. The byte after them says who is on
+    the other end: C{0x00} (the first byte of every binary frame) means a
+    binary client; anything else means a person typing lines on nc/telnet
+    (see L{MsrpProtocol} for the exact rule).
+  - Output to a session goes through its outbound queue: frames are written
+    straight to the transport while nothing waits, and wait in order while a
+    file streams to the session (nothing may be interleaved inside file
+    content) or while the transport's buffer is full. Messages from other
+    users are refused once the waiting bytes would pass C{maxQueued}.
+  - A file between two MSRP users is streamed: each read's bytes go straight
+    to the recipient's transport, and the sender's transport is paused while
+    the recipient's transport is full or the file waits its turn. Memory use
+    is bounded whatever the file size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatd.presence import (
+    BROADCAST,
+    ChatMessage,
+    FilesNotAccepted,
+    IChatSession,
+    IFileReceiver,
+    InvalidName,
+    IPresenceService,
+    NameInUse,
+    NameProtected,
+    NoSuchUser,
+    RecipientBusy,
+    UserInfo,
+    isBroadcast,
+)
+from chatd.msrp.codec import (
+    LINE_TOO_LONG,
+    MAX_LINE,
+    NAME_LENGTH,
+    Ack,
+    DecodeError,
+    Error,
+    FileChunk,
+    FileEnd,
+    FileHeader,
+    LineDecoder,
+    ListRequest,
+    Message,
+    MsrpFrameDecoder,
+    clientListText,
+    encodeAck,
+    encodeClientList,
+    encodeError,
+    encodeFileHeader,
+    encodeMessage,
+    wireName,
+    wireText,
+)
+
+#: Default largest file a client may announce: 4 GiB.
+DEFAULT_MAX_FILE = 4 * 1024**3
+
+#: Default largest number of bytes waiting for one session: 1 MiB.
+DEFAULT_MAX_QUEUED = 1024**2
+
+#: Default seconds a new connection has to send its name.
+DEFAULT_NAME_TIMEOUT = 60.0
+
+#: How many received, not yet acknowledged files a session remembers for ACK
+#: matching; the oldest are forgotten first.
+MAX_UNACKED = 256
+
+BINARY = "binary"
+HUMAN = "human"
+
+# The error texts (Spanish, as the seed's users read). docs/msrp.md lists
+# them all.
+ERR_NOT_FOUND = "Cliente objetivo no encontrado."
+ERR_OPCODE = "Código de operación incorrecto."
+ERR_FORMAT = "Error en el formato del mensaje."
+ERR_FILE = "Error al recibir el archivo."
+ERR_NAME_LENGTH = (
+    f"Nombre inválido: debe tener exactamente {NAME_LENGTH} bytes."
+)
+ERR_NAME_RULE = (
+    "Nombre inválido: solo caracteres imprimibles UTF-8, sin espacios,"
+    " '|', '&' ni '\\', y no puede ser 'all'."
+)
+ERR_NAME_TIMEOUT = "No se recibió el nombre a tiempo."
+ERR_INTERNAL = "Error interno del servidor."
+ERR_SHUTDOWN = "El servidor se está apagando."
+ERR_NOT_UTF8 = f"{ERR_FORMAT} El texto no es UTF-8 válido."
+ERR_EMPTY = f"{ERR_FORMAT} El texto está vacío."
+ERR_BAD_FILENAME = (
+    f"{ERR_FORMAT} El nombre de archivo está vacío o no es UTF-8 válido."
+)
+ERR_USAGE = "Escribe: <nombre> <texto>, all <texto>, clientes o salir."
+ERR_LINE_TOO_LONG = f"Línea demasiado larga (máximo {MAX_LINE} bytes)."
+
+HUMAN_BYE = "Adiós."
+
+# The typed commands of the mode for people (compared without case).
+CMD_LIST = "clientes"
+CMD_QUIT = "salir"
+
+
+def errNameInUse(name: str) -> str:
+    return f"El nombre {name} ya está en uso."
+
+
+def errNameProtected(name: str) -> str:
+    return f"El nombre {name} pertenece a una cuenta registrada; elige otro."
+
+
+def errQueueFull(name: str) -> str:
+    return f"No se pudo entregar a {name}: su cola de salida está llena."
+
+
+def errFileTooLarge(size: int, maximum: int) -> str:
+    return f"Archivo demasiado grande: {size} bytes (máximo {maximum})."
+
+
+def errNoFiles(name: str) -> str:
+    return f"{name} no puede recibir archivos."
+
+
+def errFileTooLargeFor(name: str, size: int, limit: int) -> str:
+    return (
+        f"Archivo demasiado grande para {name}: {size} bytes"
+        f" (máximo {limit})."
+    )
+
+
+def errRecipientGone(name: str, filename: str) -> str:
+    return f"{ERR_FILE} {name} se desconectó; {filename} no se entregó."
+
+
+def errNotDelivered(name: str, filename: str) -> str:
+    return f"{ERR_FILE} {filename} no se pudo entregar a {name}."
+
+
+def errNoSuchAck(filename: str) -> str:
+    return f"Ningún archivo {filename} espera confirmación."
+
+
+def errAckSenderGone(filename: str) -> str:
+    return f"El remitente de {filename} ya no está conectado."
+
+
+def humanGreeting(name: str) -> str:
+    return f"Hola, {name}. {ERR_USAGE}"
+
+
+def _show(data: bytes) -> str:
+    """Bytes from the wire, for an error text or a log line."""
+    return data.decode("utf-8", "replace")
+
+
+@implementer(IPushProducer)
+class _OutboundValve:
+    """
+    Registered on a session's own transport as its streaming producer, so the
+    transport tells the session when its write buffer is full
+    (C{pauseProducing}) and when it has drained (C{resumeProducing}).
+    """
+
+    def __init__(self, session: MsrpProtocol) -> None:
+        self.session = session
+
+    def pauseProducing(self) -> None:
+        self.session._transportPaused()
+
+    def resumeProducing(self) -> None:
+        self.session._transportResumed()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost does the cleaning up
+
+
+class _FileStream:
+    """
+    A file on its way from one MSRP session to another. It waits in the
+    recipient's outbound queue until everything before it is written; then it
+    is I{live}: its header is written and its content goes straight to the
+    recipient's transport as it arrives. Until then, the content that arrives
+    is held (the sender's transport is paused, so at most about one read).
+    """
+
+    __slots__ = (
+        "sender",
+        "recipient",
+        "header",
+        "filename",
+        "live",
+        "done",
+        "held",
+        "heldBytes",
+    )
+
+    def __init__(
+        self,
+        sender: MsrpProtocol,
+        recipient: MsrpProtocol,
+        header: bytes,
+        filename: bytes,
+    ) -> None:
+        self.sender = sender
+        self.recipient = recipient
+        self.header = header
+        self.filename = filename
+        self.live = False
+        self.done = False  # every byte of the content has arrived
+        self.held: list[bytes] = []
+        self.heldBytes = 0
+
+    def queuedBytes(self) -> int:
+        return len(self.header) + self.heldBytes
+
+    def write(self, data: bytes) -> None:
+        if self.live:
+            self.recipient.transport.write(data)
+        else:
+            self.held.append(data)
+            self.heldBytes += len(data)
+            self.recipient._waitingBytes += len(data)
+
+    def finish(self) -> None:
+        self.done = True
+        self.sender._streamSent(self)
+        if self.live:
+            self.recipient._liveStreamEnded(self)
+
+    def cut(self) -> None:
+        """The sender is gone before the end of the content."""
+        self.recipient._streamCut(self)
+
+
+class _Discard:
+    """Reads the announced content of a refused file and drops it."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def cut(self) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
+class _WholeFile:
+    """
+    Collects a file for a user of another protocol, who can only be handed
+    whole files; bounded by that user's file limit, checked on the header.
+    """
+
+    __slots__ = ("sender", "receiver", "filename", "content")
+
+    def __init__(self, sender: MsrpProtocol, receiver: str, filename: str) -> None:
+        self.sender = sender
+        self.receiver = receiver
+        self.filename = filename
+        self.content = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.content += data
+
+    def finish(self) -> None:
+        self.sender._wholeFileReceived(self)
+
+    def cut(self) -> None:
+        self.content = bytearray()
+
+
+@implementer(IChatSession, IFileReceiver)
+class MsrpProtocol(Protocol):
+    """
+    One MSRP client, binary or a person on nc/telnet, adapted to
+    L{IChatSession} (and L{IFileReceiver}, for whole files from other
+    protocols).
+
+    The mode is decided by the byte after the 4-byte name: C{0x00} (a binary
+    frame always starts with it) means binary; C{\\r} or C{\\n} means a
+    person who typed the name and Enter; anything else means a person who
+    typed a name longer than 4 bytes, who gets an error line. A line ending
+    among the first 4 bytes is a person with a name shorter than 4 bytes.
+    Until the byte after the name arrives the session counts as binary.
+    """
+
+    protocolName = "msrp"
+    log = Logger()
+
+    def __init__(
+        self,
+        presence: IPresenceService,
+        clock: IReactorTime,
+        maxFileSize: int = DEFAULT_MAX_FILE,
+        maxQueued: int = DEFAULT_MAX_QUEUED,
+        nameTimeout: float = DEFAULT_NAME_TIMEOUT,
+    ) -> None:
+        self.presence = presence
+        self.clock = clock
+        self.fileSizeLimit = maxFileSize
+        self.maxQueued = maxQueued
+        self.nameTimeout = nameTimeout
+        self.mode: str | None = None  # None until the byte after the name
+        self.user: UserInfo | None = None
+        self.wireName = b""
+        self._greeting = bytearray()  # the name while it arrives
+        self._loggingIn = False
+        self._held = bytearray()  # bytes received during the login
+        self._closing = False
+        self._nameTimer: IDelayedCall | None = None
+        self._pauseReasons: set[object] = set()
+        # Inbound (this session sending).
+        self._decoder: MsrpFrameDecoder | None = None
+        self._lines: LineDecoder | None = None
+        self._nameLineOpen = False  # the rest of the typed name line is due
+        self._sink: _FileStream | _Discard | _WholeFile | None = None
+        # Outbound (this session receiving).
+        self._valve = _OutboundValve(self)
+        self._transportFull = False
+        self._live: _FileStream | None = None
+        self._waiting: deque[bytes | _FileStream] = deque()
+        self._waitingBytes = 0
+        self._unacked: deque[tuple[bytes, MsrpProtocol | None]] = deque()
+        self._frameHandlers = {
+            Message: self._message,
+            FileHeader: self._fileHeader,
+            FileChunk: self._fileChunk,
+            FileEnd: self._fileEnd,
+            ListRequest: self._listRequest,
+            Ack: self._ack,
+            Error: self._clientError,
+        }
+
+    # IFileReceiver.
+
+    @property
+    def maxFileSize(self) -> int:
+        """
+        The largest whole file this session takes from another protocol now:
+        none in the mode for people; otherwise what fits in its queue.
+        """
+        if self.mode == HUMAN or self._closing or self.user is None:
+            return 0
+        room = self.maxQueued - self._waitingBytes
+        return max(0, min(self.fileSizeLimit, room))
+
+    # Connection.
+
+    def connectionMade(self) -> None:
+        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self._valve, True)
+        self._nameTimer = self.clock.callLater(self.nameTimeout, self._nameTimedOut)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self._closing:
+            self._shutdown(None, transportGone=True)
+        self.presence.logout(self)
+        self.factory.connections.discard(self)
+
+    def _nameTimedOut(self) -> None:
+        self._nameTimer = None
+        self._closeWith(ERR_NAME_TIMEOUT)
+
+    def _cancelNameTimer(self) -> None:
+        if self._nameTimer is not None:
+            if self._nameTimer.active():
+                self._nameTimer.cancel()
+            self._nameTimer = None
+
+    # Bytes in.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            if self.user is None:
+                if self._loggingIn:
+                    self._held += data
+                else:
+                    self._nameReceived(data)
+            elif self.mode is None:
+                self._decideMode(data)
+            elif self.mode == BINARY:
+                self._framesReceived(data)
+            else:
+                self._linesReceived(data)
+        except Exception:
+            self.log.failure("msrp connection failed on its input")
+            self._closeWith(ERR_INTERNAL)
+
+    def _nameReceived(self, data: bytes) -> None:
+        greeting = self._greeting
+        greeting += data
+        head = bytes(greeting[:NAME_LENGTH])
+        if b"\n" in head or b"\r" in head:
+            # Someone typed a name shorter than 4 bytes and Enter.
+            self.mode = HUMAN
+            self._cancelNameTimer()
+            self._closeWith(ERR_NAME_LENGTH)
+            return
+        if len(greeting) < NAME_LENGTH:
+            return
+        self._cancelNameTimer()
+        rest = bytes(greeting[NAME_LENGTH:])
+        self._greeting = bytearray()
+        if rest:
+            self.mode = BINARY if rest[0] == 0 else HUMAN
+            if rest[0] not in b"\x00\r\n":
+                self._closeWith(ERR_NAME_LENGTH)
+                return
+        try:
+            name = head.decode("utf-8")
+        except UnicodeDecodeError:
+            self._closeWith(ERR_NAME_RULE)
+            return
+        self.wireName = head
+        self._held += rest
+        self._loggingIn = True
+        self._pauseReading("login")
+        d = self.presence.login(self, name, self.peerHost)
+        d.addCallbacks(self._loggedIn, self._loginRefused)
+        d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        # What dataReceived's guard does, for code run from a Deferred.
+        self.log.failure("msrp connection failed", failure)
+        self._closeWith(ERR_INTERNAL)
+
+    def _loggedIn(self, info: UserInfo) -> None:
+        self._loggingIn = False
+        if self._closing:
+            self.presence.logout(self)
+            return
+        self.user = info
+        self.log.info(
+            "msrp {name} connected ({mode})",
+            name=info.name,
+            mode=self.mode or "binary until the next byte",
+        )
+        if self.mode is not None:
+            self._startMode()
+        held, self._held = bytes(self._held), bytearray()
+        self._resumeReading("login")
+        if held:
+            self.dataReceived(held)
+
+    def _loginRefused(self, failure: Failure) -> None:
+        self._loggingIn = False
+        if self._closing:
+            return
+        name = self.wireName.decode("utf-8", "replace")
+        if failure.check(InvalidName):
+            self._closeWith(ERR_NAME_RULE)
+        elif failure.check(NameInUse):
+            self._closeWith(errNameInUse(name))
+        elif failure.check(NameProtected):
+            self._closeWith(errNameProtected(name))
+        else:
+            self.log.failure("msrp login failed", failure)
+            self._closeWith(ERR_INTERNAL)
+
+    def _decideMode(self, data: bytes) -> None:
+        # Logged in after exactly 4 bytes; the next byte says who this is.
+        if not data:
+            return
+        first = data[0]
+        if first == 0:
+            self.mode = BINARY
+        elif first in b"\r\n":
+            self.mode = HUMAN
+        else:
+            self.mode = HUMAN
+            self._closeWith(ERR_NAME_LENGTH)
+            return
+        self._startMode()
+        self.dataReceived(data)
+
+    def _startMode(self) -> None:
+        if self.mode == BINARY:
+            self._decoder = MsrpFrameDecoder()
+        else:
+            self._lines = LineDecoder()
+            self._nameLineOpen = True
+            self._sendLine(humanGreeting(self.user.name))
+
+    def _framesReceived(self, data: bytes) -> None:
+        handlers = self._frameHandlers
+        try:
+            for frame in self._decoder.feed(data):
+                handlers[frame.__class__](frame)
+                if self._closing:
+                    return
+        except DecodeError as e:
+            self._closeWith(str(e))
+
+    # Binary frames.
+
+    def _message(self, frame: Message) -> None:
+        try:
+            receiver = frame.name.decode("utf-8")
+        except UnicodeDecodeError:
+            self._sendError(ERR_NOT_FOUND)
+            return
+        try:
+            text = frame.text.decode("utf-8")
+        except UnicodeDecodeError:
+            self._sendError(ERR_NOT_UTF8)
+            return
+        if not text:
+            self._sendError(ERR_EMPTY)
+            return
+        self._sendText(receiver, text)
+
+    def _sendText(self, receiver: str, text: str) -> None:
+        """Send C{text} to the user C{receiver} (or everyone), or say why not."""
+        try:
+            self.presence.sendMessage(self, receiver, text)
+        except NoSuchUser:
+            self._sendError(ERR_NOT_FOUND)
+        except RecipientBusy:
+            self._sendError(errQueueFull(receiver))
+
+    def _fileHeader(self, frame: FileHeader) -> None:
+        size = frame.size
+        if size > self.fileSizeLimit:
+            self._closeWith(errFileTooLarge(size, self.fileSizeLimit))
+            return
+        self._sink = _DISCARD  # until the file is accepted
+        try:
+            receiver = frame.name.decode("utf-8")
+        except UnicodeDecodeError:
+            self._sendError(ERR_NOT_FOUND)
+            return
+        target = self.presence.sessionFor(receiver)
+        if target is None:
+            self._sendError(ERR_NOT_FOUND)
+            return
+        try:
+            filename = frame.filename.decode("utf-8")
+        except UnicodeDecodeError:
+            filename = ""
+        if not filename:
+            self._sendError(ERR_BAD_FILENAME)
+            return
+        if isinstance(target, MsrpProtocol):
+            self._streamTo(target, receiver, frame, filename)
+            return
+        limit = self.presence.fileLimit(receiver) or 0
+        if limit == 0:
+            self._sendError(errNoFiles(receiver))
+        elif size > limit:
+            self._sendError(errFileTooLargeFor(receiver, size, limit))
+        else:
+            self._sink = _WholeFile(self, receiver, filename)
+
+    def _streamTo(
+        self, target: MsrpProtocol, receiver: str, frame: FileHeader, filename: str
+    ) -> None:
+        if target.mode == HUMAN:
+            self._sendError(errNoFiles(receiver))
+            return
+        header = encodeFileHeader(
+            self.wireName, frame.filename, frame.size, frame.port, frame.ip
+        )
+        if not target._hasRoom(len(header)):
+            self._sendError(errQueueFull(receiver))
+            return
+        stream = _FileStream(self, target, header, frame.filename)
+        self._sink = stream
+        self.log.info(
+            "msrp file {filename!r} ({size} bytes) from {sender} to {receiver}",
+            filename=filename,
+            size=frame.size,
+            sender=self.user.name,
+            receiver=receiver,
+        )
+        target._enqueueStream(stream)
+        self._updateFlow(stream)
+
+    def _fileChunk(self, frame: FileChunk) -> None:
+        self._sink.write(frame.data)
+
+    def _fileEnd(self, frame: FileEnd) -> None:
+        sink, self._sink = self._sink, None
+        sink.finish()
+
+    def _wholeFileReceived(self, whole: _WholeFile) -> None:
+        try:
+            self.presence.sendFile(
+                self, whole.receiver, whole.filename, bytes(whole.content)
+            )
+        except (NoSuchUser, FilesNotAccepted):
+            self._sendError(errNotDelivered(whole.receiver, whole.filename))
+
+    def _listRequest(self, frame: ListRequest) -> None:
+        self._send(encodeClientList(wireText(self._listText())))
+
+    def _listText(self) -> str:
+        return clientListText([info.name for info in self.presence.users()])
+
+    def _ack(self, frame: Ack) -> None:
+        filename = frame.filename
+        for index, (name, sender) in enumerate(self._unacked):
+            if name == filename:
+                del self._unacked[index]
+                break
+        else:
+            self._sendError(errNoSuchAck(_show(filename)))
+            return
+        if sender is None:
+            return  # a whole file from another protocol: nobody to tell
+        if sender._closing or self.presence.infoFor(sender) is None:
+            self._sendError(errAckSenderGone(_show(filename)))
+            return
+        sender._send(encodeAck(filename))
+
+    def _clientError(self, frame: Error) -> None:
+        self.log.info(
+            "msrp {name} sent an error: {text}",
+            name=self.user.name,
+            text=_show(frame.text),
+        )
+
+    # Typed lines.
+
+    def _linesReceived(self, data: bytes) -> None:
+        for line in self._lines.feed(data):
+            if line is LINE_TOO_LONG:
+                if self._nameLineOpen:
+                    self._closeWith(ERR_NAME_LENGTH)
+                    return
+                self._sendError(ERR_LINE_TOO_LONG)
+                continue
+            if self._nameLineOpen:
+                # The rest of the line the name was typed on.
+                self._nameLineOpen = False
+                if line:
+                    self._closeWith(ERR_NAME_LENGTH)
+                    return
+                continue
+            self._command(line.decode("utf-8", "replace").strip())
+            if self._closing:
+                return
+
+    def _command(self, line: str) -> None:
+        if not line:
+            return
+        word = line.casefold()
+        if word == CMD_LIST:
+            self._sendLine(self._listText().rstrip("\n"))
+            return
+        if word == CMD_QUIT:
+            self._sendLine(HUMAN_BYE)
+            self._shutdown(None)
+            return
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            self._sendError(ERR_USAGE)
+            return
+        receiver, text = parts
+        self._sendText(BROADCAST if isBroadcast(receiver) else receiver, text)
+
+    # Bytes out.
+
+    def _render(self, message: ChatMessage) -> bytes:
+        """C{message} as this session's wire shows it."""
+        if self.mode == HUMAN:
+            text = message.text.replace("\r\n", "\n").replace("\r", "\n")
+            text = text.replace("\n", "\n  ")
+            if isBroadcast(message.receiver):
+                return f"[{message.sender} -> all]: {text}\n".encode("utf-8", "replace")
+            return f"[{message.sender}]: {text}\n".encode("utf-8", "replace")
+        slot = wireName(message.sender)
+        text = message.text
+        if slot != message.sender.encode("utf-8"):
+            text = f"{message.sender}: {text}"
+        return encodeMessage(slot, wireText(text))
+
+    def _sendError(self, text: str) -> None:
+        if self.mode == HUMAN:
+            self._sendLine(f"ERROR: {text}")
+        else:
+            self._send(encodeError(wireText(text)))
+
+    def _sendLine(self, line: str) -> None:
+        self._send(line.encode("utf-8", "replace") + b"\n")
+
+    def _blocked(self) -> bool:
+        return self._live is not None or self._transportFull or bool(self._waiting)
+
+    def _hasRoom(self, size: int) -> bool:
+        """Whether another user's frame of C{size} bytes would be accepted."""
+        if self._closing:
+            return False
+        return not self._blocked() or self._waitingBytes + size <= self.maxQueued
+
+    def _send(self, frame: bytes) -> None:
+        """Put C{frame} on the wire after everything that waits."""
+        if self._closing:
+            return
+        if self._blocked():
+            self._waiting.append(frame)
+            self._waitingBytes += len(frame)
+            self._checkQueue()
+        else:
+            self.transport.write(frame)
+
+    def _checkQueue(self) -> None:
+        # Our own replies are never refused; a client that keeps asking while
+        # it does not read what waits for it is simply not read any more.
+        if self._waitingBytes > self.maxQueued:
+            self._pauseReading("queue")
+        else:
+            self._resumeReading("queue")
+
+    def _enqueueStream(self, stream: _FileStream) -> None:
+        if self._blocked():
+            self._waiting.append(stream)
+            self._waitingBytes += len(stream.header)
+        else:
+            self._goLive(stream)
+
+    def _goLive(self, stream: _FileStream) -> None:
+        self.transport.write(stream.header)
+        for data in stream.held:
+            self.transport.write(data)
+        stream.held = []
+        stream.heldBytes = 0
+        stream.live = True
+        self._live = stream
+        if stream.done:
+            # Held whole while it waited; whoever called drains on.
+            self._finishLive(stream)
+        else:
+            stream.sender._updateFlow(stream)
+
+    def _liveStreamEnded(self, stream: _FileStream) -> None:
+        self._finishLive(stream)
+        self._drain()
+
+    def _finishLive(self, stream: _FileStream) -> None:
+        self._live = None
+        self._remember(stream.filename, stream.sender)
+        self.log.info(
+            "msrp file {filename!r} relayed from {sender} to {receiver}",
+            filename=_show(stream.filename),
+            sender=stream.sender.user.name if stream.sender.user else "?",
+            receiver=self.user.name if self.user else "?",
+        )
+
+    def _remember(self, filename: bytes, sender: MsrpProtocol | None) -> None:
+        """Remember a file received whole, for ACK matching."""
+        self._unacked.append((filename, sender))
+        if len(self._unacked) > MAX_UNACKED:
+            self._unacked.popleft()
+
+    def _drain(self) -> None:
+        """Write what waits, in order, until a file streams or the buffer fills."""
+        while (
+            self._waiting
+            and self._live is None
+            and not self._transportFull
+            and not self._closing
+        ):
+            item = self._waiting.popleft()
+            if item.__class__ is bytes:
+                self._waitingBytes -= len(item)
+                self.transport.write(item)
+            else:
+                self._waitingBytes -= item.queuedBytes()
+                self._goLive(item)
+        self._checkQueue()
+
+    def _transportPaused(self) -> None:
+        self._transportFull = True
+        if self._live is not None:
+            self._live.sender._updateFlow(self._live)
+
+    def _transportResumed(self) -> None:
+        self._transportFull = False
+        if self._closing:
+            return
+        if self._live is not None:
+            self._live.sender._updateFlow(self._live)
+        self._drain()
+
+    # Flow control of this session's input.
+
+    def _pauseReading(self, reason: object) -> None:
+        if not self._pauseReasons and not self._closing:
+            self.transport.pauseProducing()
+        self._pauseReasons.add(reason)
+
+    def _resumeReading(self, reason: object) -> None:
+        if reason in self._pauseReasons:
+            self._pauseReasons.discard(reason)
+            if not self._pauseReasons and not self._closing:
+                self.transport.resumeProducing()
+
+    def _updateFlow(self, stream: _FileStream) -> None:
+        """Read the content of C{stream} only while its recipient can take it."""
+        if stream.done or self._sink is not stream:
+            self._resumeReading(stream)
+        elif stream.live and not stream.recipient._transportFull:
+            self._resumeReading(stream)
+        else:
+            self._pauseReading(stream)
+
+    def _streamSent(self, stream: _FileStream) -> None:
+        self._resumeReading(stream)
+
+    # Failures around a file stream.
+
+    def _streamCut(self, stream: _FileStream) -> None:
+        """The sender of C{stream} (to this session) is gone before its end."""
+        if stream.live:
+            # The recipient expects content; nothing else may be written, and
+            # it must not be handed a file that looks complete.
+            self.log.info(
+                "msrp {name}: the sender of {filename!r} left mid-file",
+                name=self.user.name if self.user else "?",
+                filename=_show(stream.filename),
+            )
+            self._shutdown(None, abort=True)
+            return
+        try:
+            self._waiting.remove(stream)
+        except ValueError:
+            return
+        self._waitingBytes -= stream.queuedBytes()
+        self._drain()
+
+    def _recipientGone(self, stream: _FileStream) -> None:
+        """The recipient of C{stream} (from this session) closed its connection."""
+        self._resumeReading(stream)
+        if self._sink is stream:
+            self._sink = _DISCARD
+        if self._closing:
+            return
+        name = stream.recipient.user.name if stream.recipient.user else "?"
+        self._sendError(errRecipientGone(name, _show(stream.filename)))
+
+    # Closing.
+
+    def _closeWith(self, text: str) -> None:
+        """Tell the client C{text}, if the wire allows, and close."""
+        self._shutdown(text)
+
+    def _shutdown(
+        self, text: str | None, abort: bool = False, transportGone: bool = False
+    ) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancelNameTimer()
+        self.presence.logout(self)
+        # As a sender: a file under way can go no further.
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.cut()
+        # As a recipient: whatever waits is dropped; senders of files learn
+        # that their file was not delivered.
+        live, self._live = self._live, None
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        self._waitingBytes = 0
+        for item in ([live] if live is not None else []) + waiting:
+            if item.__class__ is _FileStream:
+                item.sender._recipientGone(item)
+        if transportGone:
+            return
+        if live is None:
+            # Close after what waited (bounded by maxQueued), then the reason.
+            for item in waiting:
+                if item.__class__ is bytes:
+                    self.transport.write(item)
+        if text is not None and live is None:
+            if self.mode == HUMAN:
+                self.transport.write(f"ERROR: {text}\n".encode("utf-8"))
+            else:
+                self.transport.write(encodeError(wireText(text)))
+        self.transport.unregisterProducer()
+        if abort or live is not None:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # IChatSession.
+
+    def deliverMessage(self, message: ChatMessage) -> None:
+        frame = self._render(message)
+        if not self._hasRoom(len(frame)):
+            raise RecipientBusy(
+                f"{message.receiver} is not reading: too much waits for them"
+            )
+        self._send(frame)
+
+    def disconnect(self, reason: str) -> None:
+        self._closeWith(reason)
+
+    # IFileReceiver.
+
+    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+        if self.mode == HUMAN or self._closing:
+            self.log.warn(
+                "msrp {name}: a file from {sender} cannot be shown, dropped",
+                name=self.user.name if self.user else "?",
+                sender=sender,
+            )
+            return
+        name = wireText(filename, maximum=255)
+        self._send(encodeFileHeader(wireName(sender), name, len(content)))
+        if content:
+            self._send(content)
+        self._remember(name, None)
+
+
+class MsrpFactory(Factory):
+    """
+    Builds L{MsrpProtocol}s that share one presence service.
+
+    @param maxFileSize: the largest file a client may announce, in bytes; a
+        larger announcement gets an ERROR and the connection is closed.
+    @param maxQueued: the most bytes that may wait for one session (behind a
+        file being streamed to it, or while its transport's buffer is full)
+        before messages from other users to it are refused.
+    @param nameTimeout: seconds a new connection has to send its name.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        presence: IPresenceService,
+        clock: IReactorTime,
+        maxFileSize: int = DEFAULT_MAX_FILE,
+        maxQueued: int = DEFAULT_MAX_QUEUED,
+        nameTimeout: float = DEFAULT_NAME_TIMEOUT,
+    ) -> None:
+        self.presence = presence
+        self.clock = clock
+        self.maxFileSize = maxFileSize
+        self.maxQueued = maxQueued
+        self.nameTimeout = nameTimeout
+        self.connections: set[MsrpProtocol] = set()
+
+    def shutDown(self) -> None:
+        """
+        The server is stopping: tell every client (an ERROR frame, or a line
+        in the mode for people) and close. A recipient in the middle of a file
+        cannot be told in-band and is cut off instead.
+        """
+        for connection in list(self.connections):
+            connection.disconnect(ERR_SHUTDOWN)
+
+    def buildProtocol(self, addr) -> MsrpProtocol:
+        protocol = MsrpProtocol(
+            self.presence,
+            self.clock,
+            maxFileSize=self.maxFileSize,
+            maxQueued=self.maxQueued,
+            nameTimeout=self.nameTimeout,
+        )
+        protocol.factory = self
+        return protocol

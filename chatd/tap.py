@@ -18,6 +18,11 @@ from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
 from chatd.msrp.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_QUEUED, MsrpFactory
+from chatd.msgr import lockout as msgr_lockout
+from chatd.msgr.protocol import DEFAULT_MAX_FILE as MSGR_MAX_FILE
+from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
+from chatd.msgr.protocol import base64Length
+from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
 
 DISABLED = "none"
 
@@ -47,6 +52,72 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        # MSGR UQ (seed 001); docs/msgr.md.
+        [
+            "http",
+            None,
+            "tcp:8000",
+            "Endpoint of the MSGR UQ HTTP API (login, accounts), or 'none'.",
+        ],
+        ["msgr", None, "tcp:1234", "Endpoint of the MSGR UQ chat socket, or 'none'."],
+        [
+            "db",
+            None,
+            "chatd.sqlite3",
+            "SQLite file of the MSGR accounts (created on first run), or 'none' "
+            "for no accounts (then --http and --msgr must be 'none').",
+        ],
+        [
+            "msgr-token-idle",
+            None,
+            MSGR_TOKEN_IDLE,
+            "Seconds an MSGR login token lives unused (a bound chat socket "
+            "keeps it alive).",
+            _positiveFloat,
+        ],
+        [
+            "msgr-max-line",
+            None,
+            MSGR_MAX_LINE,
+            "Longest MSGR chat socket line in bytes; a longer one is skipped "
+            "and answered with an error.",
+            _positiveInt,
+        ],
+        [
+            "msgr-max-file",
+            None,
+            MSGR_MAX_FILE,
+            "Largest file in an MSGR #ARCHIVO/#IMG line, in decoded bytes.",
+            _positiveInt,
+        ],
+        [
+            "msgr-lockout-failures",
+            None,
+            msgr_lockout.DEFAULT_ACCOUNT_FAILURES,
+            "Failed MSGR logins of one account, within the window, that lock it.",
+            _positiveInt,
+        ],
+        [
+            "msgr-lockout-address-failures",
+            None,
+            msgr_lockout.DEFAULT_ADDRESS_FAILURES,
+            "Failed MSGR logins from one address, within the window, that lock it.",
+            _positiveInt,
+        ],
+        [
+            "msgr-lockout-window",
+            None,
+            msgr_lockout.DEFAULT_WINDOW,
+            "Seconds a failed MSGR login counts for.",
+            _positiveFloat,
+        ],
+        [
+            "msgr-lockout-time",
+            None,
+            msgr_lockout.DEFAULT_LOCK_TIME,
+            "Seconds an MSGR lockout lasts.",
+            _positiveFloat,
+        ],
         [
             "protobuf",
             None,
@@ -102,6 +173,14 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["db"] == DISABLED and DISABLED not in (self["http"], self["msgr"]):
+            raise usage.UsageError("--db none needs --http none and --msgr none")
+        # A file of --msgr-max-file bytes must fit in one line, in base64.
+        if self["msgr-max-line"] < base64Length(self["msgr-max-file"]) + 1024:
+            raise usage.UsageError(
+                "--msgr-max-line must exceed the base64 size of --msgr-max-file"
+                " by at least 1024 bytes"
+            )
         if self["protobuf-framing"] not in FRAMINGS:
             raise usage.UsageError(
                 f"--protobuf-framing must be one of {', '.join(FRAMINGS)}"
@@ -115,6 +194,32 @@ def _listener(reactor, label: str, description: str, factory) -> ListenerService
     return listener
 
 
+def _addMsgr(top, config: Options, presence, store, reactor) -> None:
+    from chatd.msgr import wiring
+
+    msgr = wiring.makeMsgrService(
+        store,
+        presence,
+        reactor,
+        tokenIdle=config["msgr-token-idle"],
+        lockoutAccountFailures=config["msgr-lockout-failures"],
+        lockoutAddressFailures=config["msgr-lockout-address-failures"],
+        lockoutWindow=config["msgr-lockout-window"],
+        lockoutTime=config["msgr-lockout-time"],
+    )
+    msgr.setName("msgr-accounts")
+    msgr.setServiceParent(top)  # stopping it closes the database
+    top.msgr = msgr
+    if config["http"] != DISABLED:
+        site = wiring.makeHttpFactory(msgr, reactor)
+        _listener(reactor, "msgr-http", config["http"], site).setServiceParent(top)
+    if config["msgr"] != DISABLED:
+        factory = wiring.makeChatFactory(
+            msgr, config["msgr-max-line"], config["msgr-max-file"]
+        )
+        _listener(reactor, "msgr", config["msgr"], factory).setServiceParent(top)
+
+
 def makeService(config: Options, reactor=None) -> service.MultiService:
     """
     Build chatd's service tree: one presence service shared by a listening
@@ -122,9 +227,21 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    presence = InMemoryPresenceService()
+    # MSGR accounts first: their names are protected in the presence service.
+    # openAccounts prepares the database and loads the names synchronously,
+    # before the reactor runs (docs/msgr.md, "Accounts").
+    accountStore = None
+    if config["db"] != DISABLED:
+        from chatd.msgr.wiring import openAccounts
+
+        accountStore = openAccounts(config["db"], reactor)
+        presence = InMemoryPresenceService(accountStore.isProtectedName)
+    else:
+        presence = InMemoryPresenceService()
     top = service.MultiService()
     top.presence = presence
+    if accountStore is not None:
+        _addMsgr(top, config, presence, accountStore, reactor)
     if config["protobuf"] != DISABLED:
         factory = ProtobufChatFactory(
             presence,

@@ -742,7 +742,8 @@ class TwistdTests(TestCase):
         os.makedirs(directory)
         local = "tcp:0:interface=127.0.0.1"
         server = TwistdProcess(
-            ["--protobuf", local, "--msrp", local],
+            ["--db", "none", "--http", "none", "--msgr", "none",
+             "--protobuf", local, "--msrp", local],
             ["protobuf", "msrp"],
             directory,
         )

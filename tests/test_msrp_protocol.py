@@ -521,7 +521,7 @@ class TapTests(TestCase):
     def options(self, *args: str) -> Options:
         config = Options()
         config.parseOptions(
-            ["--protobuf", "none", *args]
+            ["--db", "none", "--http", "none", "--msgr", "none", "--protobuf", "none", *args]
         )
         return config
 

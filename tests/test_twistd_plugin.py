@@ -48,7 +48,9 @@ class TwistdPluginTests(TestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         server = TwistdProcess(
-            ["--protobuf", "tcp:0:interface=127.0.0.1", "--msrp", "none"],
+            # Only the listener under test, on a free port: nothing else is bound.
+            ["--protobuf", "tcp:0:interface=127.0.0.1", "--msrp", "none",
+             "--http", "none", "--msgr", "none", "--db", "none"],
             ["protobuf"],
             directory,
         )

@@ -1,0 +1,660 @@
+"""
+MSGR UQ accounts in SQLite: who is registered, their password hash and
+profile, their friends and pending friend requests.
+
+Two ways in:
+
+  - L{prepareDatabase} (synchronous, stdlib C{sqlite3}) creates or migrates
+    the schema and returns the registered names. C{makeService} calls it
+    before the reactor runs, and C{chatd-admin} uses the same schema;
+  - L{AccountStore} serves the running server: every query runs on one
+    database thread through L{twisted.enterprise.adbapi}, and password hashing
+    runs in the reactor's thread pool, so the reactor thread never waits on
+    disk or on the key derivation. It keeps the set of registered names in
+    memory (L{AccountStore.isProtectedName}) so that other protocols can
+    refuse them without waiting.
+
+The database runs in WAL mode with C{synchronous=FULL}: every transaction
+that returned has reached the disk, and a killed process loses nothing it
+committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterable
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from chatd.presence import InvalidName, InvalidStatus, checkName, checkStatus, nameKey
+
+log = Logger()
+
+# Password hashing: scrypt from the standard library. The parameters are
+# stored with each hash, so they can be raised later without breaking old
+# hashes.
+
+#: scrypt cost parameters (n, r, p): 16 MiB of memory, some tens of ms.
+DEFAULT_SCRYPT = (2**14, 8, 1)
+_SALT_BYTES = 16
+_HASH_BYTES = 32
+_SCHEME = "scrypt"
+
+#: Longest password accepted, in characters.
+MAX_PASSWORD_LENGTH = 1024
+
+#: Longest nombres / apellidos, in characters.
+MAX_PROFILE_LENGTH = 100
+
+#: Longest email, in characters.
+MAX_EMAIL_LENGTH = 254
+
+#: The profile fields a client may set (Spanish names, as on the wire).
+PROFILE_FIELDS = ("nombres", "apellidos", "email", "estado")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hashPassword(password: str, params: tuple[int, int, int] = DEFAULT_SCRYPT) -> str:
+    """
+    A salted scrypt hash of C{password}, as stored:
+    C{scrypt$<n>$<r>$<p>$<salt base64>$<hash base64>}. Slow on purpose: call
+    it off the reactor thread.
+    """
+    n, r, p = params
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=_maxmem(n, r, p),
+        dklen=_HASH_BYTES,
+    )
+    return f"{_SCHEME}${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def _maxmem(n: int, r: int, p: int) -> int:
+    # scrypt needs about 128 * n * r * p bytes; leave room.
+    return 256 * n * r * p + 1024 * 1024
+
+
+def verifyPassword(password: str, stored: str) -> bool:
+    """
+    Whether C{password} matches the L{hashPassword} result C{stored},
+    compared in constant time. A malformed C{stored} never matches.
+    """
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != _SCHEME:
+            return False
+        n, r, p = int(n), int(r), int(p)
+        salt_b = base64.b64decode(salt, validate=True)
+        expected = base64.b64decode(digest, validate=True)
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=salt_b,
+            n=n,
+            r=r,
+            p=p,
+            maxmem=_maxmem(n, r, p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError, MemoryError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Schema.
+
+#: The schema version this code writes; older databases are migrated.
+SCHEMA_VERSION = 1
+
+
+def _schemaV1(cursor: sqlite3.Cursor) -> None:
+    cursor.execute(
+        """
+        CREATE TABLE accounts (
+            name_key  TEXT PRIMARY KEY,
+            name      TEXT NOT NULL,
+            password  TEXT NOT NULL,
+            nombres   TEXT NOT NULL DEFAULT '',
+            apellidos TEXT NOT NULL DEFAULT '',
+            email     TEXT NOT NULL DEFAULT '',
+            estado    TEXT NOT NULL DEFAULT '',
+            bloqueado INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    # Each friendship is stored both ways, so "friends of X" is one lookup.
+    cursor.execute(
+        """
+        CREATE TABLE friendships (
+            a_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            b_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            PRIMARY KEY (a_key, b_key)
+        )
+        """
+    )
+    cursor.execute(
+        """
+        CREATE TABLE friend_requests (
+            from_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            to_key   TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            PRIMARY KEY (from_key, to_key)
+        )
+        """
+    )
+    cursor.execute("CREATE INDEX friend_requests_to ON friend_requests (to_key)")
+
+
+#: version -> the step that brings a database from version - 1 to it.
+MIGRATIONS = {1: _schemaV1}
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA synchronous = FULL")
+    # chatd-admin may hold the write lock for a moment.
+    connection.execute("PRAGMA busy_timeout = 5000")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A configured stdlib connection, in autocommit mode."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    _configure(connection)
+    return connection
+
+
+def schemaVersion(connection: sqlite3.Connection) -> int:
+    """The schema version of the database (0 for an empty one)."""
+    row = connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if row is None:
+        return 0
+    row = connection.execute("SELECT version FROM schema_version").fetchone()
+    return 0 if row is None else row[0]
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """
+    Bring the database behind C{connection} (autocommit mode) to
+    L{SCHEMA_VERSION}, one transaction per step.
+
+    @return: the version it found.
+    @raise RuntimeError: when the database is newer than this code.
+    """
+    connection.execute("PRAGMA journal_mode = WAL")
+    found = schemaVersion(connection)
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {found}; this chatd knows"
+            f" {SCHEMA_VERSION} at most"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        cursor = connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the lock.
+            if schemaVersion(connection) >= version:
+                cursor.execute("ROLLBACK")
+                continue
+            if version == 1:
+                cursor.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                cursor.execute("INSERT INTO schema_version VALUES (0)")
+            MIGRATIONS[version](cursor)
+            cursor.execute("UPDATE schema_version SET version = ?", (version,))
+            cursor.execute("COMMIT")
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        log.info("accounts database migrated to schema {version}", version=version)
+    return found
+
+
+def prepareDatabase(path: str) -> list[str]:
+    """
+    Create (on first run) or migrate the database at C{path}, synchronously,
+    and return every registered account name.
+    """
+    connection = connect(path)
+    try:
+        migrate(connection)
+        return [row[0] for row in connection.execute("SELECT name FROM accounts")]
+    finally:
+        connection.close()
+
+
+# Accounts.
+
+
+class AccountError(Exception):
+    """Base of the account store's refusals; C{str()} says why."""
+
+
+class NameTaken(AccountError):
+    """An account with this name (in any case) exists."""
+
+
+class InvalidAccountData(AccountError):
+    """A field breaks its rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One account's public record (no password)."""
+
+    name: str
+    nombres: str = ""
+    apellidos: str = ""
+    email: str = ""
+    estado: str = ""
+    bloqueado: bool = False
+
+
+def checkPassword(password: str) -> None:
+    """@raise InvalidAccountData: for an empty or too long password."""
+    if not password:
+        raise InvalidAccountData("the password is empty")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidAccountData(
+            f"the password is longer than {MAX_PASSWORD_LENGTH} characters"
+        )
+
+
+def checkProfile(profile: dict[str, str]) -> None:
+    """
+    Check the profile fields in C{profile} (any of L{PROFILE_FIELDS}).
+
+    @raise InvalidAccountData: with the reason.
+    """
+    for field in ("nombres", "apellidos"):
+        value = profile.get(field, "")
+        if len(value) > MAX_PROFILE_LENGTH or not value.isprintable():
+            raise InvalidAccountData(f"{field} is too long or has control characters")
+    email = profile.get("email", "")
+    if email and (
+        len(email) > MAX_EMAIL_LENGTH
+        or "@" not in email
+        or not email.isprintable()
+        or any(ch.isspace() for ch in email)
+    ):
+        raise InvalidAccountData("email is not an address")
+    estado = profile.get("estado", "")
+    if estado:
+        try:
+            checkStatus(estado)
+        except InvalidStatus as e:
+            raise InvalidAccountData(str(e)) from None
+
+
+_ACCOUNT_COLUMNS = "name, nombres, apellidos, email, estado, bloqueado"
+
+
+def _account(row) -> Account:
+    name, nombres, apellidos, email, estado, bloqueado = row
+    return Account(name, nombres, apellidos, email, estado, bool(bloqueado))
+
+
+def _getAccount(cursor, key: str) -> Account | None:
+    cursor.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name_key = ?", (key,))
+    row = cursor.fetchone()
+    return None if row is None else _account(row)
+
+
+def _friends(cursor, key: str) -> list[str]:
+    cursor.execute(
+        "SELECT a.name FROM friendships f JOIN accounts a ON a.name_key = f.b_key"
+        " WHERE f.a_key = ? ORDER BY a.name_key",
+        (key,),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _pending(cursor, key: str) -> list[str]:
+    cursor.execute(
+        "SELECT a.name FROM friend_requests r JOIN accounts a ON a.name_key = r.from_key"
+        " WHERE r.to_key = ? ORDER BY a.name_key",
+        (key,),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _areFriends(cursor, aKey: str, bKey: str) -> bool:
+    cursor.execute(
+        "SELECT 1 FROM friendships WHERE a_key = ? AND b_key = ?", (aKey, bKey)
+    )
+    return cursor.fetchone() is not None
+
+
+def _befriend(cursor, aKey: str, bKey: str) -> None:
+    cursor.execute(
+        "DELETE FROM friend_requests WHERE (from_key = ? AND to_key = ?)"
+        " OR (from_key = ? AND to_key = ?)",
+        (aKey, bKey, bKey, aKey),
+    )
+    cursor.execute("INSERT OR IGNORE INTO friendships VALUES (?, ?)", (aKey, bKey))
+    cursor.execute("INSERT OR IGNORE INTO friendships VALUES (?, ?)", (bKey, aKey))
+
+
+# Outcomes of AccountStore.requestFriend.
+REQUEST_SENT = "sent"
+REQUEST_CROSSED = "crossed"  # the other had asked already: now friends
+REQUEST_NO_SUCH_USER = "no-such-user"
+REQUEST_SELF = "self"
+REQUEST_ALREADY_FRIENDS = "already-friends"
+
+
+@dataclass(frozen=True, slots=True)
+class FriendRequestOutcome:
+    """What L{AccountStore.requestFriend} did."""
+
+    result: str
+    #: The receiver's name as the account spells it (when it exists).
+    receiver: str | None = None
+    #: After the change, the pending requests of whoever's list changed: the
+    #: receiver's when sent, the sender's when crossed.
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerOutcome:
+    """What L{AccountStore.answerRequest} did."""
+
+    #: The requester's name as the account spells it.
+    requester: str
+    #: The answerer's pending requests after the answer.
+    pending: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """What a chat socket needs when it binds."""
+
+    account: Account
+    friends: list[str]
+    pending: list[str]
+
+
+class AccountStore:
+    """
+    The accounts of the running server, in the SQLite file at C{path}
+    (already prepared by L{prepareDatabase}).
+
+    @param names: the registered names, as L{prepareDatabase} returned them.
+    @param reactor: the reactor whose thread pool hashes passwords and to
+        which the database thread reports.
+    @param scrypt: cost parameters for new password hashes.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        names: Iterable[str],
+        reactor=None,
+        scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.reactor = reactor
+        self.scrypt = scrypt
+        self._names = {nameKey(name) for name in names}
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,  # one writer: SQLite serialises writes anyway
+            cp_openfun=_configure,
+            cp_reactor=reactor,
+            cp_noisy=False,
+        )
+        # A hash for unknown names, so that "no such user" takes as long as
+        # "wrong password" and timing does not tell which names exist.
+        self._dummyHash: str | None = None
+
+    @classmethod
+    def open(cls, path: str, reactor=None, scrypt=DEFAULT_SCRYPT) -> "AccountStore":
+        """Prepare the database at C{path} (synchronously) and open it."""
+        return cls(path, prepareDatabase(path), reactor, scrypt)
+
+    def close(self) -> None:
+        """
+        Stop the database thread (waits for it to finish its work). Closing
+        twice does nothing.
+        """
+        if self._pool.running:
+            self._pool.close()
+
+    # Names, from memory.
+
+    def isProtectedName(self, name: str) -> bool:
+        """Whether an account has C{name} (in any case). Never waits."""
+        return nameKey(name) in self._names
+
+    def _run(self, interaction, *args) -> defer.Deferred:
+        return self._pool.runInteraction(interaction, *args)
+
+    def _hash(self, password: str) -> defer.Deferred:
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), hashPassword, password, self.scrypt
+        )
+
+    def _verify(self, password: str, stored: str) -> defer.Deferred:
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), verifyPassword, password, stored
+        )
+
+    # Accounts.
+
+    def register(self, name: str, password: str, profile: dict[str, str]) -> defer.Deferred:
+        """
+        Create the account C{name}. The name is protected from this call on
+        (synchronously), and freed again if the account is not created.
+
+        @return: a L{Deferred} firing with the L{Account}, or failing with
+            L{NameTaken}, L{InvalidAccountData} or L{InvalidName}.
+        """
+        try:
+            checkName(name)
+            checkPassword(password)
+            checkProfile(profile)
+        except (InvalidName, AccountError) as e:
+            return defer.fail(e)
+        key = nameKey(name)
+        if key in self._names:
+            return defer.fail(NameTaken(f"the name {name} is taken"))
+        self._names.add(key)
+        fields = {f: profile.get(f, "") for f in PROFILE_FIELDS}
+
+        def insert(cursor, hashed: str) -> Account:
+            try:
+                cursor.execute(
+                    "INSERT INTO accounts (name_key, name, password, nombres,"
+                    " apellidos, email, estado) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, name, hashed, *(fields[f] for f in PROFILE_FIELDS)),
+                )
+            except sqlite3.IntegrityError:
+                raise NameTaken(f"the name {name} is taken") from None
+            return Account(name, **fields)
+
+        def failed(failure):
+            self._names.discard(key)
+            return failure
+
+        d = self._hash(password)
+        d.addCallback(lambda hashed: self._run(insert, hashed))
+        d.addErrback(failed)
+        return d
+
+    def getAccount(self, name: str) -> defer.Deferred:
+        """A L{Deferred} firing with the L{Account} C{name}, or C{None}."""
+        return self._run(_getAccount, nameKey(name))
+
+    def authenticate(self, name: str, password: str) -> defer.Deferred:
+        """
+        Check C{password} for the account C{name}.
+
+        @return: a L{Deferred} firing with the L{Account} (blocked or not)
+            when the password is right, else C{None} (no such account and a
+            wrong password look the same, and take as long).
+        """
+        key = nameKey(name)
+
+        def fetch(cursor):
+            cursor.execute(
+                f"SELECT {_ACCOUNT_COLUMNS}, password FROM accounts WHERE name_key = ?",
+                (key,),
+            )
+            return cursor.fetchone()
+
+        @defer.inlineCallbacks
+        def check(row):
+            if row is None:
+                if self._dummyHash is None:
+                    self._dummyHash = yield self._hash(secrets.token_urlsafe())
+                yield self._verify(password, self._dummyHash)
+                return None
+            ok = yield self._verify(password, row[-1])
+            return _account(row[:-1]) if ok else None
+
+        return self._run(fetch).addCallback(check)
+
+    def update(
+        self, name: str, profile: dict[str, str], password: str | None = None
+    ) -> defer.Deferred:
+        """
+        Change the profile fields in C{profile} and, when given, the password
+        of the account C{name}.
+
+        @return: a L{Deferred} firing with the new L{Account}, or C{None} when
+            there is no such account; failing with L{InvalidAccountData}.
+        """
+        try:
+            checkProfile(profile)
+            if password is not None:
+                checkPassword(password)
+        except AccountError as e:
+            return defer.fail(e)
+        key = nameKey(name)
+        changes = {f: profile[f] for f in PROFILE_FIELDS if f in profile}
+
+        def write(cursor, hashed: str | None):
+            columns = dict(changes)
+            if hashed is not None:
+                columns["password"] = hashed
+            if columns:
+                assignments = ", ".join(f"{column} = ?" for column in columns)
+                cursor.execute(
+                    f"UPDATE accounts SET {assignments} WHERE name_key = ?",
+                    (*columns.values(), key),
+                )
+            return _getAccount(cursor, key)
+
+        d = self._hash(password) if password is not None else defer.succeed(None)
+        d.addCallback(lambda hashed: self._run(write, hashed))
+        return d
+
+    # Friends.
+
+    def sessionData(self, name: str) -> defer.Deferred:
+        """
+        A L{Deferred} firing with the L{SessionData} of C{name} (account,
+        friends, pending requests), or C{None} when there is no such account.
+        """
+        key = nameKey(name)
+
+        def read(cursor):
+            account = _getAccount(cursor, key)
+            if account is None:
+                return None
+            return SessionData(account, _friends(cursor, key), _pending(cursor, key))
+
+        return self._run(read)
+
+    def friends(self, name: str) -> defer.Deferred:
+        """A L{Deferred} firing with the friends of C{name}, sorted."""
+        return self._run(_friends, nameKey(name))
+
+    def pendingRequests(self, name: str) -> defer.Deferred:
+        """A L{Deferred} firing with who asked C{name} for friendship, sorted."""
+        return self._run(_pending, nameKey(name))
+
+    def requestFriend(self, sender: str, receiver: str) -> defer.Deferred:
+        """
+        Record a friend request from C{sender} to C{receiver}. A request the
+        other way already pending makes them friends at once
+        (L{REQUEST_CROSSED}); a repeated request is recorded once.
+
+        @return: a L{Deferred} firing with a L{FriendRequestOutcome}.
+        """
+        senderKey, receiverKey = nameKey(sender), nameKey(receiver)
+
+        def write(cursor):
+            target = _getAccount(cursor, receiverKey)
+            if target is None:
+                return FriendRequestOutcome(REQUEST_NO_SUCH_USER)
+            if receiverKey == senderKey:
+                return FriendRequestOutcome(REQUEST_SELF, target.name)
+            if _areFriends(cursor, senderKey, receiverKey):
+                return FriendRequestOutcome(REQUEST_ALREADY_FRIENDS, target.name)
+            cursor.execute(
+                "SELECT 1 FROM friend_requests WHERE from_key = ? AND to_key = ?",
+                (receiverKey, senderKey),
+            )
+            if cursor.fetchone() is not None:
+                _befriend(cursor, senderKey, receiverKey)
+                return FriendRequestOutcome(
+                    REQUEST_CROSSED, target.name, tuple(_pending(cursor, senderKey))
+                )
+            cursor.execute(
+                "INSERT OR IGNORE INTO friend_requests VALUES (?, ?)",
+                (senderKey, receiverKey),
+            )
+            return FriendRequestOutcome(
+                REQUEST_SENT, target.name, tuple(_pending(cursor, receiverKey))
+            )
+
+        return self._run(write)
+
+    def answerRequest(self, name: str, requester: str, accept: bool) -> defer.Deferred:
+        """
+        Accept (they become friends) or reject the pending request from
+        C{requester} to C{name}.
+
+        @return: a L{Deferred} firing with an L{AnswerOutcome}, or C{None}
+            when no such request is pending.
+        """
+        key, requesterKey = nameKey(name), nameKey(requester)
+
+        def write(cursor):
+            cursor.execute(
+                "SELECT a.name FROM friend_requests r JOIN accounts a"
+                " ON a.name_key = r.from_key WHERE r.from_key = ? AND r.to_key = ?",
+                (requesterKey, key),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            if accept:
+                _befriend(cursor, key, requesterKey)
+            else:
+                cursor.execute(
+                    "DELETE FROM friend_requests WHERE from_key = ? AND to_key = ?",
+                    (requesterKey, key),
+                )
+            return AnswerOutcome(row[0], tuple(_pending(cursor, key)))
+
+        return self._run(write)

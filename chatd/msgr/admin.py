@@ -1,0 +1,190 @@
+"""
+C{chatd-admin}: operator commands on the MSGR UQ accounts database.
+
+It works directly on the SQLite file with the standard library (no reactor),
+and may run while chatd runs: SQLite's locking keeps both consistent. A
+running chatd sees a block at the account's next login, HTTP call or socket
+bind, and a new password at the next login.
+
+    chatd-admin --db chatd.sqlite3 list [--blocked]
+    chatd-admin --db chatd.sqlite3 block NAME
+    chatd-admin --db chatd.sqlite3 unblock NAME
+    chatd-admin --db chatd.sqlite3 reset-password NAME [--password-stdin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sqlite3
+import sys
+from typing import TextIO
+
+from chatd.msgr.accounts import (
+    DEFAULT_SCRYPT,
+    AccountError,
+    checkPassword,
+    connect,
+    hashPassword,
+    migrate,
+)
+from chatd.presence import nameKey
+
+DEFAULT_DB = "chatd.sqlite3"
+
+#: Exit statuses.
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class AdminError(Exception):
+    """A command that cannot be done; the message is shown to the operator."""
+
+
+def _open(path: str) -> sqlite3.Connection:
+    if not os.path.exists(path):
+        raise AdminError(f"no database at {path} (chatd creates it on its first run)")
+    connection = connect(path)
+    migrate(connection)
+    return connection
+
+
+def listAccounts(connection: sqlite3.Connection, blockedOnly: bool = False) -> list[tuple]:
+    """(name, blocked, email, friends, pending requests) of every account."""
+    query = (
+        "SELECT a.name, a.bloqueado, a.email,"
+        " (SELECT COUNT(*) FROM friendships f WHERE f.a_key = a.name_key),"
+        " (SELECT COUNT(*) FROM friend_requests r WHERE r.to_key = a.name_key)"
+        " FROM accounts a"
+    )
+    if blockedOnly:
+        query += " WHERE a.bloqueado"
+    query += " ORDER BY a.name_key"
+    return connection.execute(query).fetchall()
+
+
+def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
+    """Block or unblock the account C{name}; returns its name as spelled."""
+    row = connection.execute(
+        "SELECT name FROM accounts WHERE name_key = ?", (nameKey(name),)
+    ).fetchone()
+    if row is None:
+        raise AdminError(f"no account {name!r}")
+    connection.execute(
+        "UPDATE accounts SET bloqueado = ? WHERE name_key = ?",
+        (1 if blocked else 0, nameKey(name)),
+    )
+    return row[0]
+
+
+def resetPassword(
+    connection: sqlite3.Connection,
+    name: str,
+    password: str,
+    scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
+) -> str:
+    """Give the account C{name} the password C{password}."""
+    try:
+        checkPassword(password)
+    except AccountError as e:
+        raise AdminError(str(e)) from None
+    row = connection.execute(
+        "SELECT name FROM accounts WHERE name_key = ?", (nameKey(name),)
+    ).fetchone()
+    if row is None:
+        raise AdminError(f"no account {name!r}")
+    connection.execute(
+        "UPDATE accounts SET password = ? WHERE name_key = ?",
+        (hashPassword(password, scrypt), nameKey(name)),
+    )
+    return row[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatd-admin",
+        description="Manage chatd's MSGR UQ accounts (works on the SQLite file).",
+    )
+    parser.add_argument(
+        "--db", default=DEFAULT_DB, help=f"the accounts database (default {DEFAULT_DB})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list the accounts")
+    listing.add_argument("--blocked", action="store_true", help="only blocked ones")
+    for verb, text in (("block", "block an account for good"), ("unblock", "unblock an account")):
+        commands.add_parser(verb, help=text).add_argument("name")
+    reset = commands.add_parser(
+        "reset-password",
+        help="set a new password (a random one is generated and shown, unless"
+        " --password-stdin)",
+    )
+    reset.add_argument("name")
+    reset.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the new password from the first line of standard input",
+    )
+    return parser
+
+
+def main(
+    argv: list[str] | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
+) -> int:
+    """Run C{chatd-admin}; returns the exit status."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        # argparse writes its usage errors (and --help) to sys.stderr/stdout.
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            options = _parser().parse_args(argv)
+    except SystemExit as e:
+        return USAGE if e.code else OK
+    try:
+        connection = _open(options.db)
+        try:
+            return _run(options, connection, stdin, stdout, scrypt)
+        finally:
+            connection.close()
+    except AdminError as e:
+        stderr.write(f"chatd-admin: {e}\n")
+        return FAILED
+    except sqlite3.Error as e:
+        stderr.write(f"chatd-admin: database error: {e}\n")
+        return FAILED
+
+
+def _run(options, connection, stdin, stdout, scrypt) -> int:
+    command = options.command
+    if command == "list":
+        rows = listAccounts(connection, options.blocked)
+        stdout.write("name\tblocked\temail\tfriends\tpending\n")
+        for name, blocked, email, friends, pending in rows:
+            state = "yes" if blocked else "no"
+            stdout.write(f"{name}\t{state}\t{email}\t{friends}\t{pending}\n")
+        return OK
+    if command in ("block", "unblock"):
+        name = setBlocked(connection, options.name, command == "block")
+        stdout.write(f"{name} {command}ed\n")
+        return OK
+    if options.password_stdin:
+        password = stdin.readline().rstrip("\r\n")
+        generated = False
+    else:
+        password = secrets.token_urlsafe(12)
+        generated = True
+    name = resetPassword(connection, options.name, password, scrypt)
+    if generated:
+        stdout.write(f"new password for {name}: {password}\n")
+    else:
+        stdout.write(f"password of {name} reset\n")
+    return OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

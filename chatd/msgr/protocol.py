@@ -1,0 +1,524 @@
+"""
+The MSGR UQ chat socket: one connection's behaviour.
+
+Lines are cut and escaped by L{chatd.msgr.codec}; accounts, tokens and friend
+requests are L{chatd.msgr.service.MsgrService}'s; delivery to other users,
+whatever their protocol, goes through the presence service. docs/msgr.md is
+the normative description.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatd.msgr import codec
+from chatd.msgr.accounts import SessionData
+from chatd.msgr.codec import NO_TOKEN, RawField, buildLine, joinList, unescape
+from chatd.msgr.service import (
+    BAD_CREDENTIALS,
+    BLOCKED,
+    LOGIN_OK,
+    NO_CREDENTIALS,
+    NO_SUCH_USER,
+    REQUEST_MISSING,
+    SENT_OK,
+    UPDATE_FAILED,
+    UPDATE_OK,
+    MsgrService,
+    Outcome,
+)
+from chatd.presence import (
+    DEFAULT_STATUS,
+    ChatMessage,
+    FilesNotAccepted,
+    IChatSession,
+    IFileReceiver,
+    NoSuchUser,
+    PresenceError,
+    UserInfo,
+    checkStatus,
+    nameKey,
+)
+
+#: Longest line read, in bytes, without its C{\n}.
+DEFAULT_MAX_LINE = 2 * 1024 * 1024
+
+#: Largest file (decoded) accepted in C{#ARCHIVO} / C{#IMG}, in bytes.
+DEFAULT_MAX_FILE = 1024 * 1024
+
+#: Longest file name, in characters.
+MAX_FILENAME = 255
+
+HOLA = "#HOLA"
+MSJ = "#MSJ"
+ARCHIVO = "#ARCHIVO"
+IMG = "#IMG"
+MEME = "#MEME"
+SOLICITUD = "#SOLICITUD"
+ACEPTAR = "#ACEPTAR"
+RECHAZAR = "#RECHAZAR"
+DESCONECTAR = "#DESCONECTAR"
+RESPUESTA = "#RESPUESTA"
+LISTA_USUARIOS = "#LISTA_USUARIOS"
+SOLICITUDES = "#SOLICITUDES"
+
+#: How text from a C{#MEME} reaches users of other protocols.
+MEME_TEXT = "[meme] {name}"
+
+# command -> how many fields it has (the last one takes the rest of the line
+# when the command carries free text).
+_FIELDS = {
+    MSJ: 5,
+    ARCHIVO: 6,
+    IMG: 6,
+    MEME: 5,
+    SOLICITUD: 4,
+    ACEPTAR: 4,
+    RECHAZAR: 4,
+    DESCONECTAR: 3,
+}
+_REST_IS_TEXT = {MSJ}
+
+#: The id of a C{#RESPUESTA} that answers no line of the client.
+UNSOLICITED = 0
+
+
+def base64Length(size: int) -> int:
+    """How many base64 characters C{size} bytes take."""
+    return 4 * ((size + 2) // 3)
+
+
+@implementer(IChatSession, IFileReceiver)
+class MsgrChatProtocol(Protocol):
+    """
+    One client of the MSGR UQ chat socket, adapted to L{IChatSession} and
+    L{IFileReceiver}.
+    """
+
+    protocolName = "msgr"
+    log = Logger()
+
+    def __init__(self, msgr: MsgrService, maxLine: int, maxFileSize: int) -> None:
+        self.msgr = msgr
+        self.presence = msgr.presence
+        self.decoder = codec.LineDecoder(maxLine)
+        self.maxFileSize = maxFileSize
+        self.user: UserInfo | None = None
+        self.token: str | None = None
+        self.lineNumber = 0
+        self._binding = False
+        self._queue: list = []
+        self._closing = False
+        self.peerHost = ""
+        self._handlers = {
+            MSJ: self._message,
+            ARCHIVO: self._file,
+            IMG: self._file,
+            MEME: self._meme,
+            SOLICITUD: self._friendRequest,
+            ACEPTAR: self._acceptRequest,
+            RECHAZAR: self._rejectRequest,
+            DESCONECTAR: self._logout,
+            HOLA: self._rebind,
+        }
+
+    # Bytes in.
+
+    def connectionMade(self) -> None:
+        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self.decoder.feed(data):
+            if self._closing:
+                return
+            if self._binding:
+                self._queue.append(item)
+            else:
+                self._handle(item)
+
+    def _handle(self, item: bytes | codec.LineTooLong) -> None:
+        if isinstance(item, bytes) and not item.strip():
+            return  # blank lines (keep-alives) are ignored
+        self.lineNumber += 1
+        try:
+            if isinstance(item, codec.LineTooLong):
+                self._refuse(None, UPDATE_FAILED, str(item))
+                return
+            line = codec.decodeLine(item)
+            if self.user is None:
+                self._bind(line)
+            else:
+                self._dispatch(line)
+        except codec.NotUtf8 as e:
+            self._refuse(None, REQUEST_MISSING, str(e))
+        except Exception:
+            self.log.failure("MSGR line from {peer} failed", peer=self.peerHost)
+            self._answer(None, REQUEST_MISSING)
+
+    def _refuse(self, command: str | None, code: int, reason: str) -> None:
+        """Answer an error; before binding, close the connection too."""
+        self.log.info(
+            "MSGR {command} from {user} refused ({code}): {reason}",
+            command=command or "line",
+            user=self.user.name if self.user else self.peerHost,
+            code=code,
+            reason=reason,
+        )
+        self._answer(command, code)
+        if self.user is None:
+            self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._queue.clear()
+        self._unbind()
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.discard(self)
+
+    def _unbind(self) -> None:
+        if self.user is not None:
+            self.msgr.detach(self, self.user.name)
+            self.user = None
+        self.presence.logout(self)
+        if self.token is not None:
+            self.msgr.tokens.release(self.token)
+            self.token = None
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
+    # Lines out.
+
+    def _write(self, command: str, *fields: str) -> None:
+        if not self._closing:
+            self.transport.write(buildLine(command, *fields))
+
+    def _answer(self, command: str | None, code: int, lineId: int | None = None) -> None:
+        to = self.user.name if self.user is not None else NO_TOKEN
+        self._write(
+            RESPUESTA,
+            NO_TOKEN,
+            str(self.lineNumber if lineId is None else lineId),
+            command or NO_TOKEN,
+            to,
+            str(code),
+        )
+
+    # Binding.
+
+    def _bind(self, line: str) -> None:
+        fields = codec.splitFields(line)
+        command = fields[0]
+        if self._binding:
+            return
+        if command != HOLA:
+            self._refuse(command, NO_CREDENTIALS, "the first line must be #HOLA")
+            return
+        if len(fields) < 3:
+            self._refuse(HOLA, NO_CREDENTIALS, "#HOLA needs a token and a user")
+            return
+        token, claimed = unescape(fields[1]), unescape(fields[2])
+        owner = self.msgr.tokens.validate(token)
+        if owner is None:
+            self._refuse(HOLA, NO_CREDENTIALS, "unknown or expired token")
+            return
+        if nameKey(owner) != nameKey(claimed):
+            self._refuse(HOLA, BAD_CREDENTIALS, f"the token is not {claimed!r}'s")
+            return
+        self.token = token
+        self.msgr.tokens.hold(token)
+        self._binding = True
+        lineId = self.lineNumber
+        self.transport.pauseProducing()
+        d = self.msgr.store.sessionData(owner)
+        d.addCallback(self._gotSessionData, lineId)
+        d.addErrback(self._bindFailed, lineId)
+        d.addBoth(self._bound)
+
+    def _gotSessionData(self, data: SessionData | None, lineId: int):
+        if self._closing:
+            return None
+        if data is None:
+            self._bindRefused(lineId, BAD_CREDENTIALS, "the account is gone")
+            return None
+        account = data.account
+        if account.bloqueado:
+            self._bindRefused(lineId, BLOCKED, "the account is blocked")
+            return None
+        previous = self.msgr.boundSession(account.name)
+        if previous is not None and previous is not self:
+            # A reconnect: the newer socket wins.
+            previous.takenOver()
+        status = DEFAULT_STATUS
+        if account.estado:
+            try:
+                checkStatus(account.estado)
+                status = account.estado
+            except PresenceError:
+                pass
+        d = self.presence.login(
+            self, account.name, self.peerHost, status, authenticated=True
+        )
+        d.addCallback(self._loggedIn, data, lineId)
+        d.addErrback(self._loginRefused, lineId)
+        return d
+
+    def _loggedIn(self, info: UserInfo, data: SessionData, lineId: int) -> None:
+        if self._closing:
+            self.presence.logout(self)
+            return
+        self.user = info
+        self.log.info(
+            "{user} bound the MSGR socket from {peer}", user=info.name, peer=self.peerHost
+        )
+        self._answer(HOLA, LOGIN_OK, lineId)
+        self.msgr.attach(self, data)
+
+    def _loginRefused(self, failure: Failure, lineId: int) -> None:
+        failure.trap(PresenceError)
+        self._bindRefused(lineId, UPDATE_FAILED, str(failure.value))
+
+    def _bindFailed(self, failure: Failure, lineId: int) -> None:
+        self.log.failure("MSGR bind failed", failure)
+        self._bindRefused(lineId, NO_CREDENTIALS, "internal error")
+
+    def _bindRefused(self, lineId: int, code: int, reason: str) -> None:
+        self.log.info(
+            "MSGR bind from {peer} refused ({code}): {reason}",
+            peer=self.peerHost,
+            code=code,
+            reason=reason,
+        )
+        self._answer(HOLA, code, lineId)
+        self._close()
+        self._unbind()
+
+    def _bound(self, ignored) -> None:
+        self._binding = False
+        queued, self._queue = self._queue, []
+        for item in queued:
+            if self._closing:
+                return
+            self._handle(item)
+        if not self._closing:
+            self.transport.resumeProducing()
+
+    # Commands of a bound socket.
+
+    def _dispatch(self, line: str) -> None:
+        command = codec.splitFields(line, 2)[0]
+        handler = self._handlers.get(command)
+        if handler is None:
+            self._refuse(command, REQUEST_MISSING, "unknown command")
+            return
+        count = _FIELDS.get(command)
+        fields = codec.splitFields(line, count if command in _REST_IS_TEXT else None)
+        if count is not None and len(fields) < count:
+            self._refuse(command, REQUEST_MISSING, f"{command} needs {count} fields")
+            return
+        if command != HOLA:
+            if not self.msgr.tokens.belongsTo(unescape(fields[1]), self.user.name):
+                self._refuse(command, NO_CREDENTIALS, "wrong token")
+                return
+            if nameKey(unescape(fields[2])) != nameKey(self.user.name):
+                self._refuse(command, BAD_CREDENTIALS, "the sender is not you")
+                return
+        handler(command, fields)
+
+    def _rebind(self, command: str, fields: list[str]) -> None:
+        self._refuse(command, UPDATE_FAILED, "already bound")
+
+    def _message(self, command: str, fields: list[str]) -> None:
+        to, text = unescape(fields[3]), unescape(fields[4])
+        if not to or not text:
+            self._refuse(command, REQUEST_MISSING, "#MSJ needs a receiver and text")
+            return
+        try:
+            self.presence.sendMessage(self, to, text)
+        except NoSuchUser as e:
+            self._refuse(command, NO_SUCH_USER, str(e))
+            return
+        except PresenceError as e:  # RecipientBusy: too much waits for them
+            self._refuse(command, UPDATE_FAILED, str(e))
+            return
+        self._answer(command, SENT_OK)
+
+    def _file(self, command: str, fields: list[str]) -> None:
+        to, filename, encoded = unescape(fields[3]), unescape(fields[4]), fields[5]
+        if not to or not filename or not encoded:
+            self._refuse(command, REQUEST_MISSING, f"{command} needs to, name, data")
+            return
+        if len(filename) > MAX_FILENAME or not filename.isprintable():
+            self._refuse(command, REQUEST_MISSING, "bad file name")
+            return
+        if len(encoded) > base64Length(self.maxFileSize):
+            self._refuse(command, UPDATE_FAILED, "the file is too large")
+            return
+        try:
+            content = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            self._refuse(command, REQUEST_MISSING, "the data is not base64")
+            return
+        if len(content) > self.maxFileSize:
+            self._refuse(command, UPDATE_FAILED, "the file is too large")
+            return
+        target = self.presence.sessionFor(to)
+        if isinstance(target, MsgrChatProtocol) and target.user is not None:
+            # Same protocol: keep #IMG an image.
+            if len(content) > target.maxFileSize:
+                self._refuse(command, UPDATE_FAILED, "the file is too large")
+                return
+            target.deliverLine(command, self.user.name, filename, encoded)
+        else:
+            try:
+                self.presence.sendFile(self, to, filename, content)
+            except NoSuchUser as e:
+                self._refuse(command, NO_SUCH_USER, str(e))
+                return
+            except (FilesNotAccepted, PresenceError) as e:
+                self._refuse(command, UPDATE_FAILED, str(e))
+                return
+        self._answer(command, SENT_OK)
+
+    def _meme(self, command: str, fields: list[str]) -> None:
+        to, name = unescape(fields[3]), unescape(fields[4])
+        if not to or not name:
+            self._refuse(command, REQUEST_MISSING, "#MEME needs a receiver and a name")
+            return
+        target = self.presence.sessionFor(to)
+        if isinstance(target, MsgrChatProtocol) and target.user is not None:
+            target.deliverLine(MEME, self.user.name, name)
+        else:
+            try:
+                self.presence.sendMessage(self, to, MEME_TEXT.format(name=name))
+            except NoSuchUser as e:
+                self._refuse(command, NO_SUCH_USER, str(e))
+                return
+            except PresenceError as e:
+                self._refuse(command, UPDATE_FAILED, str(e))
+                return
+        self._answer(command, SENT_OK)
+
+    def _friendRequest(self, command: str, fields: list[str]) -> None:
+        d = self.msgr.requestFriend(self.user.name, unescape(fields[3]))
+        self._answerLater(d, command)
+
+    def _acceptRequest(self, command: str, fields: list[str]) -> None:
+        d = self.msgr.answerRequest(self.user.name, unescape(fields[3]), True)
+        self._answerLater(d, command)
+
+    def _rejectRequest(self, command: str, fields: list[str]) -> None:
+        d = self.msgr.answerRequest(self.user.name, unescape(fields[3]), False)
+        self._answerLater(d, command)
+
+    def _answerLater(self, d, command: str) -> None:
+        lineId = self.lineNumber
+
+        def answer(outcome: Outcome) -> None:
+            if self.user is not None:
+                self._answer(command, outcome.code, lineId)
+
+        d.addCallback(answer)
+        d.addErrback(lambda f: self.log.failure("MSGR {command} failed", f, command=command))
+
+    def _logout(self, command: str, fields: list[str]) -> None:
+        self.log.info("{user} disconnected (#DESCONECTAR)", user=self.user.name)
+        self._answer(command, UPDATE_OK)
+        if self.token is not None:
+            self.msgr.tokens.revoke(self.token)
+        self._close()
+        self._unbind()
+
+    # Pushes from the service.
+
+    def pushFriends(self, online: list[str]) -> None:
+        if self.user is not None:
+            self._write(LISTA_USUARIOS, NO_TOKEN, self.user.name, RawField(joinList(online)))
+
+    def pushRequests(self, pending: list[str]) -> None:
+        if self.user is not None:
+            self._write(SOLICITUDES, NO_TOKEN, self.user.name, RawField(joinList(pending)))
+
+    def accountBlocked(self) -> None:
+        self._endSession(BLOCKED, "the account was blocked")
+
+    def takenOver(self) -> None:
+        self._endSession(UPDATE_FAILED, "the account bound another socket")
+
+    def _endSession(self, code: int, reason: str) -> None:
+        self.log.info(
+            "MSGR socket of {user} closed: {reason}",
+            user=self.user.name if self.user else "-",
+            reason=reason,
+        )
+        self._answer(DESCONECTAR, code, UNSOLICITED)
+        self._close()
+        self._unbind()
+
+    def deliverLine(self, command: str, sender: str, *fields: str) -> None:
+        """
+        Put a C{#ARCHIVO}, C{#IMG} or C{#MEME} from another MSGR user on the
+        wire (the last field of a file is its base64, written as it is).
+        """
+        if self.user is None:
+            return
+        out = list(fields)
+        if command in (ARCHIVO, IMG):
+            out[-1] = RawField(out[-1])
+        self._write(command, NO_TOKEN, sender, self.user.name, *out)
+
+    # IChatSession and IFileReceiver.
+
+    def deliverMessage(self, message: ChatMessage) -> None:
+        self._write(MSJ, NO_TOKEN, message.sender, message.receiver, message.text)
+
+    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+        if self.user is None:
+            return
+        encoded = RawField(base64.b64encode(content).decode("ascii"))
+        self._write(ARCHIVO, NO_TOKEN, sender, self.user.name, filename, encoded)
+
+    def disconnect(self, reason: str) -> None:
+        self._endSession(UPDATE_FAILED, reason)
+
+
+class MsgrChatFactory(Factory):
+    """Builds L{MsgrChatProtocol}s sharing one L{MsgrService}."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        msgr: MsgrService,
+        maxLine: int = DEFAULT_MAX_LINE,
+        maxFileSize: int = DEFAULT_MAX_FILE,
+    ) -> None:
+        self.msgr = msgr
+        self.maxLine = maxLine
+        self.maxFileSize = maxFileSize
+        self.connections: set[MsgrChatProtocol] = set()
+
+    def shutDown(self) -> None:
+        """
+        Tell every connected client that the server is going away
+        (C{#RESPUESTA||-||0||#DESCONECTAR||<user>||803}), and close.
+        """
+        for connection in list(self.connections):
+            connection.disconnect("the server is shutting down")
+
+    def buildProtocol(self, addr) -> MsgrChatProtocol:
+        protocol = MsgrChatProtocol(self.msgr, self.maxLine, self.maxFileSize)
+        protocol.factory = self
+        return protocol

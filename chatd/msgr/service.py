@@ -1,0 +1,426 @@
+"""
+The MSGR UQ operations that the HTTP API and the chat socket share: login,
+register, update, friends and friend requests, and the pushes to bound chat
+sockets when a friend list or a request list changes.
+
+Both front ends call the same methods, so a request sent with C{#SOLICITUD}
+and one sent with C{/enviarsolicitud} are the same thing, and either one
+pushes the same lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from chatd.msgr import accounts
+from chatd.msgr.accounts import (
+    Account,
+    AccountError,
+    AccountStore,
+    InvalidAccountData,
+    NameTaken,
+    SessionData,
+)
+from chatd.msgr.lockout import LoginLockout
+from chatd.msgr.tokens import TokenRegistry
+from chatd.presence import (
+    LOGIN,
+    LOGOUT,
+    InvalidName,
+    IPresenceService,
+    PresenceError,
+    UserInfo,
+    nameKey,
+)
+
+# The seed's codes.
+
+#: Login: fields sent empty.
+EMPTY_FIELDS = 601
+#: Friend request accepted.
+REQUEST_ACCEPTED = 602
+#: Friend request rejected.
+REQUEST_REJECTED = 603
+#: Login succeeded.
+LOGIN_OK = 701
+#: Update (or register) done.
+UPDATE_OK = 702
+#: Request / information sent.
+SENT_OK = 704
+#: Login: no such user or wrong password.
+BAD_CREDENTIALS = 801
+#: Login: account blocked (or locked out).
+BLOCKED = 802
+#: Update: could not.
+UPDATE_FAILED = 803
+#: No such user.
+NO_SUCH_USER = 804
+#: Login: user or password not sent; identity cannot be checked.
+NO_CREDENTIALS = 901
+#: Update: information missing.
+UPDATE_MISSING = 902
+#: Request: information missing.
+REQUEST_MISSING = 903
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to one operation: a seed code and any data."""
+
+    code: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FriendPresence:
+    """A friend and, when online, their presence."""
+
+    name: str
+    info: UserInfo | None
+
+
+class PushTarget(TypingProtocol):
+    """What the service needs of a bound chat socket."""
+
+    def pushFriends(self, online: list[str]) -> None: ...
+
+    def pushRequests(self, pending: list[str]) -> None: ...
+
+    def accountBlocked(self) -> None: ...
+
+
+class MsgrService(service.Service):
+    """
+    The shared state of MSGR UQ: the account store, the tokens, the lockout,
+    the bound chat sockets and their friends.
+
+    While running it watches the presence service, to push a bound socket its
+    online friends when one of them logs in or out; stopping it closes the
+    account store.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: AccountStore,
+        presence: IPresenceService,
+        clock: IReactorTime,
+        tokens: TokenRegistry,
+        lockout: LoginLockout,
+    ) -> None:
+        self.store = store
+        self.presence = presence
+        self.clock = clock
+        self.tokens = tokens
+        self.lockout = lockout
+        # nameKey -> the bound socket, and its friends (nameKey -> name).
+        self._sessions: dict[str, PushTarget] = {}
+        self._friends: dict[str, dict[str, str]] = {}
+        self._watching = False
+
+    # Service.
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.watch()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.unwatch()
+        self.store.close()
+
+    def watch(self) -> None:
+        """Start following presence events (done by L{startService})."""
+        if not self._watching:
+            self.presence.addObserver(self._presenceChanged)
+            self._watching = True
+
+    def unwatch(self) -> None:
+        if self._watching:
+            self.presence.removeObserver(self._presenceChanged)
+            self._watching = False
+
+    # Login and accounts.
+
+    def login(self, name: str | None, password: str | None, address: str) -> defer.Deferred:
+        """
+        Check a password; L{Outcome} C{701} with C{data["token"]}, or
+        C{601}, C{801}, C{802}, C{901}.
+        """
+        if name is None or password is None:
+            return defer.succeed(Outcome(NO_CREDENTIALS))
+        if not name or not password:
+            return defer.succeed(Outcome(EMPTY_FIELDS))
+        if self.lockout.isLocked(name, address):
+            self.log.info(
+                "login of {user!r} from {address} refused: locked out",
+                user=name,
+                address=address,
+            )
+            return defer.succeed(Outcome(BLOCKED))
+
+        def checked(account: Account | None) -> Outcome:
+            if account is None:
+                self.lockout.failed(name, address)
+                self.log.info(
+                    "login of {user!r} from {address} failed",
+                    user=name,
+                    address=address,
+                )
+                return Outcome(BAD_CREDENTIALS)
+            self.lockout.succeeded(name, address)
+            if account.bloqueado:
+                self.log.info("login of blocked {user} refused", user=account.name)
+                return Outcome(BLOCKED)
+            token = self.tokens.issue(account.name)
+            self.log.info(
+                "{user} logged in over HTTP from {address}",
+                user=account.name,
+                address=address,
+            )
+            return Outcome(LOGIN_OK, {"token": token, "user": account.name})
+
+        d = self.store.authenticate(name, password)
+        d.addCallback(checked)
+        return self._guard(d, NO_CREDENTIALS, "login")
+
+    def register(self, fields: dict[str, str]) -> defer.Deferred:
+        """
+        Create an account from C{usr}, C{pass} and the optional profile
+        fields; C{702}, C{803} or C{902}. C{bloqueado} is ignored.
+        """
+        name, password = fields.get("usr"), fields.get("pass")
+        if not name or not password:
+            return defer.succeed(Outcome(UPDATE_MISSING))
+        if self.presence.lookup(name) is not None:
+            # Someone is chatting under this name on another protocol.
+            return defer.succeed(Outcome(UPDATE_FAILED, {"reason": "the name is online"}))
+        profile = {f: fields[f] for f in accounts.PROFILE_FIELDS if f in fields}
+
+        def done(account: Account) -> Outcome:
+            self.log.info("account {user} registered", user=account.name)
+            return Outcome(UPDATE_OK)
+
+        def refused(failure) -> Outcome:
+            failure.trap(NameTaken, InvalidAccountData, InvalidName)
+            return Outcome(UPDATE_FAILED, {"reason": str(failure.value)})
+
+        d = self.store.register(name, password, profile)
+        d.addCallbacks(done, refused)
+        return self._guard(d, UPDATE_MISSING, "register")
+
+    def authenticateToken(self, token: str | None) -> defer.Deferred:
+        """
+        The account a token stands for: L{Account}, or L{Outcome} C{901}
+        (no valid token) or C{802} (the account was blocked since; its
+        tokens are revoked and its chat socket closed).
+        """
+        name = self.tokens.validate(token)
+        if name is None:
+            return defer.succeed(Outcome(NO_CREDENTIALS))
+
+        def found(account: Account | None):
+            if account is None:
+                self.tokens.revokeAll(name)
+                return Outcome(NO_CREDENTIALS)
+            if account.bloqueado:
+                self.tokens.revokeAll(name)
+                session = self._sessions.get(nameKey(name))
+                if session is not None:
+                    session.accountBlocked()
+                return Outcome(BLOCKED)
+            return account
+
+        return self.store.getAccount(name).addCallback(found)
+
+    def update(self, account: Account, fields: dict[str, str]) -> defer.Deferred:
+        """
+        Change the caller's own profile or password; C{702}, C{803} (bad
+        value, or C{usr} names someone else) or C{902} (nothing to change).
+        """
+        claimed = fields.get("usr")
+        if claimed and nameKey(claimed) != nameKey(account.name):
+            return defer.succeed(
+                Outcome(UPDATE_FAILED, {"reason": "you can only update your own account"})
+            )
+        profile = {f: fields[f] for f in accounts.PROFILE_FIELDS if f in fields}
+        password = fields.get("pass") or None
+        if not profile and password is None:
+            return defer.succeed(Outcome(UPDATE_MISSING))
+
+        def done(updated: Account | None) -> Outcome:
+            if updated is None:
+                return Outcome(UPDATE_FAILED, {"reason": "no such account"})
+            session = self._sessions.get(nameKey(updated.name))
+            if updated.estado and profile.get("estado") and session is not None:
+                try:
+                    self.presence.setStatus(session, updated.estado)
+                except PresenceError:
+                    pass
+            self.log.info("account {user} updated", user=updated.name)
+            return Outcome(UPDATE_OK)
+
+        def refused(failure) -> Outcome:
+            failure.trap(AccountError)
+            return Outcome(UPDATE_FAILED, {"reason": str(failure.value)})
+
+        d = self.store.update(account.name, profile, password)
+        d.addCallbacks(done, refused)
+        return self._guard(d, UPDATE_MISSING, "update")
+
+    # Friends.
+
+    def friendsWithPresence(self, account: Account) -> defer.Deferred:
+        """C{704} with C{data["friends"]}: a L{FriendPresence} per friend."""
+
+        def listed(names: list[str]) -> Outcome:
+            friends = [FriendPresence(n, self.presence.lookup(n)) for n in names]
+            return Outcome(SENT_OK, {"friends": friends})
+
+        d = self.store.friends(account.name).addCallback(listed)
+        return self._guard(d, REQUEST_MISSING, "friend list")
+
+    def pendingRequests(self, account: Account) -> defer.Deferred:
+        """C{704} with C{data["requests"]}: who asked the caller."""
+        d = self.store.pendingRequests(account.name).addCallback(
+            lambda names: Outcome(SENT_OK, {"requests": names})
+        )
+        return self._guard(d, REQUEST_MISSING, "request list")
+
+    def requestFriend(self, sender: str, receiver: str | None) -> defer.Deferred:
+        """
+        Ask C{receiver} to be C{sender}'s friend: C{704} sent, C{602} when
+        C{receiver} had asked C{sender} already (now friends), C{804} no such
+        user, C{803} already friends, C{903} no receiver (or oneself).
+        """
+        if not receiver:
+            return defer.succeed(Outcome(REQUEST_MISSING))
+
+        def done(outcome: accounts.FriendRequestOutcome) -> Outcome:
+            result = outcome.result
+            if result == accounts.REQUEST_NO_SUCH_USER:
+                return Outcome(NO_SUCH_USER)
+            if result == accounts.REQUEST_SELF:
+                return Outcome(REQUEST_MISSING, {"reason": "a request to oneself"})
+            if result == accounts.REQUEST_ALREADY_FRIENDS:
+                return Outcome(UPDATE_FAILED, {"reason": "already friends"})
+            if result == accounts.REQUEST_CROSSED:
+                self.log.info(
+                    "{a} and {b} are friends (crossed requests)",
+                    a=sender,
+                    b=outcome.receiver,
+                )
+                self._befriended(sender, outcome.receiver)
+                self._pushRequests(sender, outcome.pending)
+                return Outcome(REQUEST_ACCEPTED)
+            self.log.info(
+                "friend request from {sender} to {receiver}",
+                sender=sender,
+                receiver=outcome.receiver,
+            )
+            self._pushRequests(outcome.receiver, outcome.pending)
+            return Outcome(SENT_OK)
+
+        d = self.store.requestFriend(sender, receiver).addCallback(done)
+        return self._guard(d, REQUEST_MISSING, "friend request")
+
+    def answerRequest(self, name: str, requester: str | None, accept: bool) -> defer.Deferred:
+        """
+        Accept (C{602}) or reject (C{603}) the request from C{requester};
+        C{804} when no such request is pending, C{903} without a requester.
+        """
+        if not requester:
+            return defer.succeed(Outcome(REQUEST_MISSING))
+
+        def done(answered: accounts.AnswerOutcome | None) -> Outcome:
+            if answered is None:
+                return Outcome(NO_SUCH_USER)
+            requesterName = answered.requester
+            self.log.info(
+                "{user} {verb} the friend request of {requester}",
+                user=name,
+                verb="accepted" if accept else "rejected",
+                requester=requesterName,
+            )
+            if accept:
+                self._befriended(name, requesterName)
+            self._pushRequests(name, answered.pending)
+            return Outcome(REQUEST_ACCEPTED if accept else REQUEST_REJECTED)
+
+        d = self.store.answerRequest(name, requester, accept).addCallback(done)
+        return self._guard(d, REQUEST_MISSING, "friend answer")
+
+    def _guard(self, d: defer.Deferred, code: int, what: str) -> defer.Deferred:
+        # A database or programming error is logged and answered with the
+        # operation's general error code: never a traceback to the client.
+        def failed(failure) -> Outcome:
+            self.log.failure("MSGR {what} failed", failure, what=what)
+            return Outcome(code, {"reason": "internal error"})
+
+        return d.addErrback(failed)
+
+    # Bound chat sockets.
+
+    def attach(self, session: PushTarget, data: SessionData) -> None:
+        """
+        Register a chat socket bound to C{data.account} (already logged in
+        to presence) and push it its friends and requests.
+        """
+        key = nameKey(data.account.name)
+        self._sessions[key] = session
+        self._friends[key] = {nameKey(f): f for f in data.friends}
+        session.pushFriends(self.onlineFriends(data.account.name))
+        session.pushRequests(list(data.pending))
+
+    def detach(self, session: PushTarget, name: str) -> None:
+        """Forget the socket bound to C{name}, if it is C{session}."""
+        key = nameKey(name)
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+            self._friends.pop(key, None)
+
+    def boundSession(self, name: str) -> PushTarget | None:
+        """The chat socket bound to C{name}, or C{None}."""
+        return self._sessions.get(nameKey(name))
+
+    def onlineFriends(self, name: str) -> list[str]:
+        """The friends of the bound user C{name} that are online, sorted."""
+        friends = self._friends.get(nameKey(name), {})
+        online = []
+        for key in sorted(friends):
+            info = self.presence.lookup(friends[key])
+            if info is not None:
+                online.append(info.name)
+        return online
+
+    def _befriended(self, a: str, b: str) -> None:
+        for me, other in ((a, b), (b, a)):
+            key = nameKey(me)
+            if key in self._friends:
+                self._friends[key][nameKey(other)] = other
+                self._pushFriends(key)
+
+    def _pushFriends(self, key: str) -> None:
+        session = self._sessions.get(key)
+        if session is not None:
+            session.pushFriends(self.onlineFriends(key))
+
+    def _pushRequests(self, name: str, pending) -> None:
+        session = self._sessions.get(nameKey(name))
+        if session is not None:
+            session.pushRequests(list(pending))
+
+    def _presenceChanged(self, kind: str, info: UserInfo) -> None:
+        if kind not in (LOGIN, LOGOUT):
+            return
+        changed = nameKey(info.name)
+        for key, friends in list(self._friends.items()):
+            if changed in friends and key != changed:
+                self._pushFriends(key)

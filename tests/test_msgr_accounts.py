@@ -1,0 +1,256 @@
+"""The MSGR account store on a real SQLite file, and chatd-admin."""
+
+import io
+import sqlite3
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from chatd.msgr import accounts, admin
+from chatd.msgr.accounts import (
+    SCHEMA_VERSION,
+    AccountStore,
+    InvalidAccountData,
+    NameTaken,
+    hashPassword,
+    prepareDatabase,
+    verifyPassword,
+)
+from chatd.presence import InvalidName
+
+from tests.test_msgr_helpers import FAST_SCRYPT, MsgrHarness
+
+
+class PasswordHashTests(unittest.TestCase):
+    def test_defaultParametersRoundTrip(self):
+        """The real (slow) parameters, once."""
+        stored = hashPassword("contraseña")
+        scheme, n, r, p, salt, digest = stored.split("$")
+        self.assertEqual((scheme, int(n), int(r), int(p)), ("scrypt", 2**14, 8, 1))
+        self.assertTrue(verifyPassword("contraseña", stored))
+        self.assertFalse(verifyPassword("contrasena", stored))
+
+    def test_salted(self):
+        self.assertNotEqual(hashPassword("x", FAST_SCRYPT), hashPassword("x", FAST_SCRYPT))
+
+    def test_malformedStoredHashNeverMatches(self):
+        for stored in ("", "plain", "md5$1$1$1$AA==$AA==", "scrypt$x$8$1$AA==$AA=="):
+            self.assertFalse(verifyPassword("x", stored))
+
+
+class StoreTests(unittest.TestCase):
+    def setUp(self):
+        self.path = self.mktemp() + ".sqlite3"
+        self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
+        self.addCleanup(self.store.close)
+
+    @defer.inlineCallbacks
+    def test_registerAndAuthenticate(self):
+        account = yield self.store.register(
+            "Ana", "pw", {"nombres": "Ana María", "email": "ana@example.org"}
+        )
+        self.assertEqual(account.name, "Ana")
+        self.assertTrue(self.store.isProtectedName("ANA"))
+        found = yield self.store.authenticate("ana", "pw")
+        self.assertEqual(found.name, "Ana")
+        self.assertEqual(found.nombres, "Ana María")
+        wrong = yield self.store.authenticate("Ana", "PW")
+        self.assertIsNone(wrong)
+        missing = yield self.store.authenticate("Nadie", "pw")
+        self.assertIsNone(missing)
+
+    @defer.inlineCallbacks
+    def test_passwordIsStoredHashed(self):
+        yield self.store.register("Ana", "secreto-unico", {})
+        connection = sqlite3.connect(self.path)
+        (stored,) = connection.execute("SELECT password FROM accounts").fetchone()
+        connection.close()
+        self.assertNotIn("secreto-unico", stored)
+        self.assertTrue(stored.startswith("scrypt$16$1$1$"))
+
+    @defer.inlineCallbacks
+    def test_nameTakenInAnyCase(self):
+        yield self.store.register("Ana", "pw", {})
+        yield self.assertFailure(self.store.register("aNA", "pw", {}), NameTaken)
+
+    @defer.inlineCallbacks
+    def test_invalidInput(self):
+        yield self.assertFailure(self.store.register("a b", "pw", {}), InvalidName)
+        yield self.assertFailure(self.store.register("a|b", "pw", {}), InvalidName)
+        yield self.assertFailure(self.store.register("ok", "", {}), InvalidAccountData)
+        yield self.assertFailure(
+            self.store.register("ok", "pw", {"email": "nope"}), InvalidAccountData
+        )
+        self.assertFalse(self.store.isProtectedName("ok"))
+
+    @defer.inlineCallbacks
+    def test_failedRegisterFreesTheName(self):
+        """A name reserved for an insert that fails is not protected."""
+        connection = sqlite3.connect(self.path)
+        connection.execute(
+            "INSERT INTO accounts (name_key, name, password) VALUES ('eve', 'Eve', 'x')"
+        )
+        connection.commit()
+        connection.close()
+        yield self.assertFailure(self.store.register("Eve", "pw", {}), NameTaken)
+        self.assertFalse(self.store.isProtectedName("Eve"))
+
+    @defer.inlineCallbacks
+    def test_update(self):
+        yield self.store.register("Ana", "pw", {"nombres": "A"})
+        account = yield self.store.update("ANA", {"nombres": "B", "estado": "OCUPADO"}, "new")
+        self.assertEqual((account.nombres, account.estado), ("B", "OCUPADO"))
+        self.assertIsNone((yield self.store.authenticate("Ana", "pw")))
+        self.assertIsNotNone((yield self.store.authenticate("Ana", "new")))
+        self.assertIsNone((yield self.store.update("Nadie", {"nombres": "x"})))
+
+    @defer.inlineCallbacks
+    def test_friendRequests(self):
+        for name in ("Ana", "Bea", "Cy"):
+            yield self.store.register(name, "pw", {})
+        outcome = yield self.store.requestFriend("Ana", "bea")
+        self.assertEqual((outcome.result, outcome.receiver), (accounts.REQUEST_SENT, "Bea"))
+        outcome = yield self.store.requestFriend("Ana", "Bea")
+        self.assertEqual(outcome.result, accounts.REQUEST_SENT)
+        self.assertEqual((yield self.store.pendingRequests("Bea")), ["Ana"])
+        self.assertEqual(outcome.pending, ("Ana",))
+        outcome = yield self.store.requestFriend("Ana", "Zed")
+        self.assertEqual(outcome.result, accounts.REQUEST_NO_SUCH_USER)
+        outcome = yield self.store.requestFriend("Ana", "ana")
+        self.assertEqual(outcome.result, accounts.REQUEST_SELF)
+        answered = yield self.store.answerRequest("Bea", "ana", True)
+        self.assertEqual(answered, accounts.AnswerOutcome("Ana", ()))
+        self.assertEqual((yield self.store.friends("Bea")), ["Ana"])
+        self.assertEqual((yield self.store.friends("Ana")), ["Bea"])
+        self.assertEqual((yield self.store.pendingRequests("Bea")), [])
+        self.assertIsNone((yield self.store.answerRequest("Bea", "Ana", True)))
+        outcome = yield self.store.requestFriend("Bea", "Ana")
+        self.assertEqual(outcome.result, accounts.REQUEST_ALREADY_FRIENDS)
+        # Crossed requests make friends.
+        yield self.store.requestFriend("Cy", "Ana")
+        outcome = yield self.store.requestFriend("Ana", "Cy")
+        self.assertEqual(outcome.result, accounts.REQUEST_CROSSED)
+        self.assertEqual((yield self.store.friends("Ana")), ["Bea", "Cy"])
+        # Rejection.
+        yield self.store.requestFriend("Cy", "Bea")
+        yield self.store.requestFriend("Ana", "Bea")  # already friends: not stored
+        answered = yield self.store.answerRequest("Bea", "Cy", False)
+        self.assertEqual(answered, accounts.AnswerOutcome("Cy", ()))
+        self.assertEqual((yield self.store.pendingRequests("Bea")), [])
+        self.assertEqual((yield self.store.friends("Bea")), ["Ana"])
+
+    @defer.inlineCallbacks
+    def test_restartKeepsAccountsAndFriendships(self):
+        yield self.store.register("Ana", "pw", {"email": "a@b.c"})
+        yield self.store.register("Bea", "pw2", {})
+        yield self.store.register("Cy", "pw3", {})
+        yield self.store.requestFriend("Ana", "Bea")
+        yield self.store.answerRequest("Bea", "Ana", True)
+        yield self.store.requestFriend("Cy", "Ana")
+        self.store.close()
+
+        self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
+        self.assertTrue(self.store.isProtectedName("ana"))
+        self.assertTrue(self.store.isProtectedName("BEA"))
+        self.assertFalse(self.store.isProtectedName("Dee"))
+        account = yield self.store.authenticate("Ana", "pw")
+        self.assertEqual(account.email, "a@b.c")
+        self.assertEqual((yield self.store.friends("Bea")), ["Ana"])
+        self.assertEqual((yield self.store.pendingRequests("Ana")), ["Cy"])
+
+    def test_schemaVersion(self):
+        connection = accounts.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(accounts.schemaVersion(connection), SCHEMA_VERSION)
+        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+        self.assertEqual(mode, "wal")
+        # Migrating again is a no-op.
+        self.assertEqual(accounts.migrate(connection), SCHEMA_VERSION)
+
+    def test_newerSchemaRefused(self):
+        connection = sqlite3.connect(self.path)
+        connection.execute("UPDATE schema_version SET version = 99")
+        connection.commit()
+        connection.close()
+        self.assertRaises(RuntimeError, prepareDatabase, self.path)
+
+
+class AdminTests(unittest.TestCase):
+    def setUp(self):
+        self.harness = MsgrHarness(self)
+        self.path = self.harness.path
+
+    def run_admin(self, *argv, stdin=""):
+        out, err = io.StringIO(), io.StringIO()
+        status = admin.main(
+            ["--db", self.path, *argv],
+            stdin=io.StringIO(stdin),
+            stdout=out,
+            stderr=err,
+            scrypt=FAST_SCRYPT,
+        )
+        return status, out.getvalue(), err.getvalue()
+
+    @defer.inlineCallbacks
+    def test_blockAndUnblock(self):
+        h = self.harness
+        yield h.register("Ana", email="ana@example.org")
+        status, out, err = self.run_admin("block", "ana")
+        self.assertEqual((status, out), (0, "Ana blocked\n"))
+        response = yield h.form("/status", usr="Ana", **{"pass": "secreto"})
+        self.assertEqual(response.body, "802")
+        status, out, _ = self.run_admin("list", "--blocked")
+        self.assertEqual(out, "name\tblocked\temail\tfriends\tpending\nAna\tyes\tana@example.org\t0\t0\n")
+        self.assertEqual(self.run_admin("unblock", "Ana")[:2], (0, "Ana unblocked\n"))
+        response = yield h.form("/status", usr="Ana", **{"pass": "secreto"})
+        self.assertEqual(response.body.split("||")[0], "701")
+
+    @defer.inlineCallbacks
+    def test_list(self):
+        h = self.harness
+        yield h.register("Ana")
+        yield h.register("Bea")
+        ta, tb = (yield h.login("Ana")), (yield h.login("Bea"))
+        yield h.befriend("Ana", "Bea", ta, tb)
+        yield h.form("/enviarsolicitud", token=ta, para="Bea")
+        status, out, _ = self.run_admin("list")
+        self.assertEqual(status, 0)
+        self.assertEqual(
+            out.splitlines()[1:], ["Ana\tno\t\t1\t0", "Bea\tno\t\t1\t0"]
+        )
+
+    @defer.inlineCallbacks
+    def test_resetPasswordGenerated(self):
+        h = self.harness
+        yield h.register("Ana")
+        status, out, _ = self.run_admin("reset-password", "ANA")
+        self.assertEqual(status, 0)
+        prefix = "new password for Ana: "
+        self.assertTrue(out.startswith(prefix), out)
+        password = out[len(prefix) :].strip()
+        response = yield h.form("/status", usr="Ana", **{"pass": "secreto"})
+        self.assertEqual(response.body, "801")
+        token = yield h.login("Ana", password)
+        self.assertTrue(token)
+
+    @defer.inlineCallbacks
+    def test_resetPasswordFromStdin(self):
+        h = self.harness
+        yield h.register("Ana")
+        status, out, _ = self.run_admin(
+            "reset-password", "Ana", "--password-stdin", stdin="otra clave\n"
+        )
+        self.assertEqual((status, out), (0, "password of Ana reset\n"))
+        yield h.login("Ana", "otra clave")
+
+    def test_errors(self):
+        status, _, err = self.run_admin("block", "nadie")
+        self.assertEqual(status, 1)
+        self.assertIn("no account 'nadie'", err)
+        err = io.StringIO()
+        status = admin.main(["--db", self.mktemp(), "list"], stdout=io.StringIO(), stderr=err)
+        self.assertEqual(status, 1)
+        self.assertIn("no database", err.getvalue())
+        status, _, err = self.run_admin("frobnicate")
+        self.assertEqual(status, 2)
+        self.assertIn("invalid choice", err)

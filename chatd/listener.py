@@ -6,9 +6,18 @@ from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+
+#: Seconds a stopping listener waits for its connections to write their last
+#: bytes and close before it aborts them.
+DEFAULT_SHUTDOWN_GRACE = 5.0
 
 
 def describeAddress(address) -> str:
@@ -33,10 +42,21 @@ class ListenerService(service.Service):
 
     log = Logger()
 
-    def __init__(self, label: str, endpoint: IStreamServerEndpoint, factory) -> None:
+    def __init__(
+        self,
+        label: str,
+        endpoint: IStreamServerEndpoint,
+        factory,
+        clock: IReactorTime | None = None,
+        grace: float = DEFAULT_SHUTDOWN_GRACE,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.label = label
         self.endpoint = endpoint
         self.factory = factory
+        self.clock = clock
+        self.grace = grace
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred | None = None
 
@@ -77,20 +97,42 @@ class ListenerService(service.Service):
         )
         return port
 
-    def stopService(self) -> defer.Deferred | None:
+    def stopService(self) -> defer.Deferred:
         """
         Stop accepting, then let the factory say goodbye to its connections
-        (its C{shutDown()}, if it has one) in its protocol's terms.
+        in its protocol's terms (its C{shutDown()}, if it has one), and wait
+        for them to close while their last bytes are written: at most
+        C{grace} seconds, after which those still open are aborted.
         """
         service.Service.stopService(self)
         listening, self._listening = self._listening, None
-        stopped = None
+        waits = []
         if self.port is not None:
             port, self.port = self.port, None
-            stopped = defer.maybeDeferred(port.stopListening)
+            waits.append(defer.maybeDeferred(port.stopListening))
         elif listening is not None:
             listening.cancel()
         shutDown = getattr(self.factory, "shutDown", None)
         if shutDown is not None:
-            shutDown()
-        return stopped
+            closed = shutDown()
+            if not closed.called:
+                timer = self.clock.callLater(self.grace, self._abortRemaining)
+
+                def stopTimer(result):
+                    if timer.active():
+                        timer.cancel()
+                    return result
+
+                waits.append(closed.addBoth(stopTimer))
+        return defer.gatherResults(waits)
+
+    def _abortRemaining(self) -> None:
+        remaining = list(self.factory.connections)
+        self.log.info(
+            "chatd {label}: {count} connections still open after {grace}s, aborted",
+            label=self.label,
+            count=len(remaining),
+            grace=self.grace,
+        )
+        for connection in remaining:
+            connection.transport.abortConnection()

@@ -13,7 +13,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from chatd.listener import ListenerService
+from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
@@ -52,6 +52,14 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        [
+            "shutdown-grace",
+            None,
+            DEFAULT_SHUTDOWN_GRACE,
+            "Seconds a stopping server gives its clients to receive their "
+            "last bytes before it cuts them off.",
+            _positiveFloat,
+        ],
         # MSGR UQ (seed 001); docs/msgr.md.
         [
             "http",
@@ -187,9 +195,11 @@ class Options(usage.Options):
             )
 
 
-def _listener(reactor, label: str, description: str, factory) -> ListenerService:
+def _listener(
+    reactor, label: str, description: str, factory, grace: float
+) -> ListenerService:
     endpoint = endpoints.serverFromString(reactor, description)
-    listener = ListenerService(label, endpoint, factory)
+    listener = ListenerService(label, endpoint, factory, reactor, grace)
     listener.setName(label)
     return listener
 
@@ -197,6 +207,7 @@ def _listener(reactor, label: str, description: str, factory) -> ListenerService
 def _addMsgr(top, config: Options, presence, store, reactor) -> None:
     from chatd.msgr import wiring
 
+    grace = config["shutdown-grace"]
     msgr = wiring.makeMsgrService(
         store,
         presence,
@@ -212,12 +223,14 @@ def _addMsgr(top, config: Options, presence, store, reactor) -> None:
     top.msgr = msgr
     if config["http"] != DISABLED:
         site = wiring.makeHttpFactory(msgr, reactor)
-        _listener(reactor, "msgr-http", config["http"], site).setServiceParent(top)
+        _listener(reactor, "msgr-http", config["http"], site, grace).setServiceParent(
+            top
+        )
     if config["msgr"] != DISABLED:
         factory = wiring.makeChatFactory(
             msgr, config["msgr-max-line"], config["msgr-max-file"]
         )
-        _listener(reactor, "msgr", config["msgr"], factory).setServiceParent(top)
+        _listener(reactor, "msgr", config["msgr"], factory, grace).setServiceParent(top)
 
 
 def makeService(config: Options, reactor=None) -> service.MultiService:
@@ -240,6 +253,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         presence = InMemoryPresenceService()
     top = service.MultiService()
     top.presence = presence
+    grace = config["shutdown-grace"]
     if accountStore is not None:
         _addMsgr(top, config, presence, accountStore, reactor)
     if config["protobuf"] != DISABLED:
@@ -250,9 +264,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             maxFrameSize=config["protobuf-max-frame"],
             rawWait=config["protobuf-raw-wait"],
         )
-        _listener(reactor, "protobuf", config["protobuf"], factory).setServiceParent(
-            top
-        )
+        _listener(
+            reactor, "protobuf", config["protobuf"], factory, grace
+        ).setServiceParent(top)
     if config["msrp"] != DISABLED:
         factory = MsrpFactory(
             presence,
@@ -260,5 +274,5 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             maxFileSize=config["msrp-max-file"],
             maxQueued=config["msrp-max-queue"],
         )
-        _listener(reactor, "msrp", config["msrp"], factory).setServiceParent(top)
+        _listener(reactor, "msrp", config["msrp"], factory, grace).setServiceParent(top)
     return top

@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from chatd.listener import ListenerService
@@ -18,6 +19,21 @@ from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.protocol import ProtobufChatFactory
 from tests.support import ProtobufClient, login
+from tests.twistd import ByteCollector
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+
+class StuckTransport(StringTransport):
+    """A transport whose peer never reads: closing waits until it is aborted."""
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class ListenerServiceTests(TestCase):
@@ -68,3 +84,56 @@ class ListenerServiceTests(TestCase):
         alice.disconnect()
         self.assertEqual(self.presence.users(), [])
         return d
+
+    @defer.inlineCallbacks
+    def test_stopOverRealSocket(self):
+        """
+        A client on a real socket gets the goodbye, then the connection
+        closes, and only then has the service stopped.
+        """
+        service = ListenerService(
+            "protobuf", TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), self.factory
+        )
+        service.startService()
+        client = ByteCollector()
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", service.port.getHost().port), client
+        )
+        client.transport.write(login("alice").SerializeToString())
+        yield client.waitFor(lambda data: b"welcome, alice" in data)
+        client.received = b""
+        stopped = service.stopService()
+        yield client.closed
+        yield stopped
+        response = chat_pb2.ServerResponse.FromString(client.received)
+        self.assertEqual(response.response, "the server is shutting down")
+        self.assertEqual(self.presence.users(), [])
+
+    def test_stuckClientIsAbortedAfterGrace(self) -> None:
+        """
+        A client that does not read cannot hold the stop up: after the grace
+        period its connection is aborted.
+        """
+        clock = Clock()
+        service = ListenerService(
+            "protobuf",
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            self.factory,
+            clock=clock,
+            grace=5,
+        )
+        service.startService()
+        transport = StuckTransport()
+        protocol = self.factory.buildProtocol(None)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(login("alice").SerializeToString())
+        stopped = service.stopService()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        clock.advance(4.9)
+        self.assertFalse(transport.aborted)
+        clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.presence.users(), [])
+        return stopped

@@ -82,3 +82,20 @@ class TwistdPluginTests(TestCase):
         )
         answer = yield alice.waitFor(responseWith("response"))
         self.assertEqual(answer.response, "delivered to bob")
+
+        # SIGTERM: every client is told why, in its protocol's terms, before
+        # its connection closes, and the process shuts down in order.
+        for client in clients:
+            client.received = b""
+        yield server.stop()
+        for client in clients:
+            yield client.closed
+            goodbye = R.FromString(client.received)
+            self.assertEqual(
+                (goodbye.code, goodbye.response),
+                (R.FAILED_OPERATION, "the server is shutting down"),
+            )
+        # twistd ends by re-raising the signal it stopped for, once it has
+        # shut down in order.
+        self.assertIn(b"Server Shut Down.", server.output)
+        self.assertEqual(server.exitStatus.signal, 15)

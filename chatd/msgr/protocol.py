@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +33,7 @@ from chatd.msgr.service import (
     MsgrService,
     Outcome,
 )
+from chatd.sessions import SessionFactory
 from chatd.presence import (
     DEFAULT_STATUS,
     ChatMessage,
@@ -132,9 +133,7 @@ class MsgrChatProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        connections = getattr(self.factory, "connections", None)
-        if connections is not None:
-            connections.add(self)
+        self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
@@ -181,9 +180,7 @@ class MsgrChatProtocol(Protocol):
         self._closing = True
         self._queue.clear()
         self._unbind()
-        connections = getattr(self.factory, "connections", None)
-        if connections is not None:
-            connections.discard(self)
+        self.factory.connections.discard(self)
 
     def _unbind(self) -> None:
         if self.user is not None:
@@ -494,10 +491,12 @@ class MsgrChatProtocol(Protocol):
         self._endSession(UPDATE_FAILED, reason)
 
 
-class MsgrChatFactory(Factory):
-    """Builds L{MsgrChatProtocol}s sharing one L{MsgrService}."""
-
-    noisy = False
+class MsgrChatFactory(SessionFactory):
+    """
+    Builds L{MsgrChatProtocol}s sharing one L{MsgrService}. When the server
+    stops, every client is told
+    C{#RESPUESTA||-||0||#DESCONECTAR||<user>||803} and closed.
+    """
 
     def __init__(
         self,
@@ -505,18 +504,10 @@ class MsgrChatFactory(Factory):
         maxLine: int = DEFAULT_MAX_LINE,
         maxFileSize: int = DEFAULT_MAX_FILE,
     ) -> None:
+        SessionFactory.__init__(self)
         self.msgr = msgr
         self.maxLine = maxLine
         self.maxFileSize = maxFileSize
-        self.connections: set[MsgrChatProtocol] = set()
-
-    def shutDown(self) -> None:
-        """
-        Tell every connected client that the server is going away
-        (C{#RESPUESTA||-||0||#DESCONECTAR||<user>||803}), and close.
-        """
-        for connection in list(self.connections):
-            connection.disconnect("the server is shutting down")
 
     def buildProtocol(self, addr) -> MsgrChatProtocol:
         protocol = MsgrChatProtocol(self.msgr, self.maxLine, self.maxFileSize)

@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatd.sessions import SessionFactory
 from chatd.presence import (
     BROADCAST,
     ChatMessage,
@@ -935,7 +936,7 @@ class MsrpProtocol(Protocol):
         self._remember(name, None)
 
 
-class MsrpFactory(Factory):
+class MsrpFactory(SessionFactory):
     """
     Builds L{MsrpProtocol}s that share one presence service.
 
@@ -947,7 +948,10 @@ class MsrpFactory(Factory):
     @param nameTimeout: seconds a new connection has to send its name.
     """
 
-    noisy = False
+    #: What clients are told when the server stops (an ERROR frame, or a
+    #: line in the mode for people); a recipient in the middle of a file
+    #: cannot be told in-band and is cut off instead.
+    shutdownReason = ERR_SHUTDOWN
 
     def __init__(
         self,
@@ -957,21 +961,12 @@ class MsrpFactory(Factory):
         maxQueued: int = DEFAULT_MAX_QUEUED,
         nameTimeout: float = DEFAULT_NAME_TIMEOUT,
     ) -> None:
+        SessionFactory.__init__(self)
         self.presence = presence
         self.clock = clock
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued
         self.nameTimeout = nameTimeout
-        self.connections: set[MsrpProtocol] = set()
-
-    def shutDown(self) -> None:
-        """
-        The server is stopping: tell every client (an ERROR frame, or a line
-        in the mode for people) and close. A recipient in the middle of a file
-        cannot be told in-band and is cut off instead.
-        """
-        for connection in list(self.connections):
-            connection.disconnect(ERR_SHUTDOWN)
 
     def buildProtocol(self, addr) -> MsrpProtocol:
         protocol = MsrpProtocol(

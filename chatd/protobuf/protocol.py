@@ -12,7 +12,7 @@ from typing import Callable
 
 from google.protobuf.message import DecodeError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,6 +27,7 @@ from chatd.presence import (
     nameKey,
 )
 from chatd.protobuf import chat_pb2
+from chatd.sessions import SessionFactory
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
     DelimitedFramer,
@@ -333,14 +334,12 @@ class ProtobufChatProtocol(Protocol):
         self.transport.loseConnection()
 
 
-class ProtobufChatFactory(Factory):
+class ProtobufChatFactory(SessionFactory):
     """
     Builds L{ProtobufChatProtocol}s that share one presence service.
 
     @param framing: L{RAW} (the existing clients' framing) or L{DELIMITED}.
     """
-
-    noisy = False  # the listener logs its address; no per-factory chatter
 
     def __init__(
         self,
@@ -352,17 +351,12 @@ class ProtobufChatFactory(Factory):
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+        SessionFactory.__init__(self)
         self.presence = presence
         self.clock = clock
         self.framing = framing
         self.maxFrameSize = maxFrameSize
         self.rawWait = rawWait
-        self.connections: set[ProtobufChatProtocol] = set()
-
-    def shutDown(self) -> None:
-        """Tell every connected client that the server is going away, and close."""
-        for connection in list(self.connections):
-            connection.disconnect("the server is shutting down")
 
     def buildProtocol(self, addr) -> ProtobufChatProtocol:
         if self.framing == RAW:

@@ -122,6 +122,26 @@ class LoginTests(unittest.TestCase):
         response = yield self.h.request("POST", "/nothing/here")
         self.assertEqual((response.status, response.body), (404, "404"))
 
+    @defer.inlineCallbacks
+    def test_anyOtherMethodIs405WithCode(self):
+        """Not twisted.web's 501 HTML page: a 405 with the seed's code."""
+        response = yield self.h.request("PUT", "/status")
+        self.assertEqual((response.status, response.body), (405, "901"))
+        response = yield self.h.request("DELETE", "/api/friends")
+        self.assertEqual((response.status, response.json()), (405, {"code": 903}))
+
+    @defer.inlineCallbacks
+    def test_multipartIs400WithCode(self):
+        """
+        A multipart body (well-formed or not) is not read: 400 with the
+        operation's missing code, not twisted.web's bare 400.
+        """
+        for body in [b"usr=", b"--x\r\nContent-Disposition: form-data; name=usr\r\n\r\nana\r\n--x--\r\n"]:
+            response = yield self.h.request(
+                "POST", "/status", body, {"Content-Type": "multipart/form-data; boundary=x"}
+            )
+            self.assertEqual((response.status, response.body), (400, "901"))
+
 
 class RegisterTests(unittest.TestCase):
     def setUp(self):

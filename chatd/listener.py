@@ -20,13 +20,16 @@ from twisted.python.failure import Failure
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
 
-def describeAddress(address) -> str:
-    """C{IPv4Address(TCP, '127.0.0.1', 5000)} -> C{'tcp:127.0.0.1:5000'}."""
+def describeAddress(address, secure: bool = False) -> str:
+    """
+    C{IPv4Address(TCP, '127.0.0.1', 5000)} -> C{'tcp:127.0.0.1:5000'}, or
+    C{'ssl:127.0.0.1:5000'} for a TLS listener.
+    """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None or port is None:
         return str(address)
-    kind = getattr(address, "type", "TCP").lower()
+    kind = "ssl" if secure else getattr(address, "type", "TCP").lower()
     return f"{kind}:{host}:{port}"
 
 
@@ -41,6 +44,9 @@ class ListenerService(service.Service):
     """
 
     log = Logger()
+
+    #: Whether the endpoint is TLS (C{ssl:}), for the log line.
+    secure = False
 
     def __init__(
         self,
@@ -93,7 +99,7 @@ class ListenerService(service.Service):
         self.log.info(
             "chatd {label} listening on {address}",
             label=self.label,
-            address=describeAddress(port.getHost()),
+            address=describeAddress(port.getHost(), self.secure),
         )
         return port
 

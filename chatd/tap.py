@@ -180,7 +180,21 @@ class Options(usage.Options):
         ],
     ]
 
+    #: The options that name a listener's endpoint.
+    listenerOptions = ("protobuf", "msrp", "http", "msgr")
+
     def postOptions(self) -> None:
+        # A misspelled endpoint option or a missing key file is a usage
+        # error that names the option, not a traceback at start-up.
+        from twisted.internet import reactor
+
+        for option in self.listenerOptions:
+            if self[option] == DISABLED:
+                continue
+            try:
+                endpoints.serverFromString(reactor, self[option])
+            except Exception as e:
+                raise usage.UsageError(f"--{option} {self[option]}: {e}")
         if self["db"] == DISABLED and DISABLED not in (self["http"], self["msgr"]):
             raise usage.UsageError("--db none needs --http none and --msgr none")
         # A file of --msgr-max-file bytes must fit in one line, in base64.
@@ -200,6 +214,7 @@ def _listener(
 ) -> ListenerService:
     endpoint = endpoints.serverFromString(reactor, description)
     listener = ListenerService(label, endpoint, factory, reactor, grace)
+    listener.secure = description.split(":", 1)[0].lower() == "ssl"
     listener.setName(label)
     return listener
 

@@ -137,3 +137,28 @@ class ListenerServiceTests(TestCase):
         self.assertTrue(transport.aborted)
         self.assertEqual(self.presence.users(), [])
         return stopped
+
+
+class EndpointOptionTests(TestCase):
+    def test_badEndpointIsUsageError(self) -> None:
+        """A wrong endpoint names its option instead of a start-up traceback."""
+        from twisted.python.usage import UsageError
+
+        from chatd.tap import Options
+
+        for args, option in [
+            (["--protobuf", "ssl:0:privateKey=/nonexistent/key.pem"], "--protobuf"),
+            (["--msrp", "tcp:0:nosuchoption=1"], "--msrp"),
+            (["--http", "nonsense:1"], "--http"),
+        ]:
+            with self.assertRaises(UsageError) as cm:
+                Options().parseOptions(["--db", "none", "--msgr", "none", *args])
+            self.assertTrue(str(cm.exception).startswith(option + " "), str(cm.exception))
+
+    def test_tlsListenerLogsSsl(self) -> None:
+        from chatd.listener import describeAddress
+        from twisted.internet.address import IPv4Address
+
+        address = IPv4Address("TCP", "127.0.0.1", 8080)
+        self.assertEqual(describeAddress(address), "tcp:127.0.0.1:8080")
+        self.assertEqual(describeAddress(address, secure=True), "ssl:127.0.0.1:8080")

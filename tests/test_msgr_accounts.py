@@ -150,6 +150,7 @@ class StoreTests(unittest.TestCase):
         self.store.close()
 
         self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
+        self.addCleanup(self.store.close)
         self.assertTrue(self.store.isProtectedName("ana"))
         self.assertTrue(self.store.isProtectedName("BEA"))
         self.assertFalse(self.store.isProtectedName("Dee"))

@@ -424,6 +424,7 @@ class AccountStore:
         # A hash for unknown names, so that "no such user" takes as long as
         # "wrong password" and timing does not tell which names exist.
         self._dummyHash: str | None = None
+        self._closed = False
 
     @classmethod
     def open(cls, path: str, reactor=None, scrypt=DEFAULT_SCRYPT) -> "AccountStore":
@@ -435,7 +436,11 @@ class AccountStore:
         Stop the database thread (waits for it to finish its work). Closing
         twice does nothing.
         """
-        if self._pool.running:
+        # Not "if running": a pool that has not started yet (the reactor was
+        # not running when it was made) must still be closed, or it starts
+        # its thread later and nothing ever stops it.
+        if not self._closed:
+            self._closed = True
             self._pool.close()
 
     # Names, from memory.

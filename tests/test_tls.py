@@ -17,7 +17,6 @@ import os
 from io import BytesIO
 from urllib.parse import urlencode
 
-from google.protobuf.message import DecodeError
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, reactor
@@ -48,6 +47,7 @@ from chatd.protobuf import chat_pb2
 from tests.support import login, message
 from tests.test_msgr_helpers import FAST_SCRYPT
 from tests.tls import LOOPBACK, PKI, clientOptions, makePKI, serverDescription
+from tests.test_twistd_plugin import responseWith as protobufResponseWith
 from tests.twistd import ByteCollector
 
 R = chat_pb2.ServerResponse
@@ -64,17 +64,6 @@ def listFrame(*names: str) -> bytes:
     return b"\x00\x03" + text.encode("utf-8") + b"\x00"
 
 
-def protobufResponseWith(field: str):
-    """A predicate: the bytes parse as one ServerResponse that has C{field}."""
-
-    def check(data: bytes):
-        try:
-            response = R.FromString(data)
-        except DecodeError:
-            return None
-        return response if response.HasField(field) else None
-
-    return check
 
 
 def exactly(expected: bytes):

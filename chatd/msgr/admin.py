@@ -64,18 +64,24 @@ def listAccounts(connection: sqlite3.Connection, blockedOnly: bool = False) -> l
     return connection.execute(query).fetchall()
 
 
-def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
-    """Block or unblock the account C{name}; returns its name as spelled."""
+def _accountName(connection: sqlite3.Connection, name: str) -> str:
+    """The account C{name} as spelled, or L{AdminError} when there is none."""
     row = connection.execute(
         "SELECT name FROM accounts WHERE name_key = ?", (nameKey(name),)
     ).fetchone()
     if row is None:
         raise AdminError(f"no account {name!r}")
+    return row[0]
+
+
+def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
+    """Block or unblock the account C{name}; returns its name as spelled."""
+    spelled = _accountName(connection, name)
     connection.execute(
         "UPDATE accounts SET bloqueado = ? WHERE name_key = ?",
         (1 if blocked else 0, nameKey(name)),
     )
-    return row[0]
+    return spelled
 
 
 def resetPassword(
@@ -89,16 +95,12 @@ def resetPassword(
         checkPassword(password)
     except AccountError as e:
         raise AdminError(str(e)) from None
-    row = connection.execute(
-        "SELECT name FROM accounts WHERE name_key = ?", (nameKey(name),)
-    ).fetchone()
-    if row is None:
-        raise AdminError(f"no account {name!r}")
+    spelled = _accountName(connection, name)
     connection.execute(
         "UPDATE accounts SET password = ? WHERE name_key = ?",
         (hashPassword(password, scrypt), nameKey(name)),
     )
-    return row[0]
+    return spelled
 
 
 def _parser() -> argparse.ArgumentParser:

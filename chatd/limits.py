@@ -8,10 +8,60 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
+
+
+#: Defaults of the limits; docs/operations.md lists each with its option.
+DEFAULT_MAX_CONNECTIONS = 10000
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 100
+DEFAULT_RATE = 20.0
+DEFAULT_BURST = 40.0
+DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
+DEFAULT_LOGIN_TIMEOUT = 60.0
+DEFAULT_KEEPALIVE = 60
+DEFAULT_CLOSE_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    What one client may cost, for every wire format. C{0} turns a limit off.
+
+    @ivar maxConnections: open connections in total, every listener counted.
+    @ivar maxConnectionsPerAddress: open connections from one IP address.
+    @ivar rate: messages a second one user may send, on average.
+    @ivar burst: messages one user may send at once after a quiet spell.
+    @ivar maxSendQueue: bytes that may wait for a client that does not read
+        before it is disconnected (protobuf and MSGR; MSRP refuses messages
+        to such a user instead, see C{--msrp-max-queue}).
+    @ivar loginTimeout: seconds a new connection has to log in.
+    @ivar keepAlive: seconds of silence before TCP keepalive probes a peer.
+    @ivar closeGrace: seconds a connection the server closes has to take its
+        last bytes before it is aborted.
+    """
+
+    maxConnections: int = DEFAULT_MAX_CONNECTIONS
+    maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    rate: float = DEFAULT_RATE
+    burst: float = DEFAULT_BURST
+    maxSendQueue: int = DEFAULT_MAX_SEND_QUEUE
+    loginTimeout: float = DEFAULT_LOGIN_TIMEOUT
+    keepAlive: int = DEFAULT_KEEPALIVE
+    closeGrace: float = DEFAULT_CLOSE_GRACE
+
+    def bucket(self, clock: IReactorTime) -> "TokenBucket | None":
+        """A new user's message bucket, or C{None} when the rate is free."""
+        if not self.rate:
+            return None
+        return TokenBucket(self.rate, max(self.burst, 1.0), clock)
+
+
+#: No limit at all (what tests of other behaviour use, and C{make bench}).
+UNLIMITED = Limits(0, 0, 0.0, 0.0, 0, 0.0, 0, DEFAULT_CLOSE_GRACE)
 
 
 class TokenBucket:
@@ -41,6 +91,11 @@ class TokenBucket:
         return False
 
 
+#: A L{ConnectionLimiter}'s refusals; each protocol words them its own way.
+TOO_MANY_CONNECTIONS = "the server has too many connections"
+TOO_MANY_FROM_ADDRESS = "too many connections from your address"
+
+
 class ConnectionLimiter:
     """
     Counts open connections in total and per address. C{0} means no limit.
@@ -62,10 +117,10 @@ class ConnectionLimiter:
             or the reason it is refused (nothing is counted then).
         """
         if self.maxTotal and self.total >= self.maxTotal:
-            return "the server has too many connections"
+            return TOO_MANY_CONNECTIONS
         count = self._perAddress.get(address, 0)
         if self.maxPerAddress and count >= self.maxPerAddress:
-            return "too many connections from your address"
+            return TOO_MANY_FROM_ADDRESS
         self.total += 1
         self._perAddress[address] = count + 1
         return None
@@ -127,14 +182,19 @@ class OutboundQueue:
         self.queued += len(data)
         return True
 
-    def writeUrgent(self, data: bytes) -> None:
+    def finish(self) -> None:
         """
-        Send C{data} after what is queued, ignoring the limit: for the one
-        last notice before the protocol closes the connection.
+        Hand everything that waits to the transport and stop being its
+        producer, before the protocol closes the connection: a TLS transport
+        does not close while a producer is registered.
         """
-        self._waiting.append(data)
-        self.queued += len(data)
-        self._drain()
+        waiting = self._waiting
+        if waiting:
+            self.transport.writeSequence(list(waiting))
+            waiting.clear()
+            self.queued = 0
+        self.overflowed = True  # nothing more is taken
+        self.transport.unregisterProducer()
 
     # IPushProducer, called by the transport.
 
@@ -160,7 +220,7 @@ class OutboundQueue:
 
 
 def enableKeepAlive(
-    transport, idle: int = 60, interval: int = 15, count: int = 4
+    transport, idle: int = DEFAULT_KEEPALIVE, interval: int = 15, count: int = 4
 ) -> None:
     """
     Turn on TCP keepalive with short timers where the platform allows it, so

@@ -464,6 +464,8 @@ class InMemoryPresenceService:
             IFileReceiver(target.session).deliverFile(
                 source.info.name, filename, content
             )
+        except RecipientBusy:
+            raise
         except Exception:
             self.log.failure("file delivery to {name} failed", name=target.info.name)
 

@@ -1,14 +1,20 @@
 """
-What every wire format's factory shares: the set of its open connections, and
-saying goodbye to them when the server stops.
+What every wire format's factory shares: the set of its open connections, the
+server's limits on what one client may cost, and saying goodbye to the
+connections when the server stops.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+from chatd.limits import ConnectionLimiter, Limits, OutboundQueue, enableKeepAlive
 
 
 class ConnectionSet:
@@ -49,21 +55,145 @@ class ConnectionSet:
         return waiter
 
 
+class Allowance:
+    """
+    One connection's share of the server's limits: its place in the
+    connection counts, its deadline to log in, its message rate, and how long
+    a close the server started may take.
+
+    Made by L{SessionFactory.admit}; the protocol calls L{loggedIn},
+    L{allowMessage} and L{closing}, and the factory's L{SessionFactory.release}
+    ends it.
+
+    @ivar refusal: why the connection is refused (it is not counted then), or
+        C{None}.
+    """
+
+    __slots__ = ("factory", "address", "refusal", "_loginTimer", "_bucket", "_abortTimer")
+
+    def __init__(
+        self, factory: "SessionFactory", session, address: str, login: bool = True
+    ) -> None:
+        self.factory = factory
+        self.address = address
+        self._loginTimer: IDelayedCall | None = None
+        self._abortTimer: IDelayedCall | None = None
+        self._bucket = None
+        self.refusal = factory.limiter.acquire(address)
+        if self.refusal is not None:
+            return
+        limits = factory.limits
+        if limits.keepAlive:
+            enableKeepAlive(session.transport, idle=limits.keepAlive)
+        if login and limits.loginTimeout:
+            self._loginTimer = factory.clock.callLater(
+                limits.loginTimeout, session.loginTimedOut
+            )
+
+    def loggedIn(self) -> None:
+        """The user logged in: no login deadline any more; messages counted."""
+        if self._loginTimer is not None:
+            if self._loginTimer.active():
+                self._loginTimer.cancel()
+            self._loginTimer = None
+        if self._bucket is None:
+            self._bucket = self.factory.limits.bucket(self.factory.clock)
+
+    def allowMessage(self) -> bool:
+        """Whether the user may send one more message now."""
+        bucket = self._bucket
+        return bucket is None or bucket.allow()
+
+    def closing(self, transport) -> None:
+        """
+        The server is closing this connection: if the client does not take
+        its last bytes within the close grace, abort it.
+        """
+        if self._abortTimer is None and self.factory.limits.closeGrace:
+            self._abortTimer = self.factory.clock.callLater(
+                self.factory.limits.closeGrace, transport.abortConnection
+            )
+
+    def end(self) -> None:
+        """The connection is closed: stop its timers and free its count."""
+        for timer in (self._loginTimer, self._abortTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._loginTimer = self._abortTimer = None
+        if self.refusal is None:
+            self.refusal = "closed"
+            self.factory.limiter.release(self.address)
+
+
 class SessionFactory(Factory):
     """
-    Base of chatd's protocol factories. Protocols add themselves to
-    C{factory.connections} when connected and discard themselves when lost,
-    and provide C{disconnect(reason)}, which tells the user C{reason} in the
-    protocol's terms and closes.
+    Base of chatd's protocol factories.
+
+    Protocols call L{admit} when connected (it adds them to C{connections}
+    and counts them against the limits) and L{release} when lost, and
+    provide:
+      - C{disconnect(reason)}, which tells the user C{reason} in the
+        protocol's terms and closes;
+      - C{loginTimedOut()}, called when no login came within the limit.
+
+    @param clock: time for the login deadline, rates and close deadlines.
+    @param limits: the server's L{Limits}.
+    @param limiter: the L{ConnectionLimiter} shared by every listener; one of
+        this factory's own when not given.
     """
 
     noisy = False  # the listener logs its address; no per-factory chatter
+    log = Logger()
 
     #: What users are told when the server stops.
     shutdownReason = "the server is shutting down"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        limiter: ConnectionLimiter | None = None,
+    ) -> None:
         self.connections = ConnectionSet()
+        self.clock = clock
+        self.limits = limits if limits is not None else Limits()
+        if limiter is None:
+            limiter = ConnectionLimiter(
+                self.limits.maxConnections, self.limits.maxConnectionsPerAddress
+            )
+        self.limiter = limiter
+
+    def admit(self, session) -> Allowance:
+        """
+        A new connection: count it. If a connection limit refuses it, the
+        returned allowance's C{refusal} says why, and the protocol tells the
+        client so and closes.
+        """
+        self.connections.add(session)
+        allowance = Allowance(self, session, session.peerHost)
+        if allowance.refusal is not None:
+            self.log.info(
+                "{protocol} connection from {peer} refused: {reason}",
+                protocol=session.protocolName,
+                peer=session.peerHost,
+                reason=allowance.refusal,
+                event="connection-refused",
+            )
+        return allowance
+
+    def release(self, session) -> None:
+        """A connection closed."""
+        session.allowance.end()
+        self.connections.discard(session)
+
+    def outbound(self, transport, onOverflow: Callable[[], None]) -> OutboundQueue | None:
+        """
+        The bounded queue of bytes to one client, or C{None} when
+        C{--max-sendq} is 0 (write to the transport directly).
+        """
+        if not self.limits.maxSendQueue:
+            return None
+        return OutboundQueue(transport, self.limits.maxSendQueue, onOverflow)
 
     def shutDown(self) -> defer.Deferred:
         """
@@ -74,3 +204,66 @@ class SessionFactory(Factory):
         for connection in self.connections:
             connection.disconnect(self.shutdownReason)
         return self.connections.whenEmpty()
+
+
+class _CountedHTTPConnection(ProtocolWrapper):
+    """
+    An HTTP connection counted against the connection limits; over a limit
+    it is answered C{503} with the MSGR code C{803} and closed unread.
+    """
+
+    protocolName = "http"
+
+    def makeConnection(self, transport) -> None:
+        self.peerHost = getattr(transport.getPeer(), "host", "")
+        self.transport = transport
+        self.allowance = Allowance(self.factory, self, self.peerHost, login=False)
+        if self.allowance.refusal is None:
+            ProtocolWrapper.makeConnection(self, transport)
+            return
+        self.factory.log.info(
+            "http connection from {peer} refused: {reason}",
+            peer=self.peerHost,
+            reason=self.allowance.refusal,
+            event="connection-refused",
+        )
+        body = b"803"
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Retry-After: 10\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
+        self.allowance.closing(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.allowance.refusal is None:
+            ProtocolWrapper.dataReceived(self, data)
+
+    def connectionLost(self, reason) -> None:
+        refused = self.allowance.refusal is not None
+        self.allowance.end()
+        if not refused:
+            ProtocolWrapper.connectionLost(self, reason)
+
+
+class CountedHTTPFactory(WrappingFactory):
+    """
+    Wraps a twisted.web site so that its connections count against the
+    server's connection limits (shared with every other listener), get TCP
+    keepalive, and are refused in HTTP's terms past a limit.
+    """
+
+    protocol = _CountedHTTPConnection
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self, site, clock: IReactorTime, limits: Limits, limiter: ConnectionLimiter
+    ) -> None:
+        WrappingFactory.__init__(self, site)
+        self.clock = clock
+        self.limits = limits
+        self.limiter = limiter

@@ -9,10 +9,16 @@ turns it off. docs/running.md documents every option.
 
 from __future__ import annotations
 
+import resource
+import sys
+
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
+from chatd import limits as L
+from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
@@ -23,14 +29,38 @@ from chatd.msgr.protocol import DEFAULT_MAX_FILE as MSGR_MAX_FILE
 from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
 from chatd.msgr.protocol import base64Length
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
+from chatd.sessions import CountedHTTPFactory
 
 DISABLED = "none"
+
+#: What a size or count of C{0} ("no limit") becomes.
+NO_LIMIT = sys.maxsize
+
+#: File descriptors kept beyond C{--max-conns} for the listeners, the
+#: database and the logs.
+SPARE_FILES = 64
+
+log = Logger()
 
 
 def _positiveInt(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("must be a positive whole number")
+    return number
+
+
+def _limit(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a whole number, 0 for no limit")
+    return number
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError("must be a number, 0 for no limit")
     return number
 
 
@@ -52,6 +82,68 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        # What one client may cost (docs/operations.md); 0 is no limit.
+        [
+            "max-conns",
+            None,
+            L.DEFAULT_MAX_CONNECTIONS,
+            "Open connections in total, every listener counted; 0 for no limit.",
+            _limit,
+        ],
+        [
+            "max-conns-per-ip",
+            None,
+            L.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "Open connections from one IP address; 0 for no limit.",
+            _limit,
+        ],
+        [
+            "rate",
+            None,
+            L.DEFAULT_RATE,
+            "Messages a second one user may send, on average; 0 for no limit.",
+            _rate,
+        ],
+        [
+            "rate-burst",
+            None,
+            L.DEFAULT_BURST,
+            "Messages one user may send at once after a quiet spell.",
+            _rate,
+        ],
+        [
+            "max-sendq",
+            None,
+            L.DEFAULT_MAX_SEND_QUEUE,
+            "Bytes that may wait for a protobuf or MSGR client that does not "
+            "read before it is disconnected; 0 for no limit.",
+            _limit,
+        ],
+        [
+            "login-timeout",
+            None,
+            L.DEFAULT_LOGIN_TIMEOUT,
+            "Seconds a new connection has to log in (MSRP: send its name; "
+            "MSGR socket: #HOLA); also how long an idle HTTP connection "
+            "stays open. 0 for no limit.",
+            _rate,
+        ],
+        [
+            "keepalive",
+            None,
+            L.DEFAULT_KEEPALIVE,
+            "Seconds of silence after which TCP keepalive probes a peer, so "
+            "dead peers are found and their names freed; 0 turns it off.",
+            _limit,
+        ],
+        [
+            "close-grace",
+            None,
+            L.DEFAULT_CLOSE_GRACE,
+            "Seconds a connection the server closes (a limit, a timeout) has "
+            "to take its last bytes before it is cut off.",
+            _positiveFloat,
+        ],
         [
             "shutdown-grace",
             None,
@@ -88,15 +180,16 @@ class Options(usage.Options):
             None,
             MSGR_MAX_LINE,
             "Longest MSGR chat socket line in bytes; a longer one is skipped "
-            "and answered with an error.",
-            _positiveInt,
+            "and answered with an error. 0 for no limit.",
+            _limit,
         ],
         [
             "msgr-max-file",
             None,
             MSGR_MAX_FILE,
-            "Largest file in an MSGR #ARCHIVO/#IMG line, in decoded bytes.",
-            _positiveInt,
+            "Largest file in an MSGR #ARCHIVO/#IMG line, in decoded bytes; 0 "
+            "for no limit (then --msgr-max-line 0 too).",
+            _limit,
         ],
         [
             "msgr-lockout-failures",
@@ -144,8 +237,8 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_FRAME,
             "Largest protobuf request in bytes; a larger one closes the "
-            "connection after an error response.",
-            _positiveInt,
+            "connection after an error response. 0 for no limit.",
+            _limit,
         ],
         [
             "protobuf-raw-wait",
@@ -166,8 +259,9 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_FILE,
             "Largest file an MSRP client may announce, in bytes; a larger "
-            "announcement gets an ERROR and the connection is closed.",
-            _positiveInt,
+            "announcement gets an ERROR and the connection is closed. 0 for "
+            "no limit.",
+            _limit,
         ],
         [
             "msrp-max-queue",
@@ -175,8 +269,8 @@ class Options(usage.Options):
             DEFAULT_MAX_QUEUED,
             "Bytes that may wait for one MSRP user (behind a file streaming "
             "to them, or while they read slowly) before messages to them are "
-            "refused.",
-            _positiveInt,
+            "refused. 0 for no limit.",
+            _limit,
         ],
     ]
 
@@ -198,7 +292,8 @@ class Options(usage.Options):
         if self["db"] == DISABLED and DISABLED not in (self["http"], self["msgr"]):
             raise usage.UsageError("--db none needs --http none and --msgr none")
         # A file of --msgr-max-file bytes must fit in one line, in base64.
-        if self["msgr-max-line"] < base64Length(self["msgr-max-file"]) + 1024:
+        maxLine, maxFile = self["msgr-max-line"], self["msgr-max-file"]
+        if maxLine and (not maxFile or maxLine < base64Length(maxFile) + 1024):
             raise usage.UsageError(
                 "--msgr-max-line must exceed the base64 size of --msgr-max-file"
                 " by at least 1024 bytes"
@@ -207,6 +302,54 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--protobuf-framing must be one of {', '.join(FRAMINGS)}"
             )
+
+
+def _size(config: Options, option: str) -> int:
+    """A size or count option, with 0 ("no limit") as L{NO_LIMIT}."""
+    return config[option] or NO_LIMIT
+
+
+def _limits(config: Options) -> Limits:
+    return Limits(
+        maxConnections=config["max-conns"],
+        maxConnectionsPerAddress=config["max-conns-per-ip"],
+        rate=config["rate"],
+        burst=config["rate-burst"],
+        maxSendQueue=config["max-sendq"],
+        loginTimeout=config["login-timeout"],
+        keepAlive=config["keepalive"],
+        closeGrace=config["close-grace"],
+    )
+
+
+def _ensureFileLimit(maxConnections: int) -> None:
+    """
+    Raise the soft limit on open files to what C{--max-conns} needs, as far
+    as the hard limit allows; say so when it cannot.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return
+    wanted = maxConnections + SPARE_FILES if maxConnections else hard
+    if soft == resource.RLIM_INFINITY or (soft >= wanted and maxConnections):
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if maxConnections and soft < wanted:
+        log.warn(
+            "chatd: --max-conns {max} needs {wanted} open files but this "
+            "process may open only {soft}; raise the limit (ulimit -n, "
+            "LimitNOFILE=) or lower --max-conns",
+            max=maxConnections,
+            wanted=wanted,
+            soft=soft,
+        )
 
 
 def _listener(
@@ -219,7 +362,9 @@ def _listener(
     return listener
 
 
-def _addMsgr(top, config: Options, presence, store, reactor) -> None:
+def _addMsgr(
+    top, config: Options, presence, store, reactor, limits: Limits, limiter
+) -> None:
     from chatd.msgr import wiring
 
     grace = config["shutdown-grace"]
@@ -238,12 +383,19 @@ def _addMsgr(top, config: Options, presence, store, reactor) -> None:
     top.msgr = msgr
     if config["http"] != DISABLED:
         site = wiring.makeHttpFactory(msgr, reactor)
-        _listener(reactor, "msgr-http", config["http"], site, grace).setServiceParent(
-            top
-        )
+        if limits.loginTimeout:
+            site.timeOut = limits.loginTimeout
+        counted = CountedHTTPFactory(site, reactor, limits, limiter)
+        _listener(
+            reactor, "msgr-http", config["http"], counted, grace
+        ).setServiceParent(top)
     if config["msgr"] != DISABLED:
         factory = wiring.makeChatFactory(
-            msgr, config["msgr-max-line"], config["msgr-max-file"]
+            msgr,
+            _size(config, "msgr-max-line"),
+            _size(config, "msgr-max-file"),
+            limits,
+            limiter,
         )
         _listener(reactor, "msgr", config["msgr"], factory, grace).setServiceParent(top)
 
@@ -269,15 +421,23 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     top = service.MultiService()
     top.presence = presence
     grace = config["shutdown-grace"]
+    # One limiter for every listener: the connection limits hold across all
+    # protocols at once.
+    limits = _limits(config)
+    limiter = ConnectionLimiter(limits.maxConnections, limits.maxConnectionsPerAddress)
+    top.limits, top.limiter = limits, limiter
+    _ensureFileLimit(limits.maxConnections)
     if accountStore is not None:
-        _addMsgr(top, config, presence, accountStore, reactor)
+        _addMsgr(top, config, presence, accountStore, reactor, limits, limiter)
     if config["protobuf"] != DISABLED:
         factory = ProtobufChatFactory(
             presence,
             reactor,
             framing=config["protobuf-framing"],
-            maxFrameSize=config["protobuf-max-frame"],
+            maxFrameSize=_size(config, "protobuf-max-frame"),
             rawWait=config["protobuf-raw-wait"],
+            limits=limits,
+            limiter=limiter,
         )
         _listener(
             reactor, "protobuf", config["protobuf"], factory, grace
@@ -286,8 +446,10 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         factory = MsrpFactory(
             presence,
             reactor,
-            maxFileSize=config["msrp-max-file"],
-            maxQueued=config["msrp-max-queue"],
+            maxFileSize=_size(config, "msrp-max-file"),
+            maxQueued=_size(config, "msrp-max-queue"),
+            limits=limits,
+            limiter=limiter,
         )
         _listener(reactor, "msrp", config["msrp"], factory, grace).setServiceParent(top)
     return top

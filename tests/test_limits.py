@@ -82,5 +82,10 @@ class OutboundQueueTests(TestCase):
         self.assertFalse(self.queue.write(b"z"))
         self.assertEqual(self.overflows, [1])
         self.assertEqual(self.transport.value(), b"")
-        self.queue.writeUrgent(b"bye")
+        # The protocol closes: what waited goes out, then its last words.
+        self.queue.finish()
+        self.transport.write(b"bye")
+        self.assertEqual(self.transport.value(), b"x" * 10 + b"bye")
+        self.assertIsNone(self.transport.producer)
+        self.assertFalse(self.queue.write(b"late"))
         self.assertEqual(self.transport.value(), b"x" * 10 + b"bye")

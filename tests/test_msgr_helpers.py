@@ -129,6 +129,7 @@ class MsgrHarness:
         path: str | None = None,
         maxLine: int = 4096,
         maxFile: int = 1024,
+        limits=None,
         **lockout,
     ) -> None:
         self.testCase = testCase
@@ -145,7 +146,9 @@ class MsgrHarness:
         )
         self.msgr.watch()
         self.site = makeSite(self.msgr, reactor=self.clock)
-        self.factory = MsgrChatFactory(self.msgr, maxLine=maxLine, maxFileSize=maxFile)
+        self.factory = MsgrChatFactory(
+            self.msgr, maxLine=maxLine, maxFileSize=maxFile, limits=limits
+        )
 
     def close(self) -> None:
         if not self._closed:

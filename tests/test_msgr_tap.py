@@ -89,7 +89,9 @@ class MakeServiceTests(unittest.TestCase):
         chat = top.getServiceNamed("msgr").factory
         self.assertIsInstance(chat, MsgrChatFactory)
         self.assertEqual((chat.maxLine, chat.maxFileSize), (5000, 100))
-        site = top.getServiceNamed("msgr-http").factory
+        counted = top.getServiceNamed("msgr-http").factory
+        self.assertIs(counted.limiter, top.limiter)
+        site = counted.wrappedFactory
         self.assertFalse(site.displayTracebacks)
         self.assertIsInstance(site.resource.children[b"status"], MsgrEndpoint)
 

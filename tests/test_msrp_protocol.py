@@ -50,7 +50,7 @@ from chatd.msrp.protocol import (
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
-from chatd.tap import Options, makeService
+from chatd.tap import NO_LIMIT, Options, makeService
 from tests.support import ProtobufClient, login, message, request
 
 Q = chat_pb2.ClientRequest
@@ -249,7 +249,11 @@ class NameTests(MsrpTestMixin, TestCase):
         self.assertFalse(client.closed)
         self.clock.advance(0.1)
         self.assertClosedWith(client, errorFrame(ERR_NAME_TIMEOUT))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # What is left is the deadline of the close itself.
+        self.assertEqual(
+            [call.func for call in self.clock.getDelayedCalls()],
+            [client.transport.abortConnection],
+        )
 
     def test_noTimeoutOnceNamed(self) -> None:
         client = self.client(b"alic")
@@ -551,8 +555,16 @@ class TapTests(TestCase):
 
     def test_badSizes(self) -> None:
         for option in ("--msrp-max-file", "--msrp-max-queue"):
-            for value in ("0", "-1", "x"):
+            for value in ("-1", "x"):
                 self.assertRaises(UsageError, self.options, option, value)
+
+    def test_zeroIsNoLimit(self) -> None:
+        config = self.options(
+            "--msrp", "tcp:0:interface=127.0.0.1", "--msrp-max-file", "0",
+            "--msrp-max-queue", "0",
+        )
+        factory = makeService(config, reactor=Clock()).getServiceNamed("msrp").factory
+        self.assertEqual((factory.maxFileSize, factory.maxQueued), (NO_LIMIT, NO_LIMIT))
 
 
 class HumanTests(MsrpTestMixin, TestCase):

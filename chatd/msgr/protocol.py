@@ -33,6 +33,7 @@ from chatd.msgr.service import (
     MsgrService,
     Outcome,
 )
+from chatd.limits import ConnectionLimiter, Limits, OutboundQueue
 from chatd.sessions import SessionFactory
 from chatd.presence import (
     DEFAULT_STATUS,
@@ -42,6 +43,7 @@ from chatd.presence import (
     IFileReceiver,
     NoSuchUser,
     PresenceError,
+    RecipientBusy,
     UserInfo,
     checkStatus,
     nameKey,
@@ -86,6 +88,9 @@ _FIELDS = {
 }
 _REST_IS_TEXT = {MSJ}
 
+#: The commands that count against the message rate (C{--rate}).
+_RATED = {MSJ, ARCHIVO, IMG, MEME, SOLICITUD, ACEPTAR, RECHAZAR}
+
 #: The id of a C{#RESPUESTA} that answers no line of the client.
 UNSOLICITED = 0
 
@@ -117,6 +122,7 @@ class MsgrChatProtocol(Protocol):
         self._queue: list = []
         self._closing = False
         self.peerHost = ""
+        self.outbound: OutboundQueue | None = None
         self._handlers = {
             MSJ: self._message,
             ARCHIVO: self._file,
@@ -133,7 +139,14 @@ class MsgrChatProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.factory.connections.add(self)
+        self.allowance = self.factory.admit(self)
+        if self.allowance.refusal is not None:
+            # 803 "could not", as for any other refused #HOLA; 901 would
+            # tell the client its token is bad.
+            self._answer(HOLA, UPDATE_FAILED, UNSOLICITED)
+            self._close()
+            return
+        self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
 
     def dataReceived(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
@@ -180,7 +193,30 @@ class MsgrChatProtocol(Protocol):
         self._closing = True
         self._queue.clear()
         self._unbind()
-        self.factory.connections.discard(self)
+        self.factory.release(self)
+
+    def loginTimedOut(self) -> None:
+        if self.user is None and not self._binding and not self._closing:
+            self.log.info(
+                "MSGR socket from {peer} closed: no #HOLA in time",
+                peer=self.peerHost,
+                event="login-timeout",
+            )
+            self._answer(HOLA, NO_CREDENTIALS, UNSOLICITED)
+            self._close()
+
+    def _sendQueueFull(self) -> None:
+        self.log.info(
+            "MSGR socket of {user} closed: not reading, more than {limit} bytes"
+            " waiting",
+            user=self.user.name if self.user else self.peerHost,
+            limit=self.outbound.maxBytes,
+            event="sendq-full",
+        )
+        # What waits goes out first, then the notice, past the queue's limit.
+        outbound, self.outbound = self.outbound, None
+        outbound.finish()
+        self._endSession(UPDATE_FAILED, "not reading")
 
     def _unbind(self) -> None:
         if self.user is not None:
@@ -194,13 +230,36 @@ class MsgrChatProtocol(Protocol):
     def _close(self) -> None:
         if not self._closing:
             self._closing = True
+            outbound, self.outbound = self.outbound, None
+            if outbound is not None:
+                outbound.finish()
             self.transport.loseConnection()
+            self.allowance.closing(self.transport)
 
     # Lines out.
 
-    def _write(self, command: str, *fields: str) -> None:
-        if not self._closing:
-            self.transport.write(buildLine(command, *fields))
+    def _write(self, command: str, *fields: str) -> bool:
+        """
+        Write a line; C{False} when it was not written: the connection is
+        closing, or the line overflowed the outbound queue (which disconnects
+        this client).
+        """
+        if self._closing:
+            return False
+        line = buildLine(command, *fields)
+        if self.outbound is None:
+            self.transport.write(line)
+            return True
+        return self.outbound.write(line)
+
+    def _deliver(self, command: str, *fields: str) -> None:
+        """
+        Write a line from another user; L{RecipientBusy}, for its sender, when
+        it overflowed the outbound queue.
+        """
+        outbound = self.outbound
+        if not self._write(command, *fields) and outbound is not None:
+            raise RecipientBusy(f"{fields[2]} is not reading; disconnected")
 
     def _answer(self, command: str | None, code: int, lineId: int | None = None) -> None:
         to = self.user.name if self.user is not None else NO_TOKEN
@@ -277,6 +336,7 @@ class MsgrChatProtocol(Protocol):
             self.presence.logout(self)
             return
         self.user = info
+        self.allowance.loggedIn()
         self.log.info(
             "{user} bound the MSGR socket from {peer}", user=info.name, peer=self.peerHost
         )
@@ -332,6 +392,9 @@ class MsgrChatProtocol(Protocol):
             if nameKey(unescape(fields[2])) != nameKey(self.user.name):
                 self._refuse(command, BAD_CREDENTIALS, "the sender is not you")
                 return
+        if command in _RATED and not self.allowance.allowMessage():
+            self._refuse(command, UPDATE_FAILED, "too many messages a second")
+            return
         handler(command, fields)
 
     def _rebind(self, command: str, fields: list[str]) -> None:
@@ -377,7 +440,11 @@ class MsgrChatProtocol(Protocol):
             if len(content) > target.maxFileSize:
                 self._refuse(command, UPDATE_FAILED, "the file is too large")
                 return
-            target.deliverLine(command, self.user.name, filename, encoded)
+            try:
+                target.deliverLine(command, self.user.name, filename, encoded)
+            except RecipientBusy as e:
+                self._refuse(command, UPDATE_FAILED, str(e))
+                return
         else:
             try:
                 self.presence.sendFile(self, to, filename, content)
@@ -396,7 +463,11 @@ class MsgrChatProtocol(Protocol):
             return
         target = self.presence.sessionFor(to)
         if isinstance(target, MsgrChatProtocol) and target.user is not None:
-            target.deliverLine(MEME, self.user.name, name)
+            try:
+                target.deliverLine(MEME, self.user.name, name)
+            except RecipientBusy as e:
+                self._refuse(command, UPDATE_FAILED, str(e))
+                return
         else:
             try:
                 self.presence.sendMessage(self, to, MEME_TEXT.format(name=name))
@@ -474,18 +545,18 @@ class MsgrChatProtocol(Protocol):
         out = list(fields)
         if command in (ARCHIVO, IMG):
             out[-1] = RawField(out[-1])
-        self._write(command, NO_TOKEN, sender, self.user.name, *out)
+        self._deliver(command, NO_TOKEN, sender, self.user.name, *out)
 
     # IChatSession and IFileReceiver.
 
     def deliverMessage(self, message: ChatMessage) -> None:
-        self._write(MSJ, NO_TOKEN, message.sender, message.receiver, message.text)
+        self._deliver(MSJ, NO_TOKEN, message.sender, message.receiver, message.text)
 
     def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
         if self.user is None:
             return
         encoded = RawField(base64.b64encode(content).decode("ascii"))
-        self._write(ARCHIVO, NO_TOKEN, sender, self.user.name, filename, encoded)
+        self._deliver(ARCHIVO, NO_TOKEN, sender, self.user.name, filename, encoded)
 
     def disconnect(self, reason: str) -> None:
         self._endSession(UPDATE_FAILED, reason)
@@ -503,11 +574,24 @@ class MsgrChatFactory(SessionFactory):
         msgr: MsgrService,
         maxLine: int = DEFAULT_MAX_LINE,
         maxFileSize: int = DEFAULT_MAX_FILE,
+        limits: Limits | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
-        SessionFactory.__init__(self)
+        SessionFactory.__init__(self, msgr.clock, limits, limiter)
         self.msgr = msgr
         self.maxLine = maxLine
         self.maxFileSize = maxFileSize
+
+    def outbound(self, transport, onOverflow) -> OutboundQueue | None:
+        """
+        As for every protocol, but room for at least two of the longest
+        lines: a client that reads is never cut off for being sent two files
+        at once.
+        """
+        if not self.limits.maxSendQueue:
+            return None
+        limit = max(self.limits.maxSendQueue, 2 * (self.maxLine + 1))
+        return OutboundQueue(transport, limit, onOverflow)
 
     def buildProtocol(self, addr) -> MsgrChatProtocol:
         protocol = MsgrChatProtocol(self.msgr, self.maxLine, self.maxFileSize)

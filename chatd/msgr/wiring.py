@@ -56,6 +56,10 @@ def makeHttpFactory(msgr: MsgrService, reactor):
     return makeSite(msgr, reactor=reactor)
 
 
-def makeChatFactory(msgr: MsgrService, maxLine: int, maxFile: int) -> MsgrChatFactory:
+def makeChatFactory(
+    msgr: MsgrService, maxLine: int, maxFile: int, limits=None, limiter=None
+) -> MsgrChatFactory:
     """The factory of the MSGR chat socket."""
-    return MsgrChatFactory(msgr, maxLine=maxLine, maxFileSize=maxFile)
+    return MsgrChatFactory(
+        msgr, maxLine=maxLine, maxFileSize=maxFile, limits=limits, limiter=limiter
+    )

@@ -23,12 +23,19 @@ from __future__ import annotations
 
 from collections import deque
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatd.limits import (
+    DEFAULT_LOGIN_TIMEOUT,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_FROM_ADDRESS,
+    ConnectionLimiter,
+    Limits,
+)
 from chatd.sessions import SessionFactory
 from chatd.presence import (
     BROADCAST,
@@ -75,8 +82,8 @@ DEFAULT_MAX_FILE = 4 * 1024**3
 #: Default largest number of bytes waiting for one session: 1 MiB.
 DEFAULT_MAX_QUEUED = 1024**2
 
-#: Default seconds a new connection has to send its name.
-DEFAULT_NAME_TIMEOUT = 60.0
+#: Default seconds a new connection has to send its name (C{--login-timeout}).
+DEFAULT_NAME_TIMEOUT = DEFAULT_LOGIN_TIMEOUT
 
 #: How many received, not yet acknowledged files a session remembers for ACK
 #: matching; the oldest are forgotten first.
@@ -99,6 +106,8 @@ ERR_NAME_RULE = (
     " '|', '&' ni '\\', y no puede ser 'all'."
 )
 ERR_NAME_TIMEOUT = "No se recibió el nombre a tiempo."
+ERR_TOO_MANY_CONNECTIONS = "El servidor tiene demasiadas conexiones; inténtalo más tarde."
+ERR_TOO_MANY_FROM_ADDRESS = "Demasiadas conexiones desde tu dirección."
 ERR_INTERNAL = "Error interno del servidor."
 ERR_SHUTDOWN = "El servidor se está apagando."
 ERR_NOT_UTF8 = f"{ERR_FORMAT} El texto no es UTF-8 válido."
@@ -122,6 +131,17 @@ def errNameInUse(name: str) -> str:
 
 def errNameProtected(name: str) -> str:
     return f"El nombre {name} pertenece a una cuenta registrada; elige otro."
+
+
+#: The connection limits' refusals, in Spanish.
+_REFUSALS = {
+    TOO_MANY_CONNECTIONS: ERR_TOO_MANY_CONNECTIONS,
+    TOO_MANY_FROM_ADDRESS: ERR_TOO_MANY_FROM_ADDRESS,
+}
+
+
+def errRate(rate: float) -> str:
+    return f"Demasiados mensajes: como máximo {rate:g} por segundo. No se entregó."
 
 
 def errQueueFull(name: str) -> str:
@@ -313,13 +333,11 @@ class MsrpProtocol(Protocol):
         clock: IReactorTime,
         maxFileSize: int = DEFAULT_MAX_FILE,
         maxQueued: int = DEFAULT_MAX_QUEUED,
-        nameTimeout: float = DEFAULT_NAME_TIMEOUT,
     ) -> None:
         self.presence = presence
         self.clock = clock
         self.fileSizeLimit = maxFileSize
         self.maxQueued = maxQueued
-        self.nameTimeout = nameTimeout
         self.mode: str | None = None  # None until the byte after the name
         self.user: UserInfo | None = None
         self.wireName = b""
@@ -327,7 +345,6 @@ class MsrpProtocol(Protocol):
         self._loggingIn = False
         self._held = bytearray()  # bytes received during the login
         self._closing = False
-        self._nameTimer: IDelayedCall | None = None
         self._pauseReasons: set[object] = set()
         # Inbound (this session sending).
         self._decoder: MsrpFrameDecoder | None = None
@@ -368,25 +385,27 @@ class MsrpProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.factory.connections.add(self)
+        self.allowance = self.factory.admit(self)
         self.transport.registerProducer(self._valve, True)
-        self._nameTimer = self.clock.callLater(self.nameTimeout, self._nameTimedOut)
+        if self.allowance.refusal is not None:
+            self._closeWith(
+                _REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
+            )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if not self._closing:
             self._shutdown(None, transportGone=True)
         self.presence.logout(self)
-        self.factory.connections.discard(self)
+        self.factory.release(self)
 
-    def _nameTimedOut(self) -> None:
-        self._nameTimer = None
-        self._closeWith(ERR_NAME_TIMEOUT)
-
-    def _cancelNameTimer(self) -> None:
-        if self._nameTimer is not None:
-            if self._nameTimer.active():
-                self._nameTimer.cancel()
-            self._nameTimer = None
+    def loginTimedOut(self) -> None:
+        if self.user is None and not self._loggingIn and not self._closing:
+            self.log.info(
+                "msrp connection from {peer} closed: no name in time",
+                peer=self.peerHost,
+                event="login-timeout",
+            )
+            self._closeWith(ERR_NAME_TIMEOUT)
 
     # Bytes in.
 
@@ -416,12 +435,10 @@ class MsrpProtocol(Protocol):
         if b"\n" in head or b"\r" in head:
             # Someone typed a name shorter than 4 bytes and Enter.
             self.mode = HUMAN
-            self._cancelNameTimer()
             self._closeWith(ERR_NAME_LENGTH)
             return
         if len(greeting) < NAME_LENGTH:
             return
-        self._cancelNameTimer()
         rest = bytes(greeting[NAME_LENGTH:])
         self._greeting = bytearray()
         if rest:
@@ -453,6 +470,7 @@ class MsrpProtocol(Protocol):
             self.presence.logout(self)
             return
         self.user = info
+        self.allowance.loggedIn()
         self.log.info(
             "msrp {name} connected ({mode})",
             name=info.name,
@@ -534,6 +552,9 @@ class MsrpProtocol(Protocol):
 
     def _sendText(self, receiver: str, text: str) -> None:
         """Send C{text} to the user C{receiver} (or everyone), or say why not."""
+        if not self.allowance.allowMessage():
+            self._sendError(errRate(self.factory.limits.rate))
+            return
         try:
             self.presence.sendMessage(self, receiver, text)
         except NoSuchUser:
@@ -547,6 +568,9 @@ class MsrpProtocol(Protocol):
             self._closeWith(errFileTooLarge(size, self.fileSizeLimit))
             return
         self._sink = _DISCARD  # until the file is accepted
+        if not self.allowance.allowMessage():
+            self._sendError(errRate(self.factory.limits.rate))
+            return
         try:
             receiver = frame.name.decode("utf-8")
         except UnicodeDecodeError:
@@ -610,7 +634,7 @@ class MsrpProtocol(Protocol):
             self.presence.sendFile(
                 self, whole.receiver, whole.filename, bytes(whole.content)
             )
-        except (NoSuchUser, FilesNotAccepted):
+        except (NoSuchUser, FilesNotAccepted, RecipientBusy):
             self._sendError(errNotDelivered(whole.receiver, whole.filename))
 
     def _listRequest(self, frame: ListRequest) -> None:
@@ -873,7 +897,6 @@ class MsrpProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
-        self._cancelNameTimer()
         self.presence.logout(self)
         # As a sender: a file under way can go no further.
         sink, self._sink = self._sink, None
@@ -905,6 +928,7 @@ class MsrpProtocol(Protocol):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            self.allowance.closing(self.transport)
 
     # IChatSession.
 
@@ -945,7 +969,9 @@ class MsrpFactory(SessionFactory):
     @param maxQueued: the most bytes that may wait for one session (behind a
         file being streamed to it, or while its transport's buffer is full)
         before messages from other users to it are refused.
-    @param nameTimeout: seconds a new connection has to send its name.
+    @param limits: the server's L{Limits} (C{loginTimeout} is the time a new
+        connection has to send its name).
+    @param limiter: the L{ConnectionLimiter} shared by every listener.
     """
 
     #: What clients are told when the server stops (an ERROR frame, or a
@@ -959,14 +985,13 @@ class MsrpFactory(SessionFactory):
         clock: IReactorTime,
         maxFileSize: int = DEFAULT_MAX_FILE,
         maxQueued: int = DEFAULT_MAX_QUEUED,
-        nameTimeout: float = DEFAULT_NAME_TIMEOUT,
+        limits: Limits | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
-        SessionFactory.__init__(self)
+        SessionFactory.__init__(self, clock, limits, limiter)
         self.presence = presence
-        self.clock = clock
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued
-        self.nameTimeout = nameTimeout
 
     def buildProtocol(self, addr) -> MsrpProtocol:
         protocol = MsrpProtocol(
@@ -974,7 +999,6 @@ class MsrpFactory(SessionFactory):
             self.clock,
             maxFileSize=self.maxFileSize,
             maxQueued=self.maxQueued,
-            nameTimeout=self.nameTimeout,
         )
         protocol.factory = self
         return protocol

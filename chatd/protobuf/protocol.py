@@ -22,11 +22,13 @@ from chatd.presence import (
     IChatSession,
     IPresenceService,
     PresenceError,
+    RecipientBusy,
     UserInfo,
     isBroadcast,
     nameKey,
 )
 from chatd.protobuf import chat_pb2
+from chatd.limits import ConnectionLimiter, Limits
 from chatd.sessions import SessionFactory
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
@@ -114,6 +116,8 @@ class ProtobufChatProtocol(Protocol):
         self._loggingIn = False
         self._closing = False
         self._waitCall: IDelayedCall | None = None
+        self.outbound = None
+        self._write: Callable[[bytes], object] = lambda data: None
         self._handlers = {
             USER_LOGIN: self._login,
             CONNECTED_USERS: self._connectedUsers,
@@ -126,9 +130,19 @@ class ProtobufChatProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.factory.connections.add(self)
+        self.allowance = self.factory.admit(self)
+        if self.allowance.refusal is not None:
+            self._write = self.transport.write
+            self.disconnect(f"connection refused: {self.allowance.refusal}")
+            return
+        self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
+        self._write = (
+            self.transport.write if self.outbound is None else self.outbound.write
+        )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         if self._waitCall is not None:
             self._waitCall.cancel()
             self._waitCall = None
@@ -158,7 +172,31 @@ class ProtobufChatProtocol(Protocol):
             self._waitCall = None
         self.presence.logout(self)
         self.user = None
-        self.factory.connections.discard(self)
+        self.factory.release(self)
+
+    def loginTimedOut(self) -> None:
+        if self.user is None and not self._loggingIn:
+            self.log.info(
+                "protobuf connection from {peer} closed: no login in time",
+                peer=self.peerHost,
+                event="login-timeout",
+            )
+            self.disconnect(
+                f"no login within {self.factory.limits.loginTimeout:g} seconds"
+            )
+
+    def _sendQueueFull(self) -> None:
+        self.log.info(
+            "protobuf {user} disconnected: not reading, more than {limit} bytes"
+            " waiting",
+            user=self.user.name if self.user else self.peerHost,
+            limit=self.factory.limits.maxSendQueue,
+            event="sendq-full",
+        )
+        self.disconnect(
+            f"disconnected: you are not reading; more than"
+            f" {self.factory.limits.maxSendQueue} bytes were waiting for you"
+        )
 
     def _handleFrame(self, frame: bytes) -> None:
         try:
@@ -194,8 +232,9 @@ class ProtobufChatProtocol(Protocol):
 
     # Bytes out.
 
-    def _send(self, response: Response) -> None:
-        self.transport.write(self.encode(response.SerializeToString()))
+    def _send(self, response: Response) -> bool | None:
+        """Write C{response}; C{False} if the outbound queue overflowed."""
+        return self._write(self.encode(response.SerializeToString()))
 
     def _fail(self, option: int | None, text: str) -> None:
         if option is None or option in self._handlers:
@@ -207,7 +246,7 @@ class ProtobufChatProtocol(Protocol):
             # An option value chat.proto does not define cannot be set on the
             # message, but the answer still carries the request's option.
             payload = Response(code=FAILED, response=text).SerializeToString()
-            self.transport.write(
+            self._write(
                 self.encode(b"\x08" + encodeVarint(option) + payload)
             )
 
@@ -239,6 +278,7 @@ class ProtobufChatProtocol(Protocol):
             self.presence.logout(self)
             return
         self.user = info
+        self.allowance.loggedIn()
         self._succeed(
             USER_LOGIN, f"welcome, {info.name}", user=userInformation(info)
         )
@@ -302,6 +342,11 @@ class ProtobufChatProtocol(Protocol):
             raise Refused("a message needs messg.receiver")
         if not body:
             raise Refused("the message is empty")
+        if not self.allowance.allowMessage():
+            raise Refused(
+                f"slow down: at most {self.factory.limits.rate:g} messages a"
+                f" second (not delivered)"
+            )
         try:
             count = self.presence.sendMessage(self, receiver, body)
         except PresenceError as e:
@@ -314,7 +359,7 @@ class ProtobufChatProtocol(Protocol):
     # IChatSession.
 
     def deliverMessage(self, message: ChatMessage) -> None:
-        self._send(
+        sent = self._send(
             Response(
                 option=SEND_MESSAGE,
                 code=SUCCESSFUL,
@@ -325,13 +370,25 @@ class ProtobufChatProtocol(Protocol):
                 ),
             )
         )
+        if sent is False:
+            raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 
     def disconnect(self, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
+        # The name is free at once, not when the client has read its last
+        # bytes (which one that does not read never does).
+        self.presence.logout(self)
+        outbound, self.outbound = self.outbound, None
+        if outbound is not None:
+            # What waits goes first (at most --max-sendq bytes), then the
+            # reason, written past the queue's limit.
+            outbound.finish()
+        self._write = self.transport.write
         self._fail(None, reason)
         self.transport.loseConnection()
+        self.allowance.closing(self.transport)
 
 
 class ProtobufChatFactory(SessionFactory):
@@ -348,12 +405,13 @@ class ProtobufChatFactory(SessionFactory):
         framing: str = RAW,
         maxFrameSize: int = DEFAULT_MAX_FRAME,
         rawWait: float = DEFAULT_RAW_WAIT,
+        limits: Limits | None = None,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
-        SessionFactory.__init__(self)
+        SessionFactory.__init__(self, clock, limits, limiter)
         self.presence = presence
-        self.clock = clock
         self.framing = framing
         self.maxFrameSize = maxFrameSize
         self.rawWait = rawWait

@@ -1,0 +1,239 @@
+"""
+The limits over real sockets on 127.0.0.1: a client that stops reading
+cannot make the server's memory grow, its name is freed and it is cut off
+after the close grace; accepted sockets get TCP keepalive; the HTTP listener
+counts its connections with the others.
+"""
+
+from __future__ import annotations
+
+import socket
+import tracemalloc
+from dataclasses import replace
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+
+from chatd.limits import UNLIMITED, ConnectionLimiter, Limits
+from chatd.presence import InMemoryPresenceService
+from chatd.protobuf import chat_pb2
+from chatd.protobuf.framing import DelimitedFramer, encodeDelimited
+from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
+from chatd.sessions import CountedHTTPFactory
+
+from tests.support import login, message
+
+R = chat_pb2.ServerResponse
+
+
+class _Client(protocol.Protocol):
+    """A delimited protobuf client on a real socket, keeping what arrives."""
+
+    def __init__(self) -> None:
+        self.framer = DelimitedFramer(1 << 20)
+        self.responses: list[R] = []
+        self._waiting: list[tuple[object, defer.Deferred]] = []
+        self.lost = defer.Deferred()
+
+    def send(self, request: chat_pb2.ClientRequest) -> None:
+        self.transport.write(encodeDelimited(request.SerializeToString()))
+
+    def dataReceived(self, data: bytes) -> None:
+        for frame in self.framer.feed(data):
+            self.responses.append(R.FromString(frame))
+        for item in list(self._waiting):
+            count, d = item
+            if len(self.responses) >= count:
+                self._waiting.remove(item)
+                d.callback(self.responses[count - 1])
+
+    def response(self, number: int) -> defer.Deferred:
+        """The C{number}th response (1-based), when it has arrived."""
+        if len(self.responses) >= number:
+            return defer.succeed(self.responses[number - 1])
+        d = defer.Deferred()
+        self._waiting.append((number, d))
+        return d
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.callback(None)
+
+
+class SlowReaderTests(TestCase):
+    """
+    One client stops reading while another sends it 32 KiB messages: past
+    C{--max-sendq} it is disconnected, and the memory the server holds for
+    it stays near the limit although far more was sent.
+    """
+
+    maxSendQueue = 256 * 1024
+    text = "z" * (32 * 1024)
+    #: Enough to pass the kernel's socket buffers many times over.
+    most = 2000  # 64 MiB
+
+    def setUp(self) -> None:
+        self.clock = Clock()  # the login, rate and close deadlines
+        self.presence = InMemoryPresenceService()
+        self.factory = ProtobufChatFactory(
+            self.presence,
+            self.clock,
+            framing=DELIMITED,
+            limits=replace(UNLIMITED, maxSendQueue=self.maxSendQueue, closeGrace=10.0),
+        )
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def connect(self, name: str):
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+        client = yield connectProtocol(endpoint, _Client())
+        self.addCleanup(lambda: client.lost if client.lost.called else (
+            client.transport.loseConnection() or client.lost))
+        client.send(login(name))
+        answer = yield client.response(1)
+        self.assertEqual(answer.code, R.SUCCESSFUL_OPERATION)
+        return client
+
+    @defer.inlineCallbacks
+    def test_memoryBounded(self):
+        fast = yield self.connect("fast")
+        slow = yield self.connect("slow")
+        other = yield self.connect("other")
+        slow.transport.pauseProducing()  # it stops reading
+
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        answer = None
+        for n in range(1, self.most + 1):
+            fast.send(message("slow", self.text))
+            answer = yield fast.response(n + 1)
+            if answer.code != R.SUCCESSFUL_OPERATION:
+                break
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+        tracemalloc.stop()
+
+        self.assertEqual(
+            (answer.code, answer.response),
+            (R.FAILED_OPERATION, "not delivered: slow is not reading; disconnected"),
+            f"still delivering after {n} messages",
+        )
+        # The kernel's buffers took some; the server held at most its
+        # queue, its transport's buffer and a message or two more.
+        self.assertLess(n, self.most // 4)
+        self.assertLess(peak, 4 * 1024 * 1024, f"peak traced memory {peak} bytes")
+        # The name is free at once, and everyone else is served.
+        self.assertIsNone(self.presence.lookup("slow"))
+        fast.send(message("other", "still here"))
+        delivered = yield other.response(2)
+        self.assertEqual(delivered.messg.text, "still here")
+
+        # The slow client never reads its last bytes: after the close grace
+        # the server cuts it off (the abort completes on the reactor's next
+        # turn).
+        self.assertEqual(len(self.factory.connections), 3)
+        self.clock.advance(10.0)
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(self.factory.connections), 2)
+        slow.transport.resumeProducing()
+        yield slow.lost
+
+    @defer.inlineCallbacks
+    def test_readerThatCatchesUpGetsEverything(self):
+        """A slow reader within the limit loses nothing."""
+        fast = yield self.connect("fast")
+        slow = yield self.connect("slow")
+        slow.transport.pauseProducing()
+        count = 40  # 1.3 MB: past the socket buffers, within kernel + queue
+        for n in range(1, count + 1):
+            fast.send(message("slow", self.text))
+        last = yield fast.response(count + 1)
+        self.assertEqual(last.code, R.SUCCESSFUL_OPERATION)
+        slow.transport.resumeProducing()
+        yield slow.response(count + 1)
+        self.assertEqual(
+            [r.messg.text for r in slow.responses[1:]], [self.text] * count
+        )
+
+
+class KeepAliveTests(TestCase):
+    @defer.inlineCallbacks
+    def test_acceptedSocketsProbeDeadPeers(self):
+        accepted = []
+
+        class Factory(ProtobufChatFactory):
+            def buildProtocol(self, addr):
+                p = ProtobufChatFactory.buildProtocol(self, addr)
+                accepted.append(p)
+                return p
+
+        factory = Factory(
+            InMemoryPresenceService(),
+            Clock(),
+            framing=DELIMITED,
+            limits=replace(UNLIMITED, keepAlive=42),
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        client = yield connectProtocol(endpoint, _Client())
+        client.send(login("ana"))
+        yield client.response(1)
+        handle = accepted[0].transport.getHandle()
+        self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(
+                handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 42
+            )
+        client.transport.loseConnection()
+        yield client.lost
+
+
+class _Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello"
+
+
+class _Raw(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.callback(self.data)
+
+
+class HttpCountedTests(TestCase):
+    @defer.inlineCallbacks
+    def test_overTheLimitIs503(self):
+        limiter = ConnectionLimiter(0, 1)
+        limits = Limits(maxConnections=0, maxConnectionsPerAddress=1, keepAlive=0)
+        site = server.Site(_Hello())
+        factory = CountedHTTPFactory(site, Clock(), limits, limiter)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        first = yield connectProtocol(endpoint, _Raw())
+        second = yield connectProtocol(endpoint, _Raw())
+        refused = yield second.lost
+        self.assertTrue(refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertTrue(refused.endswith(b"\r\n\r\n803"), refused)
+        # The first is served, and once it closes, its place is free.
+        first.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        served = yield first.lost
+        self.assertTrue(served.startswith(b"HTTP/1.1 200 OK\r\n"), served)
+        self.assertEqual(limiter.total, 0)
+        third = yield connectProtocol(endpoint, _Raw())
+        third.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        served = yield third.lost
+        self.assertTrue(served.startswith(b"HTTP/1.1 200 OK\r\n"), served)

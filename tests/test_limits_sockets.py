@@ -237,3 +237,42 @@ class HttpCountedTests(TestCase):
         third.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         served = yield third.lost
         self.assertTrue(served.startswith(b"HTTP/1.1 200 OK\r\n"), served)
+
+
+class HttpBodyTests(TestCase):
+    @defer.inlineCallbacks
+    def test_largeBodyNotHeld(self):
+        """
+        A body past the limit is refused with the operation's code once it
+        has arrived, and the server never holds more than the limit of it.
+        """
+        from tests.test_msgr_helpers import MsgrHarness
+
+        harness = MsgrHarness(self)
+        port = reactor.listenTCP(0, harness.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        size = 8 * 1024 * 1024
+        chunk = b"usr=" + b"a" * (64 * 1024 - 4)
+
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        client = yield connectProtocol(endpoint, _Raw())
+        client.transport.write(
+            b"POST /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % size
+        )
+        for _ in range(size // len(chunk)):
+            client.transport.write(chunk)
+            # Send at the pace the server reads, so the test client's own
+            # buffer is not what is measured.
+            yield task.deferLater(reactor, 0, lambda: None)
+        answer = yield client.lost
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+        tracemalloc.stop()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:100])
+        self.assertTrue(answer.endswith(b"\r\n\r\n901"), answer[-100:])
+        self.assertLess(peak, 2 * 1024 * 1024, f"peak traced memory {peak} bytes")

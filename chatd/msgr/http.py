@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Callable
 from urllib.parse import parse_qsl
 
@@ -394,6 +395,20 @@ class MsgrRequest(server.Request):
 
     multipart = False
 
+    def gotLength(self, length: int | None) -> None:
+        # The body is kept in memory, never in a temporary file, and only its
+        # first maxBody + 1 bytes: a larger one is refused when it has
+        # arrived (400 with the operation's code), whatever was sent.
+        site = getattr(self.channel, "site", None)
+        self._bodyRoom = getattr(site, "maxBody", MAX_BODY) + 1
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = self._bodyRoom
+        if room > 0:
+            self.content.write(data[:room])
+            self._bodyRoom = room - len(data)
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         contentType = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
         if contentType.split(b";")[0].strip().lower() == b"multipart/form-data":
@@ -411,4 +426,5 @@ def makeSite(msgr: MsgrService, reactor=None, maxBody: int = MAX_BODY) -> server
     )
     site.displayTracebacks = False
     site.noisy = False
+    site.maxBody = maxBody
     return site

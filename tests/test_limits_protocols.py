@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -351,6 +351,24 @@ class OptionTests(TestCase):
              "--max-sendq", "0", "--login-timeout", "0", "--keepalive", "0"]
         )
         self.assertEqual(options["max-conns"], 0)
+
+    def test_everyListenerSharesTheLimits(self) -> None:
+        from chatd.tap import makeService
+
+        options = Options()
+        options.parseOptions(
+            ["--max-conns-per-ip", "7", "--rate", "3", "--max-sendq", "0",
+             "--db", self.mktemp(), "--protobuf", "tcp:0", "--msrp", "tcp:0",
+             "--http", "tcp:0", "--msgr", "tcp:0"]
+        )
+        # Nothing is started: no port is opened.
+        top = makeService(options, reactor=reactor)
+        self.addCleanup(top.msgr.store.close)
+        self.assertEqual(top.limiter.maxPerAddress, 7)
+        for label in ("protobuf", "msrp", "msgr", "msgr-http"):
+            factory = top.getServiceNamed(label).factory
+            self.assertIs(factory.limiter, top.limiter, label)
+            self.assertEqual((factory.limits.rate, factory.limits.maxSendQueue), (3.0, 0))
 
     def test_negativeRefused(self) -> None:
         from twisted.python.usage import UsageError

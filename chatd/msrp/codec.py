@@ -495,6 +495,19 @@ def clientListText(names: list[str]) -> str:
     return "".join(lines)
 
 
+def parseClientListText(text: str) -> list[str]:
+    """
+    The names in a list text made by L{clientListText}, in order (for
+    clients). Lines that are not C{Cliente <n>: <name>} are skipped.
+    """
+    names = []
+    for line in text.split("\n"):
+        head, separator, name = line.partition(": ")
+        if separator and head.startswith("Cliente ") and head[8:].isdigit() and name:
+            names.append(name)
+    return names
+
+
 def wireText(text: str, maximum: int = MAX_TEXT) -> bytes:
     """
     C{text} as UTF-8 fit for a 0x00-ended field: any U+0000 becomes U+FFFD

@@ -103,6 +103,15 @@ class SlowReaderTests(TestCase):
         slow = yield self.connect("slow")
         other = yield self.connect("other")
         slow.transport.pauseProducing()  # it stops reading
+        serverSide = self.presence.sessionFor("slow")
+        serverLost = defer.Deferred()
+        connectionLost = serverSide.connectionLost
+
+        def lost(reason):
+            connectionLost(reason)
+            serverLost.callback(None)
+
+        serverSide.connectionLost = lost
 
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
@@ -133,11 +142,10 @@ class SlowReaderTests(TestCase):
         self.assertEqual(delivered.messg.text, "still here")
 
         # The slow client never reads its last bytes: after the close grace
-        # the server cuts it off (the abort completes on the reactor's next
-        # turn).
-        self.assertEqual(len(self.factory.connections), 3)
+        # the server cuts it off.
+        self.assertFalse(serverLost.called)
         self.clock.advance(10.0)
-        yield task.deferLater(reactor, 0, lambda: None)
+        yield serverLost
         self.assertEqual(len(self.factory.connections), 2)
         slow.transport.resumeProducing()
         yield slow.lost

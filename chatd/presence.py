@@ -26,6 +26,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from chatd.metrics import BUSY, ChatdMetrics
+
 #: The receiver name that means "every online user but the sender".
 BROADCAST = "all"
 
@@ -317,18 +319,28 @@ class InMemoryPresenceService:
     @param isProtectedName: tells whether a name belongs to a registered
         account (and so may only be claimed with C{authenticated=True}); it
         must answer from memory, without waiting on anything.
+    @param metrics: the server's L{ChatdMetrics}; it counts logins and
+        logouts as an observer, and is told of refused logins, messages
+        routed (per protocol pair), files handed on and deliveries refused.
     """
 
     log = Logger()
 
     def __init__(
-        self, isProtectedName: Callable[[str], bool] = lambda name: False
+        self,
+        isProtectedName: Callable[[str], bool] = lambda name: False,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
         self.isProtectedName = isProtectedName
+        self.metrics = metrics if metrics is not None else ChatdMetrics()
+        # sender protocol -> receiver protocol -> messages (plain ints: this
+        # is the per-message path).
+        self._routed = self.metrics.routed
         # nameKey(name) -> _Entry, in login order (dicts keep insertion order).
         self._byName: dict[str, _Entry] = {}
         self._bySession: dict[IChatSession, _Entry] = {}
         self._observers: list[Callable[[str, UserInfo], None]] = []
+        self.metrics.watch(self)
 
     def login(
         self,
@@ -342,17 +354,21 @@ class InMemoryPresenceService:
             info = self._claim(session, name, ip, status, authenticated)
         except PresenceError as e:
             self.log.info(
-                "login refused for {name!r} ({protocol}): {reason}",
-                name=name,
+                "{protocol} login of {user!r} from {peer} refused: {reason}",
+                user=name,
                 protocol=session.protocolName,
+                peer=ip,
                 reason=str(e),
+                event="login-refused",
             )
+            self.metrics.loginRefused(session.protocolName)
             return defer.fail(e)
         self.log.info(
-            "{name} logged in ({protocol}, {ip})",
-            name=info.name,
+            "{user} logged in ({protocol}, {peer})",
+            user=info.name,
             protocol=info.protocol,
-            ip=info.ip,
+            peer=info.ip,
+            event="login",
         )
         self._notify(LOGIN, info)
         return defer.succeed(info)
@@ -390,9 +406,10 @@ class InMemoryPresenceService:
             return
         del self._byName[nameKey(entry.info.name)]
         self.log.info(
-            "{name} logged out ({protocol})",
-            name=entry.info.name,
+            "{user} logged out ({protocol})",
+            user=entry.info.name,
             protocol=entry.info.protocol,
+            event="logout",
         )
         self._notify(LOGOUT, entry.info)
 
@@ -425,6 +442,7 @@ class InMemoryPresenceService:
         source = self._bySession.get(sender)
         if source is None:
             raise NoSuchUser("not logged in")
+        routed = self._routed[source.info.protocol]
         if isBroadcast(receiver):
             message = ChatMessage(source.info.name, BROADCAST, text)
             count = 0
@@ -435,13 +453,20 @@ class InMemoryPresenceService:
                     try:
                         self._deliver(entry, message)
                     except RecipientBusy:
+                        self.metrics.refused(source.info.protocol, BUSY)
                         continue
+                    routed[entry.info.protocol] += 1
                     count += 1
             return count
         target = self._byName.get(nameKey(receiver))
         if target is None:
             raise NoSuchUser(f"{receiver} is not online")
-        self._deliver(target, ChatMessage(source.info.name, target.info.name, text))
+        try:
+            self._deliver(target, ChatMessage(source.info.name, target.info.name, text))
+        except RecipientBusy:
+            self.metrics.refused(source.info.protocol, BUSY)
+            raise
+        routed[target.info.protocol] += 1
         return 1
 
     def sendFile(
@@ -465,9 +490,14 @@ class InMemoryPresenceService:
                 source.info.name, filename, content
             )
         except RecipientBusy:
+            self.metrics.refused(source.info.protocol, BUSY)
             raise
         except Exception:
             self.log.failure("file delivery to {name} failed", name=target.info.name)
+        else:
+            self.metrics.fileRelayed(
+                source.info.protocol, target.info.protocol, len(content)
+            )
 
     def fileLimit(self, receiver: str) -> int | None:
         target = self._byName.get(nameKey(receiver))

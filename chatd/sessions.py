@@ -15,6 +15,11 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from chatd.limits import ConnectionLimiter, Limits, OutboundQueue, enableKeepAlive
+from chatd.metrics import CLIENT, CONN_LIMIT, RATE, SHUTDOWN, ChatdMetrics
+
+#: Seconds between two log lines about one connection's refused messages
+#: (a client that floods would otherwise flood the log).
+RATE_LOG_INTERVAL = 60.0
 
 
 class ConnectionSet:
@@ -69,16 +74,29 @@ class Allowance:
         C{None}.
     """
 
-    __slots__ = ("factory", "address", "refusal", "_loginTimer", "_bucket", "_abortTimer")
+    __slots__ = (
+        "factory",
+        "session",
+        "address",
+        "refusal",
+        "_loginTimer",
+        "_bucket",
+        "_abortTimer",
+        "_rateLogged",
+        "_rateRefused",
+    )
 
     def __init__(
         self, factory: "SessionFactory", session, address: str, login: bool = True
     ) -> None:
         self.factory = factory
+        self.session = session
         self.address = address
         self._loginTimer: IDelayedCall | None = None
         self._abortTimer: IDelayedCall | None = None
         self._bucket = None
+        self._rateLogged: float | None = None
+        self._rateRefused = 0
         self.refusal = factory.limiter.acquire(address)
         if self.refusal is not None:
             return
@@ -100,9 +118,37 @@ class Allowance:
             self._bucket = self.factory.limits.bucket(self.factory.clock)
 
     def allowMessage(self) -> bool:
-        """Whether the user may send one more message now."""
+        """
+        Whether the user may send one more message now. A refusal is counted,
+        and logged at most once every L{RATE_LOG_INTERVAL} seconds.
+        """
         bucket = self._bucket
-        return bucket is None or bucket.allow()
+        if bucket is None or bucket.allow():
+            return True
+        self._refusedByRate()
+        return False
+
+    def _refusedByRate(self) -> None:
+        factory, session = self.factory, self.session
+        factory.metrics.refused(session.protocolName, RATE)
+        self._rateRefused += 1
+        now = factory.clock.seconds()
+        if self._rateLogged is not None and now - self._rateLogged < RATE_LOG_INTERVAL:
+            return
+        user = getattr(session, "user", None)
+        factory.log.info(
+            "{protocol} messages of {user} over the rate of {rate:g} a second:"
+            " {refused} refused",
+            protocol=session.protocolName,
+            user=user.name if user is not None else session.peerHost,
+            peer=session.peerHost,
+            refused=self._rateRefused,
+            rate=factory.limits.rate,
+            reason=RATE,
+            event="message-refused",
+        )
+        self._rateLogged = now
+        self._rateRefused = 0
 
     def closing(self, transport) -> None:
         """
@@ -140,6 +186,8 @@ class SessionFactory(Factory):
     @param limits: the server's L{Limits}.
     @param limiter: the L{ConnectionLimiter} shared by every listener; one of
         this factory's own when not given.
+    @param metrics: the server's L{ChatdMetrics}; one of this factory's own
+        when not given.
     """
 
     noisy = False  # the listener logs its address; no per-factory chatter
@@ -153,8 +201,10 @@ class SessionFactory(Factory):
         clock: IReactorTime,
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
         self.connections = ConnectionSet()
+        self.metrics = metrics if metrics is not None else ChatdMetrics()
         self.clock = clock
         self.limits = limits if limits is not None else Limits()
         if limiter is None:
@@ -170,21 +220,51 @@ class SessionFactory(Factory):
         client so and closes.
         """
         self.connections.add(session)
+        session.closeReason = None
         allowance = Allowance(self, session, session.peerHost)
         if allowance.refusal is not None:
+            session.closeReason = CONN_LIMIT
             self.log.info(
-                "{protocol} connection from {peer} refused: {reason}",
+                "{protocol} connection from {peer} refused: {refusal}",
                 protocol=session.protocolName,
                 peer=session.peerHost,
-                reason=allowance.refusal,
+                refusal=allowance.refusal,
+                reason=CONN_LIMIT,
                 event="connection-refused",
             )
         return allowance
 
+    def disconnecting(self, session, reason: str) -> None:
+        """
+        The server is closing C{session} because of C{reason} (one of the
+        reasons of L{chatd.metrics}); the first reason given is the one
+        counted when the connection is gone.
+        """
+        if getattr(session, "closeReason", None) is None:
+            session.closeReason = reason
+
+    def loginRefused(self, session, name: str, reason: str) -> None:
+        """
+        Log and count a login the protocol refused before asking the
+        presence service (which logs and counts its own refusals).
+        """
+        self.log.info(
+            "{protocol} login of {user!r} from {peer} refused: {reason}",
+            protocol=session.protocolName,
+            user=name,
+            peer=session.peerHost,
+            reason=reason,
+            event="login-refused",
+        )
+        self.metrics.loginRefused(session.protocolName)
+
     def release(self, session) -> None:
-        """A connection closed."""
+        """A connection closed: count it, by why it closed."""
         session.allowance.end()
         self.connections.discard(session)
+        self.metrics.disconnected(
+            session.protocolName, getattr(session, "closeReason", None) or CLIENT
+        )
 
     def outbound(self, transport, onOverflow: Callable[[], None]) -> OutboundQueue | None:
         """
@@ -202,6 +282,7 @@ class SessionFactory(Factory):
         @return: a L{Deferred} that fires once every connection has closed.
         """
         for connection in self.connections:
+            self.disconnecting(connection, SHUTDOWN)
             connection.disconnect(self.shutdownReason)
         return self.connections.whenEmpty()
 
@@ -222,11 +303,16 @@ class _CountedHTTPConnection(ProtocolWrapper):
             ProtocolWrapper.makeConnection(self, transport)
             return
         self.factory.log.info(
-            "http connection from {peer} refused: {reason}",
+            "http connection from {peer} refused: {refusal}",
+            protocol=self.protocolName,
             peer=self.peerHost,
-            reason=self.allowance.refusal,
+            refusal=self.allowance.refusal,
+            reason=CONN_LIMIT,
             event="connection-refused",
         )
+        metrics = self.factory.metrics
+        metrics.disconnected(self.protocolName, CONN_LIMIT)
+        metrics.httpRequest(self.factory.label, 503)
         body = b"803"
         transport.write(
             b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -261,9 +347,19 @@ class CountedHTTPFactory(WrappingFactory):
     log = Logger()
 
     def __init__(
-        self, site, clock: IReactorTime, limits: Limits, limiter: ConnectionLimiter
+        self,
+        site,
+        clock: IReactorTime,
+        limits: Limits,
+        limiter: ConnectionLimiter,
+        metrics: ChatdMetrics | None = None,
+        label: str = "msgr-http",
     ) -> None:
         WrappingFactory.__init__(self, site)
         self.clock = clock
         self.limits = limits
         self.limiter = limiter
+        if metrics is None:
+            metrics = getattr(site, "metrics", None) or ChatdMetrics()
+        self.metrics = metrics
+        self.label = label

@@ -20,6 +20,7 @@ from twisted.python import usage
 from chatd import limits as L
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
+from chatd.metrics import ChatdMetrics, makeMetricsSite
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
@@ -152,6 +153,15 @@ class Options(usage.Options):
             "last bytes before it cuts them off.",
             _positiveFloat,
         ],
+        [
+            "metrics",
+            None,
+            DISABLED,
+            "Endpoint of a listener of its own for GET /metrics and GET "
+            "/healthz (the --http listener serves them too), or 'none'. Not "
+            "counted against the connection limits: bind it to a private "
+            "address.",
+        ],
         # MSGR UQ (seed 001); docs/msgr.md.
         [
             "http",
@@ -275,7 +285,7 @@ class Options(usage.Options):
     ]
 
     #: The options that name a listener's endpoint.
-    listenerOptions = ("protobuf", "msrp", "http", "msgr")
+    listenerOptions = ("protobuf", "msrp", "http", "msgr", "metrics")
 
     def postOptions(self) -> None:
         # A misspelled endpoint option or a missing key file is a usage
@@ -353,17 +363,31 @@ def _ensureFileLimit(maxConnections: int) -> None:
 
 
 def _listener(
-    reactor, label: str, description: str, factory, grace: float
+    reactor,
+    label: str,
+    description: str,
+    factory,
+    grace: float,
+    metrics: ChatdMetrics | None = None,
 ) -> ListenerService:
     endpoint = endpoints.serverFromString(reactor, description)
     listener = ListenerService(label, endpoint, factory, reactor, grace)
     listener.secure = description.split(":", 1)[0].lower() == "ssl"
     listener.setName(label)
+    if metrics is not None:
+        metrics.addListener(label, factory)
     return listener
 
 
 def _addMsgr(
-    top, config: Options, presence, store, reactor, limits: Limits, limiter
+    top,
+    config: Options,
+    presence,
+    store,
+    reactor,
+    limits: Limits,
+    limiter,
+    metrics: ChatdMetrics,
 ) -> None:
     from chatd.msgr import wiring
 
@@ -377,17 +401,18 @@ def _addMsgr(
         lockoutAddressFailures=config["msgr-lockout-address-failures"],
         lockoutWindow=config["msgr-lockout-window"],
         lockoutTime=config["msgr-lockout-time"],
+        metrics=metrics,
     )
     msgr.setName("msgr-accounts")
     msgr.setServiceParent(top)  # stopping it closes the database
     top.msgr = msgr
     if config["http"] != DISABLED:
-        site = wiring.makeHttpFactory(msgr, reactor)
+        site = wiring.makeHttpFactory(msgr, reactor, metrics)
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout
-        counted = CountedHTTPFactory(site, reactor, limits, limiter)
+        counted = CountedHTTPFactory(site, reactor, limits, limiter, metrics)
         _listener(
-            reactor, "msgr-http", config["http"], counted, grace
+            reactor, "msgr-http", config["http"], counted, grace, metrics
         ).setServiceParent(top)
     if config["msgr"] != DISABLED:
         factory = wiring.makeChatFactory(
@@ -396,8 +421,11 @@ def _addMsgr(
             _size(config, "msgr-max-file"),
             limits,
             limiter,
+            metrics,
         )
-        _listener(reactor, "msgr", config["msgr"], factory, grace).setServiceParent(top)
+        _listener(
+            reactor, "msgr", config["msgr"], factory, grace, metrics
+        ).setServiceParent(top)
 
 
 def makeService(config: Options, reactor=None) -> service.MultiService:
@@ -407,6 +435,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
+    # What operators see (GET /metrics): one set of counts per service tree,
+    # on a registry of its own.
+    metrics = ChatdMetrics()
     # MSGR accounts first: their names are protected in the presence service.
     # openAccounts prepares the database and loads the names synchronously,
     # before the reactor runs (docs/msgr.md, "Accounts").
@@ -415,11 +446,12 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         from chatd.msgr.wiring import openAccounts
 
         accountStore = openAccounts(config["db"], reactor)
-        presence = InMemoryPresenceService(accountStore.isProtectedName)
+        presence = InMemoryPresenceService(accountStore.isProtectedName, metrics)
     else:
-        presence = InMemoryPresenceService()
+        presence = InMemoryPresenceService(metrics=metrics)
     top = service.MultiService()
     top.presence = presence
+    top.metrics = metrics
     grace = config["shutdown-grace"]
     # One limiter for every listener: the connection limits hold across all
     # protocols at once.
@@ -428,7 +460,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     top.limits, top.limiter = limits, limiter
     _ensureFileLimit(limits.maxConnections)
     if accountStore is not None:
-        _addMsgr(top, config, presence, accountStore, reactor, limits, limiter)
+        _addMsgr(
+            top, config, presence, accountStore, reactor, limits, limiter, metrics
+        )
     if config["protobuf"] != DISABLED:
         factory = ProtobufChatFactory(
             presence,
@@ -438,9 +472,10 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             rawWait=config["protobuf-raw-wait"],
             limits=limits,
             limiter=limiter,
+            metrics=metrics,
         )
         _listener(
-            reactor, "protobuf", config["protobuf"], factory, grace
+            reactor, "protobuf", config["protobuf"], factory, grace, metrics
         ).setServiceParent(top)
     if config["msrp"] != DISABLED:
         factory = MsrpFactory(
@@ -450,6 +485,43 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             maxQueued=_size(config, "msrp-max-queue"),
             limits=limits,
             limiter=limiter,
+            metrics=metrics,
         )
-        _listener(reactor, "msrp", config["msrp"], factory, grace).setServiceParent(top)
+        _listener(
+            reactor, "msrp", config["msrp"], factory, grace, metrics
+        ).setServiceParent(top)
+    if config["metrics"] != DISABLED:
+        site = makeMetricsSite(metrics, reactor)
+        if limits.loginTimeout:
+            site.timeOut = limits.loginTimeout  # idle scrapers, as on --http
+        _listener(
+            reactor, "metrics", config["metrics"], site, grace
+        ).setServiceParent(top)
     return top
+
+
+def jsonLogObserver():
+    """
+    A log observer writing one JSON object a line to standard output, for
+    C{twistd --logger chatd.tap.jsonLogObserver} (docs/observability.md):
+    twisted.logger's own JSON (readable back with
+    C{twisted.logger.eventsFromJSONLogFile}) plus C{log_text}, the line as
+    text, and for an error C{log_traceback}, its traceback as text.
+    """
+    from twisted.logger import ILogObserver, formatEvent, jsonFileLogObserver
+    from zope.interface import provider
+
+    observer = jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+    @provider(ILogObserver)
+    def observe(event: dict) -> None:
+        extra = {"log_text": formatEvent(event)}
+        failure = event.get("log_failure")
+        if failure is not None:
+            try:
+                extra["log_traceback"] = failure.getTraceback()
+            except Exception:
+                extra["log_traceback"] = repr(failure)
+        observer({**event, **extra})
+
+    return observe

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from chatd.metrics import MSGR_HTTP, ChatdMetrics, CountingSite, addResources
 from chatd.msgr import codec
 from chatd.msgr.accounts import Account
 from chatd.msgr.service import (
@@ -381,7 +382,12 @@ class _LogoutEndpoint(MsgrEndpoint):
         if isinstance(account, Outcome):
             return (401 if account.code == NO_CREDENTIALS else 403), account
         self.msgr.tokens.revoke(token)
-        log.info("{user} logged out over HTTP", user=account.name)
+        log.info(
+            "{user} logged out over HTTP",
+            protocol=MSGR_HTTP,
+            user=account.name,
+            event="logout",
+        )
         return 200, Outcome(UPDATE_OK)
 
 
@@ -419,10 +425,22 @@ class MsgrRequest(server.Request):
         server.Request.requestReceived(self, command, path, version)
 
 
-def makeSite(msgr: MsgrService, reactor=None, maxBody: int = MAX_BODY) -> server.Site:
-    """A L{server.Site} serving L{makeResource}, without tracebacks."""
-    site = server.Site(
-        makeResource(msgr, maxBody), requestFactory=MsgrRequest, reactor=reactor
+def makeSite(
+    msgr: MsgrService,
+    reactor=None,
+    maxBody: int = MAX_BODY,
+    metrics: ChatdMetrics | None = None,
+) -> server.Site:
+    """
+    A L{server.Site} serving L{makeResource}, without tracebacks, and
+    C{/metrics} and C{/healthz} (L{chatd.metrics}); it counts its responses.
+    """
+    if metrics is None:
+        metrics = msgr.metrics
+    root = makeResource(msgr, maxBody)
+    addResources(root, metrics)
+    site = CountingSite(
+        root, metrics, "msgr-http", requestFactory=MsgrRequest, reactor=reactor
     )
     site.displayTracebacks = False
     site.noisy = False

@@ -34,6 +34,15 @@ from chatd.msgr.service import (
     Outcome,
 )
 from chatd.limits import ConnectionLimiter, Limits, OutboundQueue
+from chatd.metrics import (
+    BLOCKED as BLOCKED_REASON,
+    BUSY,
+    LOGIN_REFUSED,
+    LOGIN_TIMEOUT,
+    SENDQ,
+    TAKEN_OVER,
+    ChatdMetrics,
+)
 from chatd.sessions import SessionFactory
 from chatd.presence import (
     DEFAULT_STATUS,
@@ -178,16 +187,23 @@ class MsgrChatProtocol(Protocol):
 
     def _refuse(self, command: str | None, code: int, reason: str) -> None:
         """Answer an error; before binding, close the connection too."""
+        if self.user is None:
+            why = f"{command or 'line'} ({code}): {reason}"
+            self.factory.loginRefused(self, "-", why)
+            self._answer(command, code)
+            self.factory.disconnecting(self, LOGIN_REFUSED)
+            self._close()
+            return
         self.log.info(
             "MSGR {command} from {user} refused ({code}): {reason}",
             command=command or "line",
-            user=self.user.name if self.user else self.peerHost,
+            user=self.user.name,
             code=code,
+            protocol=self.protocolName,
             reason=reason,
+            event="request-refused",
         )
         self._answer(command, code)
-        if self.user is None:
-            self._close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -200,9 +216,12 @@ class MsgrChatProtocol(Protocol):
             self.log.info(
                 "MSGR socket from {peer} closed: no #HOLA in time",
                 peer=self.peerHost,
-                event="login-timeout",
+                protocol=self.protocolName,
+                reason=LOGIN_TIMEOUT,
+                event="disconnect",
             )
             self._answer(HOLA, NO_CREDENTIALS, UNSOLICITED)
+            self.factory.disconnecting(self, LOGIN_TIMEOUT)
             self._close()
 
     def _sendQueueFull(self) -> None:
@@ -210,13 +229,16 @@ class MsgrChatProtocol(Protocol):
             "MSGR socket of {user} closed: not reading, more than {limit} bytes"
             " waiting",
             user=self.user.name if self.user else self.peerHost,
+            peer=self.peerHost,
             limit=self.outbound.maxBytes,
-            event="sendq-full",
+            protocol=self.protocolName,
+            reason=SENDQ,
+            event="disconnect",
         )
         # What waits goes out first, then the notice, past the queue's limit.
         outbound, self.outbound = self.outbound, None
         outbound.finish()
-        self._endSession(UPDATE_FAILED, "not reading")
+        self._endSession(UPDATE_FAILED, "not reading", SENDQ, logged=True)
 
     def _unbind(self) -> None:
         if self.user is not None:
@@ -311,7 +333,7 @@ class MsgrChatProtocol(Protocol):
             return None
         account = data.account
         if account.bloqueado:
-            self._bindRefused(lineId, BLOCKED, "the account is blocked")
+            self._bindRefused(lineId, BLOCKED, "the account is blocked", account.name)
             return None
         previous = self.msgr.boundSession(account.name)
         if previous is not None and previous is not self:
@@ -338,27 +360,36 @@ class MsgrChatProtocol(Protocol):
         self.user = info
         self.allowance.loggedIn()
         self.log.info(
-            "{user} bound the MSGR socket from {peer}", user=info.name, peer=self.peerHost
+            "{user} bound the MSGR socket from {peer}",
+            user=info.name,
+            peer=self.peerHost,
+            protocol=self.protocolName,
+            event="msgr-bound",
         )
         self._answer(HOLA, LOGIN_OK, lineId)
         self.msgr.attach(self, data)
 
     def _loginRefused(self, failure: Failure, lineId: int) -> None:
         failure.trap(PresenceError)
-        self._bindRefused(lineId, UPDATE_FAILED, str(failure.value))
+        # The presence service logged and counted its refusal.
+        self._bindRefused(lineId, UPDATE_FAILED, str(failure.value), counted=True)
 
     def _bindFailed(self, failure: Failure, lineId: int) -> None:
         self.log.failure("MSGR bind failed", failure)
         self._bindRefused(lineId, NO_CREDENTIALS, "internal error")
 
-    def _bindRefused(self, lineId: int, code: int, reason: str) -> None:
-        self.log.info(
-            "MSGR bind from {peer} refused ({code}): {reason}",
-            peer=self.peerHost,
-            code=code,
-            reason=reason,
-        )
+    def _bindRefused(
+        self,
+        lineId: int,
+        code: int,
+        reason: str,
+        name: str = "-",
+        counted: bool = False,
+    ) -> None:
+        if not counted:
+            self.factory.loginRefused(self, name, f"#HOLA ({code}): {reason}")
         self._answer(HOLA, code, lineId)
+        self.factory.disconnecting(self, LOGIN_REFUSED)
         self._close()
         self._unbind()
 
@@ -393,7 +424,8 @@ class MsgrChatProtocol(Protocol):
                 self._refuse(command, BAD_CREDENTIALS, "the sender is not you")
                 return
         if command in _RATED and not self.allowance.allowMessage():
-            self._refuse(command, UPDATE_FAILED, "too many messages a second")
+            # Logged (at most once a minute) and counted by the allowance.
+            self._answer(command, UPDATE_FAILED)
             return
         handler(command, fields)
 
@@ -443,8 +475,10 @@ class MsgrChatProtocol(Protocol):
             try:
                 target.deliverLine(command, self.user.name, filename, encoded)
             except RecipientBusy as e:
+                self.factory.metrics.refused(self.protocolName, BUSY)
                 self._refuse(command, UPDATE_FAILED, str(e))
                 return
+            self.factory.metrics.fileRelayed("msgr", "msgr", len(content))
         else:
             try:
                 self.presence.sendFile(self, to, filename, content)
@@ -466,8 +500,10 @@ class MsgrChatProtocol(Protocol):
             try:
                 target.deliverLine(MEME, self.user.name, name)
             except RecipientBusy as e:
+                self.factory.metrics.refused(self.protocolName, BUSY)
                 self._refuse(command, UPDATE_FAILED, str(e))
                 return
+            self.factory.metrics.messageRouted("msgr", "msgr")
         else:
             try:
                 self.presence.sendMessage(self, to, MEME_TEXT.format(name=name))
@@ -502,7 +538,13 @@ class MsgrChatProtocol(Protocol):
         d.addErrback(lambda f: self.log.failure("MSGR {command} failed", f, command=command))
 
     def _logout(self, command: str, fields: list[str]) -> None:
-        self.log.info("{user} disconnected (#DESCONECTAR)", user=self.user.name)
+        self.log.info(
+            "{user} disconnected (#DESCONECTAR)",
+            protocol=self.protocolName,
+            user=self.user.name,
+            peer=self.peerHost,
+            event="msgr-quit",
+        )
         self._answer(command, UPDATE_OK)
         if self.token is not None:
             self.msgr.tokens.revoke(self.token)
@@ -520,17 +562,26 @@ class MsgrChatProtocol(Protocol):
             self._write(SOLICITUDES, NO_TOKEN, self.user.name, RawField(joinList(pending)))
 
     def accountBlocked(self) -> None:
-        self._endSession(BLOCKED, "the account was blocked")
+        self._endSession(BLOCKED, "the account was blocked", BLOCKED_REASON)
 
     def takenOver(self) -> None:
-        self._endSession(UPDATE_FAILED, "the account bound another socket")
+        self._endSession(UPDATE_FAILED, "the account bound another socket", TAKEN_OVER)
 
-    def _endSession(self, code: int, reason: str) -> None:
-        self.log.info(
-            "MSGR socket of {user} closed: {reason}",
-            user=self.user.name if self.user else "-",
-            reason=reason,
-        )
+    def _endSession(
+        self, code: int, text: str, reason: str | None = None, logged: bool = False
+    ) -> None:
+        if reason is not None:
+            self.factory.disconnecting(self, reason)
+        if not logged:
+            self.log.info(
+                "MSGR socket of {user} closed: {text}",
+                user=self.user.name if self.user else "-",
+                peer=self.peerHost,
+                text=text,
+                protocol=self.protocolName,
+                reason=self.closeReason,
+                event="disconnect",
+            )
         self._answer(DESCONECTAR, code, UNSOLICITED)
         self._close()
         self._unbind()
@@ -576,8 +627,11 @@ class MsgrChatFactory(SessionFactory):
         maxFileSize: int = DEFAULT_MAX_FILE,
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
-        SessionFactory.__init__(self, msgr.clock, limits, limiter)
+        if metrics is None:
+            metrics = msgr.metrics
+        SessionFactory.__init__(self, msgr.clock, limits, limiter, metrics)
         self.msgr = msgr
         self.maxLine = maxLine
         self.maxFileSize = maxFileSize

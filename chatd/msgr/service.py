@@ -29,6 +29,7 @@ from chatd.msgr.accounts import (
 )
 from chatd.msgr.lockout import LoginLockout
 from chatd.msgr.tokens import TokenRegistry
+from chatd.metrics import MSGR_HTTP, ChatdMetrics
 from chatd.presence import (
     LOGIN,
     LOGOUT,
@@ -114,7 +115,11 @@ class MsgrService(service.Service):
         clock: IReactorTime,
         tokens: TokenRegistry,
         lockout: LoginLockout,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
+        if metrics is None:
+            metrics = getattr(presence, "metrics", None) or ChatdMetrics()
+        self.metrics = metrics
         self.store = store
         self.presence = presence
         self.clock = clock
@@ -154,37 +159,42 @@ class MsgrService(service.Service):
         Check a password; L{Outcome} C{701} with C{data["token"]}, or
         C{601}, C{801}, C{802}, C{901}.
         """
-        if name is None or password is None:
-            return defer.succeed(Outcome(NO_CREDENTIALS))
-        if not name or not password:
-            return defer.succeed(Outcome(EMPTY_FIELDS))
-        if self.lockout.isLocked(name, address):
+
+        def refused(code: int, reason: str, user: str | None = name) -> Outcome:
             self.log.info(
-                "login of {user!r} from {address} refused: locked out",
-                user=name,
-                address=address,
+                "msgr-http login of {user!r} from {peer} refused: {reason}",
+                protocol=MSGR_HTTP,
+                user=user,
+                peer=address,
+                reason=reason,
+                event="login-refused",
             )
-            return defer.succeed(Outcome(BLOCKED))
+            self.metrics.loginRefused(MSGR_HTTP)
+            return Outcome(code)
+
+        if name is None or password is None:
+            return defer.succeed(refused(NO_CREDENTIALS, "no user or password"))
+        if not name or not password:
+            return defer.succeed(refused(EMPTY_FIELDS, "empty user or password"))
+        if self.lockout.isLocked(name, address):
+            return defer.succeed(refused(BLOCKED, "locked out"))
 
         def checked(account: Account | None) -> Outcome:
             if account is None:
                 self.lockout.failed(name, address)
-                self.log.info(
-                    "login of {user!r} from {address} failed",
-                    user=name,
-                    address=address,
-                )
-                return Outcome(BAD_CREDENTIALS)
+                return refused(BAD_CREDENTIALS, "no such user or wrong password")
             self.lockout.succeeded(name, address)
             if account.bloqueado:
-                self.log.info("login of blocked {user} refused", user=account.name)
-                return Outcome(BLOCKED)
+                return refused(BLOCKED, "the account is blocked", account.name)
             token = self.tokens.issue(account.name)
             self.log.info(
-                "{user} logged in over HTTP from {address}",
+                "{user} logged in over HTTP from {peer}",
+                protocol=MSGR_HTTP,
                 user=account.name,
-                address=address,
+                peer=address,
+                event="login",
             )
+            self.metrics.loginAccepted(MSGR_HTTP)
             return Outcome(LOGIN_OK, {"token": token, "user": account.name})
 
         d = self.store.authenticate(name, password)

@@ -11,6 +11,7 @@ goes through the store's database thread.
 
 from __future__ import annotations
 
+from chatd.metrics import ChatdMetrics
 from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
 from chatd.msgr.http import makeSite
 from chatd.msgr.lockout import LoginLockout
@@ -34,6 +35,7 @@ def makeMsgrService(
     lockoutAddressFailures: int,
     lockoutWindow: float,
     lockoutTime: float,
+    metrics: ChatdMetrics | None = None,
 ) -> MsgrService:
     """The shared MSGR state, with time from C{reactor}."""
     return MsgrService(
@@ -48,18 +50,29 @@ def makeMsgrService(
             window=lockoutWindow,
             lockTime=lockoutTime,
         ),
+        metrics,
     )
 
 
-def makeHttpFactory(msgr: MsgrService, reactor):
-    """The twisted.web site of the MSGR HTTP API."""
-    return makeSite(msgr, reactor=reactor)
+def makeHttpFactory(msgr: MsgrService, reactor, metrics: ChatdMetrics | None = None):
+    """The twisted.web site of the MSGR HTTP API (and /metrics, /healthz)."""
+    return makeSite(msgr, reactor=reactor, metrics=metrics)
 
 
 def makeChatFactory(
-    msgr: MsgrService, maxLine: int, maxFile: int, limits=None, limiter=None
+    msgr: MsgrService,
+    maxLine: int,
+    maxFile: int,
+    limits=None,
+    limiter=None,
+    metrics: ChatdMetrics | None = None,
 ) -> MsgrChatFactory:
     """The factory of the MSGR chat socket."""
     return MsgrChatFactory(
-        msgr, maxLine=maxLine, maxFileSize=maxFile, limits=limits, limiter=limiter
+        msgr,
+        maxLine=maxLine,
+        maxFileSize=maxFile,
+        limits=limits,
+        limiter=limiter,
+        metrics=metrics,
     )

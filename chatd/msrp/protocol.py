@@ -36,6 +36,16 @@ from chatd.limits import (
     ConnectionLimiter,
     Limits,
 )
+from chatd.metrics import (
+    BUSY,
+    ERROR,
+    FILE_CUT,
+    LOGIN_REFUSED,
+    LOGIN_TIMEOUT,
+    PROTOCOL_ERROR,
+    TOO_LARGE,
+    ChatdMetrics,
+)
 from chatd.sessions import SessionFactory
 from chatd.presence import (
     BROADCAST,
@@ -75,6 +85,8 @@ from chatd.msrp.codec import (
     wireName,
     wireText,
 )
+
+MSRP = "msrp"
 
 #: Default largest file a client may announce: 4 GiB.
 DEFAULT_MAX_FILE = 4 * 1024**3
@@ -251,6 +263,7 @@ class _FileStream:
     def write(self, data: bytes) -> None:
         if self.live:
             self.recipient.transport.write(data)
+            self.recipient.factory.metrics.bytesRelayed(MSRP, MSRP, len(data))
         else:
             self.held.append(data)
             self.heldBytes += len(data)
@@ -403,9 +416,11 @@ class MsrpProtocol(Protocol):
             self.log.info(
                 "msrp connection from {peer} closed: no name in time",
                 peer=self.peerHost,
-                event="login-timeout",
+                protocol=self.protocolName,
+                reason=LOGIN_TIMEOUT,
+                event="disconnect",
             )
-            self._closeWith(ERR_NAME_TIMEOUT)
+            self._closeWith(ERR_NAME_TIMEOUT, LOGIN_TIMEOUT)
 
     # Bytes in.
 
@@ -426,7 +441,7 @@ class MsrpProtocol(Protocol):
                 self._linesReceived(data)
         except Exception:
             self.log.failure("msrp connection failed on its input")
-            self._closeWith(ERR_INTERNAL)
+            self._closeWith(ERR_INTERNAL, ERROR)
 
     def _nameReceived(self, data: bytes) -> None:
         greeting = self._greeting
@@ -435,7 +450,7 @@ class MsrpProtocol(Protocol):
         if b"\n" in head or b"\r" in head:
             # Someone typed a name shorter than 4 bytes and Enter.
             self.mode = HUMAN
-            self._closeWith(ERR_NAME_LENGTH)
+            self._refuseName(head, ERR_NAME_LENGTH)
             return
         if len(greeting) < NAME_LENGTH:
             return
@@ -444,12 +459,12 @@ class MsrpProtocol(Protocol):
         if rest:
             self.mode = BINARY if rest[0] == 0 else HUMAN
             if rest[0] not in b"\x00\r\n":
-                self._closeWith(ERR_NAME_LENGTH)
+                self._refuseName(head, ERR_NAME_LENGTH)
                 return
         try:
             name = head.decode("utf-8")
         except UnicodeDecodeError:
-            self._closeWith(ERR_NAME_RULE)
+            self._refuseName(head, ERR_NAME_RULE)
             return
         self.wireName = head
         self._held += rest
@@ -459,10 +474,15 @@ class MsrpProtocol(Protocol):
         d.addCallbacks(self._loggedIn, self._loginRefused)
         d.addErrback(self._failed)
 
+    def _refuseName(self, head: bytes, text: str) -> None:
+        """The name itself is wrong: log and count, tell the client, close."""
+        self.factory.loginRefused(self, _show(head), text)
+        self._closeWith(text, LOGIN_REFUSED)
+
     def _failed(self, failure: Failure) -> None:
         # What dataReceived's guard does, for code run from a Deferred.
         self.log.failure("msrp connection failed", failure)
-        self._closeWith(ERR_INTERNAL)
+        self._closeWith(ERR_INTERNAL, ERROR)
 
     def _loggedIn(self, info: UserInfo) -> None:
         self._loggingIn = False
@@ -489,14 +509,14 @@ class MsrpProtocol(Protocol):
             return
         name = self.wireName.decode("utf-8", "replace")
         if failure.check(InvalidName):
-            self._closeWith(ERR_NAME_RULE)
+            self._closeWith(ERR_NAME_RULE, LOGIN_REFUSED)
         elif failure.check(NameInUse):
-            self._closeWith(errNameInUse(name))
+            self._closeWith(errNameInUse(name), LOGIN_REFUSED)
         elif failure.check(NameProtected):
-            self._closeWith(errNameProtected(name))
+            self._closeWith(errNameProtected(name), LOGIN_REFUSED)
         else:
             self.log.failure("msrp login failed", failure)
-            self._closeWith(ERR_INTERNAL)
+            self._closeWith(ERR_INTERNAL, ERROR)
 
     def _decideMode(self, data: bytes) -> None:
         # Logged in after exactly 4 bytes; the next byte says who this is.
@@ -509,7 +529,7 @@ class MsrpProtocol(Protocol):
             self.mode = HUMAN
         else:
             self.mode = HUMAN
-            self._closeWith(ERR_NAME_LENGTH)
+            self._closeWith(ERR_NAME_LENGTH, PROTOCOL_ERROR)
             return
         self._startMode()
         self.dataReceived(data)
@@ -530,7 +550,7 @@ class MsrpProtocol(Protocol):
                 if self._closing:
                     return
         except DecodeError as e:
-            self._closeWith(str(e))
+            self._closeWith(str(e), PROTOCOL_ERROR)
 
     # Binary frames.
 
@@ -565,7 +585,18 @@ class MsrpProtocol(Protocol):
     def _fileHeader(self, frame: FileHeader) -> None:
         size = frame.size
         if size > self.fileSizeLimit:
-            self._closeWith(errFileTooLarge(size, self.fileSizeLimit))
+            self.log.info(
+                "msrp connection of {user} closed: a file of {size} bytes"
+                " announced, more than {limit}",
+                user=self.user.name,
+                peer=self.peerHost,
+                size=size,
+                limit=self.fileSizeLimit,
+                protocol=self.protocolName,
+                reason=TOO_LARGE,
+                event="disconnect",
+            )
+            self._closeWith(errFileTooLarge(size, self.fileSizeLimit), TOO_LARGE)
             return
         self._sink = _DISCARD  # until the file is accepted
         if not self.allowance.allowMessage():
@@ -608,6 +639,7 @@ class MsrpProtocol(Protocol):
             self.wireName, frame.filename, frame.size, frame.port, frame.ip
         )
         if not target._hasRoom(len(header)):
+            self.factory.metrics.refused(MSRP, BUSY)
             self._sendError(errQueueFull(receiver))
             return
         stream = _FileStream(self, target, header, frame.filename)
@@ -672,7 +704,7 @@ class MsrpProtocol(Protocol):
         for line in self._lines.feed(data):
             if line is LINE_TOO_LONG:
                 if self._nameLineOpen:
-                    self._closeWith(ERR_NAME_LENGTH)
+                    self._closeWith(ERR_NAME_LENGTH, PROTOCOL_ERROR)
                     return
                 self._sendError(ERR_LINE_TOO_LONG)
                 continue
@@ -680,7 +712,7 @@ class MsrpProtocol(Protocol):
                 # The rest of the line the name was typed on.
                 self._nameLineOpen = False
                 if line:
-                    self._closeWith(ERR_NAME_LENGTH)
+                    self._closeWith(ERR_NAME_LENGTH, PROTOCOL_ERROR)
                     return
                 continue
             self._command(line.decode("utf-8", "replace").strip())
@@ -769,6 +801,7 @@ class MsrpProtocol(Protocol):
         self.transport.write(stream.header)
         for data in stream.held:
             self.transport.write(data)
+        self.factory.metrics.bytesRelayed(MSRP, MSRP, stream.heldBytes)
         stream.held = []
         stream.heldBytes = 0
         stream.live = True
@@ -786,6 +819,7 @@ class MsrpProtocol(Protocol):
     def _finishLive(self, stream: _FileStream) -> None:
         self._live = None
         self._remember(stream.filename, stream.sender)
+        self.factory.metrics.fileRelayed(MSRP, MSRP)
         self.log.info(
             "msrp file {filename!r} relayed from {sender} to {receiver}",
             filename=_show(stream.filename),
@@ -866,6 +900,7 @@ class MsrpProtocol(Protocol):
                 name=self.user.name if self.user else "?",
                 filename=_show(stream.filename),
             )
+            self.factory.disconnecting(self, FILE_CUT)
             self._shutdown(None, abort=True)
             return
         try:
@@ -887,8 +922,13 @@ class MsrpProtocol(Protocol):
 
     # Closing.
 
-    def _closeWith(self, text: str) -> None:
-        """Tell the client C{text}, if the wire allows, and close."""
+    def _closeWith(self, text: str, reason: str | None = None) -> None:
+        """
+        Tell the client C{text}, if the wire allows, and close; C{reason} is
+        why, as chatd_disconnects_total counts it.
+        """
+        if reason is not None:
+            self.factory.disconnecting(self, reason)
         self._shutdown(text)
 
     def _shutdown(
@@ -987,11 +1027,34 @@ class MsrpFactory(SessionFactory):
         maxQueued: int = DEFAULT_MAX_QUEUED,
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
-        SessionFactory.__init__(self, clock, limits, limiter)
+        if metrics is None:
+            metrics = getattr(presence, "metrics", None)
+        SessionFactory.__init__(self, clock, limits, limiter, metrics)
         self.presence = presence
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued
+
+    def filesInFlight(self) -> int:
+        """
+        Files whose transfer has started (their header was accepted) and not
+        ended: read by chatd_files_in_flight at scrape time.
+        """
+        streams: set[int] = set()
+        whole = 0
+        for connection in self.connections:
+            sink = connection._sink
+            if sink.__class__ is _FileStream:
+                streams.add(id(sink))
+            elif sink.__class__ is _WholeFile:
+                whole += 1
+            if connection._live is not None:
+                streams.add(id(connection._live))
+            for item in connection._waiting:
+                if item.__class__ is _FileStream:
+                    streams.add(id(item))
+        return len(streams) + whole
 
     def buildProtocol(self, addr) -> MsrpProtocol:
         protocol = MsrpProtocol(

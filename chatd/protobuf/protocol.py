@@ -29,6 +29,7 @@ from chatd.presence import (
 )
 from chatd.protobuf import chat_pb2
 from chatd.limits import ConnectionLimiter, Limits
+from chatd.metrics import LOGIN_TIMEOUT, SENDQ, TOO_LARGE, ChatdMetrics
 from chatd.sessions import SessionFactory
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
@@ -152,6 +153,16 @@ class ProtobufChatProtocol(Protocol):
                 if self._closing:
                     return
         except FrameTooLarge as e:
+            self.log.info(
+                "protobuf connection of {user} closed: {text}",
+                user=self.user.name if self.user else self.peerHost,
+                peer=self.peerHost,
+                text=str(e),
+                protocol=self.protocolName,
+                reason=TOO_LARGE,
+                event="disconnect",
+            )
+            self.factory.disconnecting(self, TOO_LARGE)
             self.disconnect(str(e))
             return
         except MalformedFrame as e:
@@ -179,8 +190,11 @@ class ProtobufChatProtocol(Protocol):
             self.log.info(
                 "protobuf connection from {peer} closed: no login in time",
                 peer=self.peerHost,
-                event="login-timeout",
+                protocol=self.protocolName,
+                reason=LOGIN_TIMEOUT,
+                event="disconnect",
             )
+            self.factory.disconnecting(self, LOGIN_TIMEOUT)
             self.disconnect(
                 f"no login within {self.factory.limits.loginTimeout:g} seconds"
             )
@@ -190,9 +204,13 @@ class ProtobufChatProtocol(Protocol):
             "protobuf {user} disconnected: not reading, more than {limit} bytes"
             " waiting",
             user=self.user.name if self.user else self.peerHost,
+            peer=self.peerHost,
             limit=self.factory.limits.maxSendQueue,
-            event="sendq-full",
+            protocol=self.protocolName,
+            reason=SENDQ,
+            event="disconnect",
         )
+        self.factory.disconnecting(self, SENDQ)
         self.disconnect(
             f"disconnected: you are not reading; more than"
             f" {self.factory.limits.maxSendQueue} bytes were waiting for you"
@@ -256,13 +274,17 @@ class ProtobufChatProtocol(Protocol):
     # Requests.
 
     def _login(self, request: Request) -> None:
-        if self.user is not None or self._loggingIn:
-            name = self.user.name if self.user else "someone"
-            raise Refused(f"already logged in as {name}")
-        newuser = request.newuser
-        name = text(newuser.username, "newuser.username")
-        if not name:
-            raise Refused("login needs newuser.username")
+        try:
+            if self.user is not None or self._loggingIn:
+                name = self.user.name if self.user else "someone"
+                raise Refused(f"already logged in as {name}")
+            newuser = request.newuser
+            name = text(newuser.username, "newuser.username")
+            if not name:
+                raise Refused("login needs newuser.username")
+        except Refused as e:
+            self.factory.loginRefused(self, str(request.newuser.username), str(e))
+            raise
         ip = newuser.ip
         if not isinstance(ip, str) or not ip or len(ip) > _MAX_IP or not ip.isprintable():
             # Clients fill the field with anything; the peer address is the
@@ -407,10 +429,13 @@ class ProtobufChatFactory(SessionFactory):
         rawWait: float = DEFAULT_RAW_WAIT,
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
+        metrics: ChatdMetrics | None = None,
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
-        SessionFactory.__init__(self, clock, limits, limiter)
+        if metrics is None:
+            metrics = getattr(presence, "metrics", None)
+        SessionFactory.__init__(self, clock, limits, limiter, metrics)
         self.presence = presence
         self.framing = framing
         self.maxFrameSize = maxFrameSize

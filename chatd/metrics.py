@@ -1,0 +1,364 @@
+"""
+What chatd counts for its operators, and C{GET /metrics} and C{GET /healthz}.
+
+One L{ChatdMetrics} is made per C{makeService} and shared by the presence
+service, every factory and the HTTP sites. On the paths that run per message
+the code only adds to plain integers in dictionaries (tens of nanoseconds);
+gauges (who is online, open connections, files in flight) are not kept at
+all but read from the presence service and the factories when Prometheus
+scrapes. L{ChatdMetrics.registry} is a C{prometheus_client} registry of its
+own, never the process-wide default one, so one process may hold several
+servers (the tests do). docs/observability.md lists every metric.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from twisted.web import resource, server
+
+#: The wire formats, whose series are exported even while still at zero.
+PROTOCOLS = ("protobuf", "msrp", "msgr")
+
+#: The MSGR HTTP login (a password check that issues a token), as the
+#: C{protocol} of L{ChatdMetrics.logins}.
+MSGR_HTTP = "msgr-http"
+
+# Why a connection closed, the C{reason} of chatd_disconnects_total (and of
+# the "disconnect" log events). The client's own doing is CLIENT.
+CLIENT = "client"
+CONN_LIMIT = "conn-limit"
+LOGIN_TIMEOUT = "login-timeout"
+LOGIN_REFUSED = "login-refused"
+SENDQ = "sendq"
+TOO_LARGE = "too-large"
+PROTOCOL_ERROR = "protocol-error"
+FILE_CUT = "file-cut"
+BLOCKED = "blocked"
+TAKEN_OVER = "taken-over"
+SHUTDOWN = "shutdown"
+ERROR = "error"
+
+# Why a message (or file) was not delivered, the C{reason} of
+# chatd_refusals_total.
+RATE = "rate"
+BUSY = "busy"
+
+
+def _byReceiver() -> defaultdict:
+    return defaultdict(int)
+
+
+class ChatdMetrics:
+    """
+    chatd's counts, and the registry that exports them.
+
+    The counting methods are called where things happen; L{watch} follows a
+    presence service for logins and logouts and reads it for the users
+    online; L{addListener} names a factory whose connections (and files in
+    flight, if it has C{filesInFlight()}) are read at scrape time.
+
+    @ivar routed: C{routed[sender protocol][receiver protocol]}, messages
+        handed to a session: written to directly by the presence service,
+        the hottest path of all.
+    """
+
+    def __init__(self) -> None:
+        self.routed: defaultdict[str, defaultdict[str, int]] = defaultdict(_byReceiver)
+        self.logins: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.logouts: defaultdict[str, int] = defaultdict(int)
+        self.refusals: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.disconnects: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.files: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.relayedBytes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.httpRequests: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.presence = None
+        self.listeners: dict[str, object] = {}
+        self._registry: CollectorRegistry | None = None
+
+    # Following the rest of the server.
+
+    def watch(self, presence) -> None:
+        """Count the logins and logouts of C{presence}; read who is online."""
+        if self.presence is None:
+            self.presence = presence
+            presence.addObserver(self._presenceEvent)
+
+    def _presenceEvent(self, kind: str, info) -> None:
+        # The kinds are chatd.presence.LOGIN and LOGOUT (this module imports
+        # nothing of chatd's, so that chatd.presence may import it).
+        if kind == "login":
+            self.logins[info.protocol, "accepted"] += 1
+        elif kind == "logout":
+            self.logouts[info.protocol] += 1
+
+    def addListener(self, label: str, factory) -> None:
+        """Export the open connections of C{factory} as C{listener=label}."""
+        self.listeners[label] = factory
+
+    # Counting.
+
+    def loginAccepted(self, protocol: str) -> None:
+        """A login that is no presence login (the MSGR HTTP login)."""
+        self.logins[protocol, "accepted"] += 1
+
+    def loginRefused(self, protocol: str) -> None:
+        self.logins[protocol, "refused"] += 1
+
+    def messageRouted(self, sender: str, receiver: str) -> None:
+        """A message that did not go through the presence service."""
+        self.routed[sender][receiver] += 1
+
+    def refused(self, protocol: str, reason: str) -> None:
+        """A message or file of a C{protocol} user was not delivered."""
+        self.refusals[protocol, reason] += 1
+
+    def disconnected(self, protocol: str, reason: str) -> None:
+        self.disconnects[protocol, reason] += 1
+
+    def fileRelayed(self, sender: str, receiver: str, size: int = 0) -> None:
+        """A whole file was handed on (C{size} bytes not counted before)."""
+        self.files[sender, receiver] += 1
+        self.relayedBytes[sender, receiver] += size
+
+    def bytesRelayed(self, sender: str, receiver: str, size: int) -> None:
+        """Bytes of a streamed file, as they go on."""
+        self.relayedBytes[sender, receiver] += size
+
+    def httpRequest(self, listener: str, code: int) -> None:
+        self.httpRequests[listener, str(code)] += 1
+
+    # Exporting.
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry to scrape: chatd's metrics and the process's."""
+        if self._registry is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_ChatdCollector(self))
+            ProcessCollector(registry=registry)
+            self._registry = registry
+        return self._registry
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The scrape's body and content type, for an C{Accept} header."""
+        encoder, contentType = choose_encoder(accept or "")
+        return encoder(self.registry), contentType
+
+
+class _ChatdCollector:
+    """Turns a L{ChatdMetrics}' numbers into metric families, per scrape."""
+
+    def __init__(self, metrics: ChatdMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        yield self._online()
+        logins = CounterMetricFamily(
+            "chatd_logins",
+            "Logins, by protocol (msgr-http: the MSGR password login) and result.",
+            labels=["protocol", "result"],
+        )
+        counts = {
+            (protocol, result): 0
+            for protocol in PROTOCOLS + (MSGR_HTTP,)
+            for result in ("accepted", "refused")
+        }
+        counts.update(m.logins)
+        for (protocol, result), value in sorted(counts.items()):
+            logins.add_metric([protocol, result], value)
+        yield logins
+        yield _counter(
+            "chatd_logouts",
+            "Users who went offline, by protocol.",
+            ["protocol"],
+            {(p,): m.logouts.get(p, 0) for p in PROTOCOLS}
+            | {(p,): n for p, n in m.logouts.items()},
+        )
+        routed = {(s, r): 0 for s in PROTOCOLS for r in PROTOCOLS}
+        for sender, receivers in list(m.routed.items()):
+            for receiver, value in list(receivers.items()):
+                routed[sender, receiver] = value
+        yield _counter(
+            "chatd_messages_routed",
+            "Messages handed to a receiver, by the sender's and the receiver's"
+            " protocol; a broadcast counts each receiver.",
+            ["from", "to"],
+            routed,
+        )
+        yield _counter(
+            "chatd_refusals",
+            "Messages and files not delivered, by the sender's protocol and why"
+            " (rate: the sender's --rate; busy: too much waits for the receiver).",
+            ["protocol", "reason"],
+            m.refusals,
+        )
+        yield _counter(
+            "chatd_files_relayed",
+            "Files handed on whole, by the sender's and the receiver's protocol.",
+            ["from", "to"],
+            m.files,
+        )
+        yield _counter(
+            "chatd_relayed_bytes",
+            "Bytes of file content handed on, by the sender's and the"
+            " receiver's protocol.",
+            ["from", "to"],
+            m.relayedBytes,
+        )
+        yield _counter(
+            "chatd_disconnects",
+            "Connections closed, by protocol and why (client: by the client).",
+            ["protocol", "reason"],
+            m.disconnects,
+        )
+        yield _counter(
+            "chatd_http_requests",
+            "HTTP responses, by listener and status code.",
+            ["listener", "code"],
+            m.httpRequests,
+        )
+        yield from self._listeners()
+
+    def _online(self) -> GaugeMetricFamily:
+        counts = dict.fromkeys(PROTOCOLS, 0)
+        presence = self.metrics.presence
+        if presence is not None:
+            for info in presence.users():
+                counts[info.protocol] = counts.get(info.protocol, 0) + 1
+        family = GaugeMetricFamily(
+            "chatd_sessions_online", "Users online, by protocol.", labels=["protocol"]
+        )
+        for protocol, value in sorted(counts.items()):
+            family.add_metric([protocol], value)
+        return family
+
+    def _listeners(self) -> Iterable[Metric]:
+        open_ = GaugeMetricFamily(
+            "chatd_connections_open",
+            "Open connections, by listener.",
+            labels=["listener"],
+        )
+        inFlight = 0
+        for label, factory in sorted(self.metrics.listeners.items()):
+            connections = getattr(factory, "connections", None)
+            if connections is None:
+                connections = getattr(factory, "protocols", ())  # WrappingFactory
+            open_.add_metric([label], len(connections))
+            filesInFlight = getattr(factory, "filesInFlight", None)
+            if filesInFlight is not None:
+                inFlight += filesInFlight()
+        yield open_
+        yield GaugeMetricFamily(
+            "chatd_files_in_flight",
+            "MSRP files whose transfer has started and not ended.",
+            value=inFlight,
+        )
+
+
+def _counter(name: str, documentation: str, labels: list[str], values) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(dict(values).items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+# Over HTTP.
+
+
+class _Plain(resource.Resource):
+    """A resource that answers C{GET} and C{HEAD}, and C{405} to the rest."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request):
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"405"
+        request.setHeader(b"cache-control", b"no-store")
+        return self.render_GET(request)
+
+
+class MetricsResource(_Plain):
+    """C{GET /metrics}: the Prometheus exposition of a L{ChatdMetrics}."""
+
+    def __init__(self, metrics: ChatdMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        accept = request.getHeader(b"accept")
+        body, contentType = self.metrics.exposition(
+            accept.decode("latin-1") if accept else None
+        )
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return body
+
+
+class HealthResource(_Plain):
+    """
+    C{GET /healthz}: C{200 ok}, written by the reactor's thread at once, so an
+    answer proves the reactor is turning.
+    """
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+class _NotFound(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"404"
+
+
+class _Root(resource.Resource):
+    def getChild(self, path, request):
+        return _NotFound()
+
+    def render(self, request):
+        return _NotFound().render(request)
+
+
+def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:
+    """Put C{/metrics} and C{/healthz} under C{root}."""
+    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"healthz", HealthResource())
+
+
+class CountingSite(server.Site):
+    """A twisted.web site that counts its responses by status code."""
+
+    def __init__(self, root, metrics: ChatdMetrics, listener: str, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.metrics = metrics
+        self.listener = listener
+
+    def log(self, request: server.Request) -> None:
+        # Called by twisted.web once per finished response.
+        self.metrics.httpRequest(self.listener, request.code)
+        super().log(request)
+
+
+def makeMetricsSite(metrics: ChatdMetrics, reactor=None) -> server.Site:
+    """The site of C{--metrics}: C{/metrics} and C{/healthz}, and 404."""
+    root = _Root()
+    addResources(root, metrics)
+    site = CountingSite(root, metrics, "metrics", reactor=reactor)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

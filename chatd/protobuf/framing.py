@@ -62,8 +62,14 @@ def readVarint(data, pos: int) -> tuple[int, int] | None:
     return None
 
 
+#: The varints of 0 to 127, one byte each (most lengths on the hot path).
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
 def encodeVarint(value: int) -> bytes:
     """The varint encoding of the non-negative C{value}."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -368,4 +374,7 @@ def encodeRaw(payload: bytes) -> bytes:
 
 def encodeDelimited(payload: bytes) -> bytes:
     """A delimited frame is the varint length, then the message."""
-    return encodeVarint(len(payload)) + payload
+    length = len(payload)
+    if length < 0x80:
+        return _SMALL_VARINTS[length] + payload
+    return encodeVarint(length) + payload

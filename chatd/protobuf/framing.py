@@ -47,9 +47,13 @@ def readVarint(data, pos: int) -> tuple[int, int] | None:
         inside it.
     @raise MalformedFrame: for a varint longer than ten bytes.
     """
+    end = len(data)
+    if pos < end:
+        byte = data[pos]
+        if byte < 0x80:  # most tags and lengths: one byte
+            return byte, pos + 1
     result = 0
     shift = 0
-    end = len(data)
     while pos < end:
         byte = data[pos]
         pos += 1

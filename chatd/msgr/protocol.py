@@ -132,17 +132,6 @@ class MsgrChatProtocol(Protocol):
         self._closing = False
         self.peerHost = ""
         self.outbound: OutboundQueue | None = None
-        self._handlers = {
-            MSJ: self._message,
-            ARCHIVO: self._file,
-            IMG: self._file,
-            MEME: self._meme,
-            SOLICITUD: self._friendRequest,
-            ACEPTAR: self._acceptRequest,
-            RECHAZAR: self._rejectRequest,
-            DESCONECTAR: self._logout,
-            HOLA: self._rebind,
-        }
 
     # Bytes in.
 
@@ -427,7 +416,7 @@ class MsgrChatProtocol(Protocol):
             # Logged (at most once a minute) and counted by the allowance.
             self._answer(command, UPDATE_FAILED)
             return
-        handler(command, fields)
+        handler(self, command, fields)
 
     def _rebind(self, command: str, fields: list[str]) -> None:
         self._refuse(command, UPDATE_FAILED, "already bound")
@@ -611,6 +600,21 @@ class MsgrChatProtocol(Protocol):
 
     def disconnect(self, reason: str) -> None:
         self._endSession(UPDATE_FAILED, reason)
+
+
+# command -> handler, shared by every connection (an idle session should cost
+# little memory).
+MsgrChatProtocol._handlers = {
+    MSJ: MsgrChatProtocol._message,
+    ARCHIVO: MsgrChatProtocol._file,
+    IMG: MsgrChatProtocol._file,
+    MEME: MsgrChatProtocol._meme,
+    SOLICITUD: MsgrChatProtocol._friendRequest,
+    ACEPTAR: MsgrChatProtocol._acceptRequest,
+    RECHAZAR: MsgrChatProtocol._rejectRequest,
+    DESCONECTAR: MsgrChatProtocol._logout,
+    HOLA: MsgrChatProtocol._rebind,
+}
 
 
 class MsgrChatFactory(SessionFactory):

@@ -371,15 +371,6 @@ class MsrpProtocol(Protocol):
         self._waiting: deque[bytes | _FileStream] = deque()
         self._waitingBytes = 0
         self._unacked: deque[tuple[bytes, MsrpProtocol | None]] = deque()
-        self._frameHandlers = {
-            Message: self._message,
-            FileHeader: self._fileHeader,
-            FileChunk: self._fileChunk,
-            FileEnd: self._fileEnd,
-            ListRequest: self._listRequest,
-            Ack: self._ack,
-            Error: self._clientError,
-        }
 
     # IFileReceiver.
 
@@ -546,7 +537,7 @@ class MsrpProtocol(Protocol):
         handlers = self._frameHandlers
         try:
             for frame in self._decoder.feed(data):
-                handlers[frame.__class__](frame)
+                handlers[frame.__class__](self, frame)
                 if self._closing:
                     return
         except DecodeError as e:
@@ -998,6 +989,19 @@ class MsrpProtocol(Protocol):
         if content:
             self._send(content)
         self._remember(name, None)
+
+
+# frame type -> handler, shared by every connection (an idle session should
+# cost little memory).
+MsrpProtocol._frameHandlers = {
+    Message: MsrpProtocol._message,
+    FileHeader: MsrpProtocol._fileHeader,
+    FileChunk: MsrpProtocol._fileChunk,
+    FileEnd: MsrpProtocol._fileEnd,
+    ListRequest: MsrpProtocol._listRequest,
+    Ack: MsrpProtocol._ack,
+    Error: MsrpProtocol._clientError,
+}
 
 
 class MsrpFactory(SessionFactory):

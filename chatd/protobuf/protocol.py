@@ -149,13 +149,6 @@ class ProtobufChatProtocol(Protocol):
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
         self._write: Callable[[bytes], object] = lambda data: None
-        self._handlers = {
-            USER_LOGIN: self._login,
-            CONNECTED_USERS: self._connectedUsers,
-            USER_INFORMATION: self._userInformation,
-            STATUS_CHANGE: self._statusChange,
-            SEND_MESSAGE: self._sendMessage,
-        }
 
     # Bytes in.
 
@@ -271,7 +264,7 @@ class ProtobufChatProtocol(Protocol):
         try:
             if option != USER_LOGIN and self.user is None:
                 raise Refused("log in first (USER_LOGIN)")
-            self._handlers[option](request)
+            self._handlers[option](self, request)
         except Refused as e:
             self._fail(option, str(e))
         except Exception:
@@ -431,6 +424,17 @@ class ProtobufChatProtocol(Protocol):
         self._fail(None, reason)
         self.transport.loseConnection()
         self.allowance.closing(self.transport)
+
+
+# option -> handler, shared by every connection (an idle session should cost
+# little memory).
+ProtobufChatProtocol._handlers = {
+    USER_LOGIN: ProtobufChatProtocol._login,
+    CONNECTED_USERS: ProtobufChatProtocol._connectedUsers,
+    USER_INFORMATION: ProtobufChatProtocol._userInformation,
+    STATUS_CHANGE: ProtobufChatProtocol._statusChange,
+    SEND_MESSAGE: ProtobufChatProtocol._sendMessage,
+}
 
 
 class ProtobufChatFactory(SessionFactory):

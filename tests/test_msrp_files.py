@@ -6,13 +6,16 @@ matching, every failure, whole files to and from other protocols, and a
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import tracemalloc
+import weakref
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPullProducer
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -29,6 +32,7 @@ from chatd.msrp.codec import (
 )
 from chatd.msrp.protocol import (
     MsrpFactory,
+    MsrpProtocol,
     errAckSenderGone,
     errFileTooLarge,
     errFileTooLargeFor,
@@ -311,6 +315,27 @@ class AckTests(MsrpTestMixin, TestCase):
         carl.send(encodeAck(b"f"))
         self.assertEqual(carl.wire(), errorFrame(errNoSuchAck("f")))
         self.assertEqual(alic.wire(), b"")
+
+    def test_unackedFilesDoNotKeepSendersAlive(self) -> None:
+        """
+        A recipient that never ACKs holds no sender that has left: their
+        connections (transport, buffers) are freed, and a late ACK is told
+        the sender is gone.
+        """
+        # Log events name their source; keep them out of the global buffer
+        # (which would hold the sender here, not in a running server).
+        self.patch(MsrpProtocol, "log", Logger(observer=lambda event: None))
+        bob = self.client(b"bob_")
+        alic = self.client(b"alic")
+        alic.send(header(b"bob_", b"f", 1) + b"a")
+        gone = weakref.ref(alic.protocol)
+        alic.disconnect()
+        del alic
+        gc.collect()
+        self.assertIsNone(gone())
+        bob.wire()
+        bob.send(encodeAck(b"f"))
+        self.assertEqual(bob.wire(), errorFrame(errAckSenderGone("f")))
 
     def test_senderGone(self) -> None:
         alic, bob = self.client(b"alic"), self.client(b"bob_")

@@ -21,6 +21,7 @@ description. The shape of a connection:
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -370,7 +371,10 @@ class MsrpProtocol(Protocol):
         self._live: _FileStream | None = None
         self._waiting: deque[bytes | _FileStream] = deque()
         self._waitingBytes = 0
-        self._unacked: deque[tuple[bytes, MsrpProtocol | None]] = deque()
+        # (file name, weak reference to its MSRP sender, or None when it came
+        # from another protocol): weak, so that a recipient that never ACKs
+        # does not keep its senders' connections alive after they leave.
+        self._unacked: deque[tuple[bytes, weakref.ref | None]] = deque()
 
     # IFileReceiver.
 
@@ -668,16 +672,17 @@ class MsrpProtocol(Protocol):
 
     def _ack(self, frame: Ack) -> None:
         filename = frame.filename
-        for index, (name, sender) in enumerate(self._unacked):
+        for index, (name, senderRef) in enumerate(self._unacked):
             if name == filename:
                 del self._unacked[index]
                 break
         else:
             self._sendError(errNoSuchAck(_show(filename)))
             return
-        if sender is None:
+        if senderRef is None:
             return  # a whole file from another protocol: nobody to tell
-        if sender._closing or self.presence.infoFor(sender) is None:
+        sender = senderRef()
+        if sender is None or sender._closing or self.presence.infoFor(sender) is None:
             self._sendError(errAckSenderGone(_show(filename)))
             return
         sender._send(encodeAck(filename))
@@ -820,7 +825,7 @@ class MsrpProtocol(Protocol):
 
     def _remember(self, filename: bytes, sender: MsrpProtocol | None) -> None:
         """Remember a file received whole, for ACK matching."""
-        self._unacked.append((filename, sender))
+        self._unacked.append((filename, None if sender is None else weakref.ref(sender)))
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popleft()
 

@@ -12,7 +12,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 
 ARGS ?=
 
-.PHONY: run test trial proto clean
+.PHONY: run test trial proto clean soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The soak test (docs/soak.md): hundreds of clients, well-behaved and
+# hostile, against a real twistd on 127.0.0.1, then checks that the server
+# serves, forgot every name and gave its memory back. Not part of make test.
+# SOAK_SECONDS=60 by default; SOAK_ARGS="--clients 500 --seed 1" for more.
+SOAK_SECONDS ?= 60
+soak: $(VENV)/.installed-run
+	$(BIN)/python soak/run.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 # The same suite under Twisted's own runner.
 trial: $(VENV)/.installed-test

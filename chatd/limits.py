@@ -197,6 +197,11 @@ class OutboundQueue:
         self.overflowed = True  # nothing more is taken
         self.transport.unregisterProducer()
 
+    @property
+    def paused(self) -> bool:
+        """Whether the transport's buffer is full (what is written waits)."""
+        return self._paused
+
     # IPushProducer, called by the transport.
 
     def pauseProducing(self) -> None:

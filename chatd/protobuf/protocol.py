@@ -148,7 +148,10 @@ class ProtobufChatProtocol(Protocol):
         self._closing = False
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
-        self._write: Callable[[bytes], object] = lambda data: None
+        # Where bytes go: the transport, or the bounded outbound queue.
+        self._out: Callable[[bytes], object] = lambda data: None
+        # Responses held while the factory is corked (see _write).
+        self._pending: list[bytes] | None = None
 
     # Bytes in.
 
@@ -156,17 +159,27 @@ class ProtobufChatProtocol(Protocol):
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
         self.allowance = self.factory.admit(self)
         if self.allowance.refusal is not None:
-            self._write = self.transport.write
+            self._out = self.transport.write
             self.disconnect(f"connection refused: {self.allowance.refusal}")
             return
         self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
-        self._write = (
+        self._out = (
             self.transport.write if self.outbound is None else self.outbound.write
         )
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        factory = self.factory
+        factory.corked += 1
+        try:
+            self._framesReceived(data)
+        finally:
+            factory.corked -= 1
+            if not factory.corked:
+                factory.flush()
+
+    def _framesReceived(self, data: bytes) -> None:
         if self._waitCall is not None:
             self._waitCall.cancel()
             self._waitCall = None
@@ -204,6 +217,7 @@ class ProtobufChatProtocol(Protocol):
         if self._waitCall is not None:
             self._waitCall.cancel()
             self._waitCall = None
+        self._pending = None
         self.presence.logout(self)
         self.user = None
         self.factory.release(self)
@@ -403,6 +417,36 @@ class ProtobufChatProtocol(Protocol):
 
     # IChatSession.
 
+    def _write(self, data: bytes) -> bool | None:
+        """
+        Send C{data}; C{False} when it overflowed the outbound queue (which
+        disconnects this client).
+
+        While the factory is corked (inside any of its connections'
+        C{dataReceived}), what is written is held and handed to the
+        transport once, in one piece, when the read has been handled: a read
+        of many pipelined requests costs one write per connection, not two
+        per request. Nothing is held for a client whose queue is paused, so
+        an overflow is still found at once, and told to the sender.
+        """
+        if self.factory.corked and not self._closing:
+            pending = self._pending
+            if pending is not None:
+                pending.append(data)
+                return True
+            outbound = self.outbound
+            if outbound is None or not outbound.paused:
+                self._pending = [data]
+                self.factory.dirty.append(self)
+                return True
+        return self._out(data)
+
+    def flush(self) -> None:
+        """Hand what was held to the transport."""
+        pending, self._pending = self._pending, None
+        if pending:
+            self._out(pending[0] if len(pending) == 1 else b"".join(pending))
+
     def deliverMessage(self, message: ChatMessage) -> None:
         payload = encodeDelivery(message.receiver, message.sender, message.text)
         if self._write(self.encode(payload)) is False:
@@ -411,6 +455,7 @@ class ProtobufChatProtocol(Protocol):
     def disconnect(self, reason: str) -> None:
         if self._closing:
             return
+        self.flush()
         self._closing = True
         # The name is free at once, not when the client has read its last
         # bytes (which one that does not read never does).
@@ -420,7 +465,7 @@ class ProtobufChatProtocol(Protocol):
             # What waits goes first (at most --max-sendq bytes), then the
             # reason, written past the queue's limit.
             outbound.finish()
-        self._write = self.transport.write
+        self._out = self.transport.write
         self._fail(None, reason)
         self.transport.loseConnection()
         self.allowance.closing(self.transport)
@@ -464,6 +509,18 @@ class ProtobufChatFactory(SessionFactory):
         self.framing = framing
         self.maxFrameSize = maxFrameSize
         self.rawWait = rawWait
+        #: How many of this factory's connections are inside dataReceived;
+        #: while it is not 0, responses are held (ProtobufChatProtocol._write).
+        self.corked = 0
+        #: The connections holding responses, flushed when the last read ends.
+        self.dirty: list[ProtobufChatProtocol] = []
+
+    def flush(self) -> None:
+        """Hand every held response to its transport."""
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for protocol in dirty:
+                protocol.flush()
 
     def buildProtocol(self, addr) -> ProtobufChatProtocol:
         if self.framing == RAW:

@@ -12,7 +12,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 
 ARGS ?=
 
-.PHONY: run test trial proto clean soak
+.PHONY: run test trial proto clean bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) '.[bench]'
+	touch $@ $(VENV)/.installed-run
+
+# Performance, measured on 127.0.0.1 (docs/performance.md): a table, JSON in
+# bench/results/, a chart in docs/bench.png. QUICK=1 for the short run;
+# BENCH_ARGS="--only 1,5 --profile" for more.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run.py $(if $(filter-out 0,$(QUICK)),--quick) $(BENCH_ARGS)
 
 # The soak test (docs/soak.md): hundreds of clients, well-behaved and
 # hostile, against a real twistd on 127.0.0.1, then checks that the server

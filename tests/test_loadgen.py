@@ -1,0 +1,279 @@
+"""
+The load generator (chatd.loadgen) and the relay baseline (bench/relay.py):
+its pieces on their own, and tiny runs of the benchmark scenarios against a
+real `twistd -n chatd` on free ports of 127.0.0.1. They check counts and
+bytes, never times: how fast anything went is `make bench`'s business.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.loadgen import accounts, scenarios, wire
+from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
+from chatd.loadgen.server import ServerProcess, chatdCommand, chatdOptions
+from chatd.msgr import codec as msgr
+from chatd.msrp import codec as msrp
+from chatd.protobuf import chat_pb2
+from chatd.protobuf.framing import DelimitedFramer, RawRequestFramer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELAY = os.path.join(ROOT, "bench", "relay.py")
+ENDPOINT = "tcp:0:interface=127.0.0.1"
+OFF = "none"
+
+_known: list[set] = []
+
+
+def knownOptions() -> set:
+    """chatd's options, read once (each read starts a twistd --help)."""
+    if not _known:
+        _known.append(chatdOptions())
+    return _known[0]
+
+
+class ServerCase(SynchronousTestCase):
+    """Starts servers that are stopped when the test ends."""
+
+    def chatd(self, options: dict, labels: list[str]) -> scenarios.Target:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        argv, _ = chatdCommand(options, knownOptions())
+        server = ServerProcess(argv, labels, cwd=directory)
+        self.addCleanup(server.stop)
+        ports = server.start()
+        framing = options.get("protobuf-framing", "raw")
+        return scenarios.Target(ports=ports, pid=server.pid, framing=framing)
+
+    def protobuf(self, framing: str) -> scenarios.Target:
+        return self.chatd(
+            {"protobuf": ENDPOINT, "protobuf-framing": framing, "msrp": OFF,
+             "http": OFF, "msgr": OFF, "db": OFF},
+            ["protobuf"],
+        )
+
+    def everything(self, accountCount: int) -> scenarios.Target:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        db = os.path.abspath(os.path.join(directory, "accounts.sqlite3"))
+        accounts.seedDatabase(db, scenarios.msgrNames(accountCount), "loadgen-password")
+        return self.chatd(
+            {"protobuf": ENDPOINT, "msrp": ENDPOINT, "http": ENDPOINT, "msgr": ENDPOINT, "db": db},
+            ["protobuf", "msrp", "msgr", "msgr-http"],
+        )
+
+    def assertAllDelivered(self, result: dict) -> None:
+        self.assertEqual(
+            (result["errors"], result["missing"], result["unanswered"], result["ok"]),
+            ([], 0, 0, True),
+        )
+        self.assertGreater(result["total_sent"], 0)
+
+
+#: Runs are short; they prove correctness, not speed.
+TINY = {"warmup": 0.0, "duration": 0.1, "mode": "all", "threads": True}
+
+
+class RecordCounterTests(SynchronousTestCase):
+    """Counting fixed-size deliveries without parsing each one."""
+
+    def setUp(self) -> None:
+        self.record, self.offset = template(
+            b"head:" + wire.CALIBRATION_TEXT + b":tail", wire.CALIBRATION_TEXT
+        )
+
+    def stream(self, stamps: list[int]) -> bytes:
+        return b"".join(
+            self.record[: self.offset] + wire.makeStamp(s)
+            + self.record[self.offset + wire.STAMP_LENGTH :]
+            for s in stamps
+        )
+
+    def test_everySplit(self) -> None:
+        """However the stream is cut, every record is counted and stamped once."""
+        data = self.stream([1, 2, 3])
+        for cut in range(len(data) + 1):
+            counter = RecordCounter(self.record, self.offset, "all")
+            first = counter.feed(data[:cut])
+            second = counter.feed(data[cut:])
+            self.assertEqual(first[0] + second[0], 3)
+            self.assertEqual([wire.readStamp(s) for s in first[1] + second[1]], [1, 2, 3])
+
+    def test_sampleMode(self) -> None:
+        """In sample mode every record is counted, one stamp per read."""
+        data = self.stream([5, 6, 7, 8])
+        size = len(self.record)
+        counter = RecordCounter(self.record, self.offset, "sample")
+        count, stamps = counter.feed(data[: size + 3])
+        self.assertEqual((count, [wire.readStamp(s) for s in stamps]), (1, [5]))
+        count, stamps = counter.feed(data[size + 3 :])
+        self.assertEqual((count, [wire.readStamp(s) for s in stamps]), (3, [7]))
+
+    def test_unexpected(self) -> None:
+        """A record that is not the template but for its stamp is an error."""
+        data = bytearray(self.stream([1, 2]))
+        data[-1:] = b"X"
+        counter = RecordCounter(self.record, self.offset, "all")
+        self.assertRaises(wire.UnexpectedFrame, counter.feed, bytes(data))
+        sample = RecordCounter(self.record, self.offset, "sample")
+        self.assertRaises(wire.UnexpectedFrame, sample.feed, b"X" + bytes(data))
+
+    def test_answerLines(self) -> None:
+        """MSGR answers are counted by their ends; a refusal is an error."""
+        lines = b"#RESPUESTA||-||2||#MSJ||g000||704\n#RESPUESTA||-||10||#MSJ||g000||704\n"
+        for cut in range(len(lines) + 1):
+            counter = AnswerLineCounter()
+            self.assertEqual(counter.feed(lines[:cut]) + counter.feed(lines[cut:]), 2)
+        counter = AnswerLineCounter()
+        self.assertRaises(
+            wire.UnexpectedFrame, counter.feed, b"#RESPUESTA||-||2||#MSJ||g000||804\n"
+        )
+
+
+class DialectTests(SynchronousTestCase):
+    """What the load generator writes is what chatd's own decoders read."""
+
+    def test_protobuf(self) -> None:
+        for framing, framer in (("raw", RawRequestFramer()), ("delimited", DelimitedFramer())):
+            speaker = wire.dialect("protobuf", framing)
+            data = speaker.login("ana") + speaker.message("ana", "bea", wire.CALIBRATION_TEXT)
+            requests = [chat_pb2.ClientRequest.FromString(f) for f in framer.feed(data)]
+            self.assertEqual(
+                [(r.option, r.newuser.username, r.messg.receiver, r.messg.text) for r in requests],
+                [(0, "ana", "", ""), (4, "", "bea", wire.CALIBRATION_TEXT.decode())],
+            )
+
+    def test_msrp(self) -> None:
+        speaker = wire.dialect("msrp")
+        data = speaker.login("ana1") + speaker.message("ana1", "bea1", b"hola")
+        self.assertEqual(data[:4], b"ana1")
+        frames = list(msrp.MsrpFrameDecoder().feed(data[4:]))
+        self.assertEqual(
+            frames,
+            [msrp.Message(b"ana1", speaker.LOGIN_TEXT), msrp.Message(b"bea1", b"hola")],
+        )
+
+    def test_msgr(self) -> None:
+        speaker = wire.dialect("msgr")
+        line = speaker.message("g000", "g001", b"hola", token="TOKEN")
+        self.assertEqual(
+            msgr.splitFields(msgr.decodeLine(line.rstrip(b"\n"))),
+            ["#MSJ", "TOKEN", "g000", "g001", "hola"],
+        )
+        self.assertRaises(wire.LoginFailed, speaker.login, "g000", None)
+
+    def test_shortNames(self) -> None:
+        self.assertEqual(
+            [scenarios.shortName("m", i) for i in (0, 35, 36, 46655)],
+            ["m000", "m00z", "m010", "mzzz"],
+        )
+
+    def test_limitsTurnedOff(self) -> None:
+        """The limits this chatd has are given 0 (no limit), and no others."""
+        argv, off = chatdCommand({"rate": "5"}, {"rate", "max-conns", "protobuf"})
+        self.assertEqual(off, ["max-conns"])
+        self.assertEqual(argv[argv.index("chatd") + 1 :], ["--max-conns", "0", "--rate", "5"])
+
+
+class RelayTests(ServerCase):
+    """bench/relay.py, the baseline of scenario 1."""
+
+    def test_relay(self) -> None:
+        """
+        A frame goes, unchanged, to the connection its name names (one to
+        a name nobody has is dropped); scenario 1's pairs run over it.
+        """
+        server = ServerProcess([sys.executable, RELAY, "--port", ENDPOINT], ["relay"])
+        self.addCleanup(server.stop)
+        target = scenarios.Target(ports=server.start(), pid=server.pid)
+        clients = {}
+        for name in (b"ana", b"bea"):
+            sock = socket.create_connection(target.address("relay"), timeout=10)
+            self.addCleanup(sock.close)
+            hello = wire.relayFrame(name, b"")
+            sock.sendall(hello)
+            self.assertEqual(self.receive(sock, len(hello)), hello)
+            clients[name] = sock
+        lost = wire.relayFrame(b"nobody", b"dropped")
+        frame = wire.relayFrame(b"bea", b"hola")
+        clients[b"ana"].sendall(lost + frame[:3])
+        clients[b"ana"].sendall(frame[3:])
+        self.assertEqual(self.receive(clients[b"bea"], len(frame)), frame)
+
+        result = scenarios.pairs(target, protocol="relay", count=3, workers=1, window=4, **TINY)
+        self.assertAllDelivered(result)
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+
+    @staticmethod
+    def receive(sock: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class ProtobufScenarioTests(ServerCase):
+    """Scenarios 1 to 3 against a real chatd (one server per framing)."""
+
+    def test_delimited(self) -> None:
+        """
+        Scenario 1 from two worker processes: every message is delivered and
+        answered, and the server's CPU and memory are read. Scenario 2: at
+        a fixed rate, every message's latency is measured.
+        """
+        target = self.protobuf("delimited")
+        result = scenarios.pairs(target, count=4, workers=2, window=8, **dict(TINY, threads=False))
+        self.assertAllDelivered(result)
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+        self.assertIn("cpu_percent", result["server"])
+
+        result = scenarios.pairs(target, count=2, workers=1, rate=200, prefix="q", **TINY)
+        self.assertAllDelivered(result)
+        self.assertEqual(result["latency_ms"]["samples"], result["total_delivered"])
+
+    def test_raw(self) -> None:
+        """Scenario 1 with the raw framing; scenario 3: everyone gets every broadcast."""
+        target = self.protobuf("raw")
+        result = scenarios.pairs(target, count=3, workers=1, window=8, **TINY)
+        self.assertAllDelivered(result)
+
+        result = scenarios.broadcast(target, users=5, workers=2, window=2, **TINY)
+        self.assertAllDelivered(result)
+        self.assertEqual(result["total_delivered"], 5 * result["total_sent"])
+
+
+class MixedScenarioTests(ServerCase):
+    """Scenarios 4 to 6 against a real chatd with MSGR accounts."""
+
+    def test_mixed(self) -> None:
+        """
+        Scenario 4: sessions of every protocol log in and stay quiet.
+        Scenario 6: messages between every pair of protocols arrive.
+        Scenario 5: an MSRP file arrives whole.
+        """
+        target = self.everything(12)
+        result = scenarios.idle(
+            target, {"protobuf": 6, "msrp": 4, "msgr": 2}, workers=2, hold=0, threads=True,
+        )
+        self.assertEqual(
+            (result["sessions"], result["failed"], result["open_after_hold"], result["noisy"], result["ok"]),
+            (12, 0, 12, 0, True),
+        )
+        self.assertIn("kib_per_session", result)
+
+        result = scenarios.msgrMessages(
+            target, directions=scenarios.CROSS, pairsPerDirection=1, workers=1, window=4, **TINY,
+        )
+        self.assertAllDelivered(result)
+        self.assertEqual(len(result["directions"]), 6)
+
+        result = scenarios.fileTransfer(target, 3 * 1024 * 1024 + 5, threads=True, verify=True)
+        self.assertEqual((result["ok"], result["intact"]), (True, True))
+        self.assertIn("peak_growth_mib", result["server"])

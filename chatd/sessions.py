@@ -101,6 +101,13 @@ class Allowance:
         if self.refusal is not None:
             return
         limits = factory.limits
+        # Chat is small messages that must not wait for Nagle's algorithm
+        # (it added tens of milliseconds to a delivery under load); writes
+        # are already batched per read.
+        try:
+            session.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # not TCP (a test transport, a UNIX socket)
         if limits.keepAlive:
             enableKeepAlive(session.transport, idle=limits.keepAlive)
         if login and limits.loginTimeout:

@@ -284,3 +284,28 @@ class HttpBodyTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:100])
         self.assertTrue(answer.endswith(b"\r\n\r\n901"), answer[-100:])
         self.assertLess(peak, 2 * 1024 * 1024, f"peak traced memory {peak} bytes")
+
+
+class NoDelayTests(TestCase):
+    @defer.inlineCallbacks
+    def test_acceptedSocketsSendAtOnce(self):
+        """Nagle's algorithm is off: a delivery is not held back."""
+        accepted = []
+
+        class Factory(ProtobufChatFactory):
+            def buildProtocol(self, addr):
+                p = ProtobufChatFactory.buildProtocol(self, addr)
+                accepted.append(p)
+                return p
+
+        factory = Factory(InMemoryPresenceService(), Clock(), framing=DELIMITED)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        client = yield connectProtocol(endpoint, _Client())
+        client.send(login("ana"))
+        yield client.response(1)
+        handle = accepted[0].transport.getHandle()
+        self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        client.transport.loseConnection()
+        yield client.lost

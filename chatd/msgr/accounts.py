@@ -41,6 +41,10 @@ log = Logger()
 # stored with each hash, so they can be raised later without breaking old
 # hashes.
 
+#: How many passwords are hashed or checked at once, in the reactor's thread
+#: pool: about one a core.
+HASH_CONCURRENCY = 2
+
 #: scrypt cost parameters (n, r, p): 16 MiB of memory, some tens of ms.
 DEFAULT_SCRYPT = (2**14, 8, 1)
 _SALT_BYTES = 16
@@ -425,6 +429,10 @@ class AccountStore:
         # "wrong password" and timing does not tell which names exist.
         self._dummyHash: str | None = None
         self._closed = False
+        # At most this many scrypt computations at once (16 MiB each): a burst
+        # of logins queues here instead of taking the thread pool's ten
+        # threads and 160 MiB.
+        self._hashing = defer.DeferredSemaphore(HASH_CONCURRENCY)
 
     @classmethod
     def open(cls, path: str, reactor=None, scrypt=DEFAULT_SCRYPT) -> "AccountStore":
@@ -453,13 +461,23 @@ class AccountStore:
         return self._pool.runInteraction(interaction, *args)
 
     def _hash(self, password: str) -> defer.Deferred:
-        return threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), hashPassword, password, self.scrypt
+        return self._hashing.run(
+            threads.deferToThreadPool,
+            self.reactor,
+            self.reactor.getThreadPool(),
+            hashPassword,
+            password,
+            self.scrypt,
         )
 
     def _verify(self, password: str, stored: str) -> defer.Deferred:
-        return threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), verifyPassword, password, stored
+        return self._hashing.run(
+            threads.deferToThreadPool,
+            self.reactor,
+            self.reactor.getThreadPool(),
+            verifyPassword,
+            password,
+            stored,
         )
 
     # Accounts.

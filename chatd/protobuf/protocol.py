@@ -62,6 +62,9 @@ FRAMINGS = (RAW, DELIMITED)
 #: How long a raw request that may still grow is waited for, in seconds.
 DEFAULT_RAW_WAIT = 0.05
 
+#: How many encoded "delivered to" answers one connection keeps.
+_MAX_ANSWERS = 32
+
 #: Longest ip text a client may give in newuser.ip.
 _MAX_IP = 64
 
@@ -152,6 +155,8 @@ class ProtobufChatProtocol(Protocol):
         self._out: Callable[[bytes], object] = lambda data: None
         # Responses held while the factory is corked (see _write).
         self._pending: list[bytes] | None = None
+        # receiver -> the encoded answer "delivered to <receiver>".
+        self._answers: dict[str, bytes] = {}
 
     # Bytes in.
 
@@ -401,6 +406,9 @@ class ProtobufChatProtocol(Protocol):
             raise Refused("a message needs messg.receiver")
         if not body:
             raise Refused("the message is empty")
+        self._sendText(receiver, body)
+
+    def _sendText(self, receiver: str, body: str) -> None:
         if not self.allowance.allowMessage():
             raise Refused(
                 f"slow down: at most {self.factory.limits.rate:g} messages a"
@@ -412,8 +420,17 @@ class ProtobufChatProtocol(Protocol):
             raise Refused(f"not delivered: {e}")
         if isBroadcast(receiver):
             self._write(self.encode(encodeSent(f"delivered to {users(count)}")))
-        else:
-            self._write(self.encode(encodeSent(f"delivered to {receiver}")))
+            return
+        # The same answer, again and again, to a user writing to a friend.
+        answers = self._answers
+        answer = answers.get(receiver)
+        if answer is None:
+            if len(answers) >= _MAX_ANSWERS:
+                answers.clear()
+            answer = answers[receiver] = self.encode(
+                encodeSent(f"delivered to {receiver}")
+            )
+        self._write(answer)
 
     # IChatSession.
 

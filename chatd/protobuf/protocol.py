@@ -98,19 +98,28 @@ def encodeSent(text: str) -> bytes:
     return _SENT_PREFIX + encodeVarint(len(data)) + data
 
 
+def deliveryHead(receiver: str, sender: str) -> bytes:
+    """The C{receiver} and C{sender} fields of a C{Message}, encoded."""
+    r = receiver.encode("utf-8")
+    s = sender.encode("utf-8")
+    return b"".join((b"\x0a", encodeVarint(len(r)), r, b"\x12", encodeVarint(len(s)), s))
+
+
+def encodeDeliveryAfter(head: bytes, text: str) -> bytes:
+    """L{encodeDelivery}, with its L{deliveryHead} already encoded."""
+    t = text.encode("utf-8")
+    lt = encodeVarint(len(t))
+    return b"".join(
+        (_DELIVERY_PREFIX, encodeVarint(len(head) + 1 + len(lt) + len(t)), head, b"\x1a", lt, t)
+    )
+
+
 def encodeDelivery(receiver: str, sender: str, text: str) -> bytes:
     """
     C{ServerResponse(option=SEND_MESSAGE, code=SUCCESSFUL,
     messg=Message(receiver=receiver, sender=sender, text=text))}.
     """
-    r = receiver.encode("utf-8")
-    s = sender.encode("utf-8")
-    t = text.encode("utf-8")
-    lr, ls, lt = encodeVarint(len(r)), encodeVarint(len(s)), encodeVarint(len(t))
-    size = 3 + len(lr) + len(r) + len(ls) + len(s) + len(lt) + len(t)
-    return b"".join(
-        (_DELIVERY_PREFIX, encodeVarint(size), b"\x0a", lr, r, b"\x12", ls, s, b"\x1a", lt, t)
-    )
+    return encodeDeliveryAfter(deliveryHead(receiver, sender), text)
 
 
 def users(count: int) -> str:
@@ -157,6 +166,8 @@ class ProtobufChatProtocol(Protocol):
         self._pending: list[bytes] | None = None
         # receiver -> the encoded answer "delivered to <receiver>".
         self._answers: dict[str, bytes] = {}
+        # sender -> (receiver, deliveryHead(receiver, sender)).
+        self._heads: dict[str, tuple[str, bytes]] = {}
 
     # Bytes in.
 
@@ -465,7 +476,15 @@ class ProtobufChatProtocol(Protocol):
             self._out(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def deliverMessage(self, message: ChatMessage) -> None:
-        payload = encodeDelivery(message.receiver, message.sender, message.text)
+        # The receiver and sender fields, encoded once per correspondent.
+        heads = self._heads
+        sender, receiver = message.sender, message.receiver
+        cached = heads.get(sender)
+        if cached is None or cached[0] != receiver:  # (or a broadcast now)
+            if len(heads) >= _MAX_ANSWERS:
+                heads.clear()
+            cached = heads[sender] = (receiver, deliveryHead(receiver, sender))
+        payload = encodeDeliveryAfter(cached[1], message.text)
         if self._write(self.encode(payload)) is False:
             raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 

@@ -20,7 +20,7 @@ See docs/architecture.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -152,14 +152,17 @@ class UserInfo:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
+class ChatMessage(NamedTuple):
     """
     A text message on its way to one session.
 
     C{sender} is always set by the server from the sender's session, never
     taken from the client. C{receiver} is the receiver's name as the directory
     spells it, or L{BROADCAST} for a message to everyone.
+
+    A named tuple, not a frozen dataclass: one is made for every message
+    routed, and a frozen dataclass's constructor was a tenth of the server's
+    time under load.
     """
 
     sender: str

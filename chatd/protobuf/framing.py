@@ -349,26 +349,36 @@ class DelimitedFramer:
         """
         buf = self._buffer
         buf += data
-        while True:
-            try:
-                read = readVarint(buf, 0)
-            except MalformedFrame:
-                buf.clear()
-                raise
-            if read is None:
-                return
-            length, start = read
-            if length > self.maxFrameSize:
-                raise FrameTooLarge(
-                    f"a request of {length} bytes is larger than the"
-                    f" maximum frame of {self.maxFrameSize} bytes"
-                )
-            stop = start + length
-            if stop > len(buf):
-                return
-            frame = bytes(buf[start:stop])
-            del buf[:stop]
-            yield frame
+        end = len(buf)
+        maxFrame = self.maxFrameSize
+        # Frames are read at an offset and the buffer is cut once at the end,
+        # not once per frame: a read of many small requests would move the
+        # rest of the buffer for every one of them.
+        pos = 0
+        try:
+            while pos < end:
+                try:
+                    read = readVarint(buf, pos)
+                except MalformedFrame:
+                    buf.clear()
+                    pos = 0
+                    raise
+                if read is None:
+                    return
+                length, start = read
+                if length > maxFrame:
+                    raise FrameTooLarge(
+                        f"a request of {length} bytes is larger than the"
+                        f" maximum frame of {maxFrame} bytes"
+                    )
+                stop = start + length
+                if stop > end:
+                    return
+                pos = stop
+                yield bytes(buf[start:stop])
+        finally:
+            if pos:
+                del buf[:pos]
 
 
 def encodeRaw(payload: bytes) -> bytes:

@@ -461,14 +461,19 @@ class InMemoryPresenceService:
                     routed[entry.info.protocol] += 1
                     count += 1
             return count
-        target = self._byName.get(nameKey(receiver))
+        target = self._byName.get(receiver.casefold())  # nameKey, inlined
         if target is None:
             raise NoSuchUser(f"{receiver} is not online")
+        # _deliver, inlined: this is every direct message's path.
         try:
-            self._deliver(target, ChatMessage(source.info.name, target.info.name, text))
+            target.session.deliverMessage(
+                ChatMessage(source.info.name, target.info.name, text)
+            )
         except RecipientBusy:
             self.metrics.refused(source.info.protocol, BUSY)
             raise
+        except Exception:
+            self.log.failure("delivery to {name} failed", name=target.info.name)
         routed[target.info.protocol] += 1
         return 1
 

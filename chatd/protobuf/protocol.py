@@ -410,16 +410,17 @@ class ProtobufChatProtocol(Protocol):
         )
 
     def _sendMessage(self, request: Request) -> None:
+        # The hottest request of all: kept to as few calls as it can be.
         messg = request.messg
-        receiver = text(messg.receiver, "messg.receiver")
-        body = text(messg.text, "messg.text")
+        receiver = messg.receiver
+        body = messg.text
+        if receiver.__class__ is not str or body.__class__ is not str:
+            text(receiver, "messg.receiver")
+            text(body, "messg.text")
         if not receiver:
             raise Refused("a message needs messg.receiver")
         if not body:
             raise Refused("the message is empty")
-        self._sendText(receiver, body)
-
-    def _sendText(self, receiver: str, body: str) -> None:
         if not self.allowance.allowMessage():
             raise Refused(
                 f"slow down: at most {self.factory.limits.rate:g} messages a"
@@ -429,16 +430,16 @@ class ProtobufChatProtocol(Protocol):
             count = self.presence.sendMessage(self, receiver, body)
         except PresenceError as e:
             raise Refused(f"not delivered: {e}")
-        if isBroadcast(receiver):
-            self._write(self.encode(encodeSent(f"delivered to {users(count)}")))
-            return
-        # The same answer, again and again, to a user writing to a friend.
-        answers = self._answers
-        answer = answers.get(receiver)
+        # The same answer, again and again, to a user writing to a friend
+        # (never kept for a broadcast, whose answer counts its receivers).
+        answer = self._answers.get(receiver)
         if answer is None:
-            if len(answers) >= _MAX_ANSWERS:
-                answers.clear()
-            answer = answers[receiver] = self.encode(
+            if isBroadcast(receiver):
+                self._write(self.encode(encodeSent(f"delivered to {users(count)}")))
+                return
+            if len(self._answers) >= _MAX_ANSWERS:
+                self._answers.clear()
+            answer = self._answers[receiver] = self.encode(
                 encodeSent(f"delivered to {receiver}")
             )
         self._write(answer)
@@ -484,8 +485,17 @@ class ProtobufChatProtocol(Protocol):
             if len(heads) >= _MAX_ANSWERS:
                 heads.clear()
             cached = heads[sender] = (receiver, deliveryHead(receiver, sender))
-        payload = encodeDeliveryAfter(cached[1], message.text)
-        if self._write(self.encode(payload)) is False:
+        # encodeDeliveryAfter and the framing, inlined: one join per delivery.
+        head = cached[1]
+        t = message.text.encode("utf-8")
+        lt = encodeVarint(len(t))
+        size = len(head) + 1 + len(lt) + len(t)
+        ls = encodeVarint(size)
+        if self.encode is encodeDelimited:
+            pieces = (encodeVarint(5 + len(ls) + size), _DELIVERY_PREFIX, ls, head, b"\x1a", lt, t)
+        else:
+            pieces = (_DELIVERY_PREFIX, ls, head, b"\x1a", lt, t)
+        if self._write(b"".join(pieces)) is False:
             raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 
     def disconnect(self, reason: str) -> None:

@@ -240,32 +240,50 @@ class RawFramer:
         """
         end = len(buf)
         maxFrame = self.maxFrameSize
-        while self._pos < end:
-            pos = self._pos
-            if buf[pos] == 0:
-                if pos == self._start:
+        # The state in locals while the loop runs (this is every raw
+        # request's path); saved back when the bytes run out.
+        pos, start = self._pos, self._start
+        lastField, fields = self._lastField, self._fields
+        while pos < end:
+            tag = buf[pos]
+            if tag == 0:
+                if pos == start:
                     # A terminator after the previous message, or padding.
-                    self._start = self._pos = pos + 1
+                    start = pos = pos + 1
                     continue
-                frame = bytes(buf[self._start : pos])
+                frame = bytes(buf[start:pos])
                 self._reset(pos + 1)
                 return frame
-            read = readVarint(buf, pos)
-            if read is None:
-                return None
-            tag, valueStart = read
+            if tag < 0x80:  # a one-byte tag, as every field of chat.proto's
+                valueStart = pos + 1
+            else:
+                read = readVarint(buf, pos)
+                if read is None:
+                    break
+                tag, valueStart = read
             field, wireType = tag >> 3, tag & 7
             if field == 0:
                 raise MalformedFrame("field number 0 is not valid")
-            if field <= self._lastField:
+            if field <= lastField:
                 # Not ascending: this tag starts the next message.
-                frame = bytes(buf[self._start : pos])
+                frame = bytes(buf[start:pos])
                 self._reset(pos)
                 return frame
-            valueEnd = _skipValue(buf, valueStart, wireType, maxFrame)
-            if valueEnd is None:
-                return None
-            if valueEnd - self._start > maxFrame:
+            if (
+                wireType == LEN
+                and valueStart < end
+                and buf[valueStart] < 0x80
+                and buf[valueStart] <= maxFrame
+            ):
+                # A field shorter than 128 bytes (_skipValue, inlined).
+                valueEnd = valueStart + 1 + buf[valueStart]
+                if valueEnd > end:
+                    break
+            else:
+                valueEnd = _skipValue(buf, valueStart, wireType, maxFrame)
+                if valueEnd is None:
+                    break
+            if valueEnd - start > maxFrame:
                 raise FrameTooLarge(
                     f"a request is larger than the maximum frame of"
                     f" {maxFrame} bytes"
@@ -273,9 +291,11 @@ class RawFramer:
             if field == OPTION_FIELD and wireType == VARINT:
                 self._option = readVarint(buf, valueStart)[0]
             if field < 64:
-                self._fields |= 1 << field
-            self._lastField = field
-            self._pos = valueEnd
+                fields |= 1 << field
+            lastField = field
+            pos = valueEnd
+        self._pos, self._start = pos, start
+        self._lastField, self._fields = lastField, fields
         return None
 
 

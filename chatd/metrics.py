@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import (
 )
 from twisted.web import resource, server
 
+from chatd.web import Directory, NotFound
+
 #: The wire formats, whose series are exported even while still at zero.
 PROTOCOLS = ("protobuf", "msrp", "msgr")
 
@@ -317,21 +319,11 @@ class HealthResource(_Plain):
         return b"ok\n"
 
 
-class _NotFound(resource.Resource):
-    isLeaf = True
+class _Root(Directory):
+    """The metrics listener's root: only its children; itself a 404."""
 
     def render(self, request):
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"404"
-
-
-class _Root(resource.Resource):
-    def getChild(self, path, request):
-        return _NotFound()
-
-    def render(self, request):
-        return _NotFound().render(request)
+        return NotFound().render(request)
 
 
 def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:

@@ -170,7 +170,7 @@ class SlowReaderTests(TestCase):
 
 class KeepAliveTests(TestCase):
     @defer.inlineCallbacks
-    def test_acceptedSocketsProbeDeadPeers(self):
+    def test_acceptedSocketsProbeDeadPeersAndSendAtOnce(self):
         accepted = []
 
         class Factory(ProtobufChatFactory):
@@ -197,6 +197,8 @@ class KeepAliveTests(TestCase):
             self.assertEqual(
                 handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 42
             )
+        # Nagle's algorithm is off: a delivery is not held back.
+        self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
         client.transport.loseConnection()
         yield client.lost
 
@@ -284,28 +286,3 @@ class HttpBodyTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:100])
         self.assertTrue(answer.endswith(b"\r\n\r\n901"), answer[-100:])
         self.assertLess(peak, 2 * 1024 * 1024, f"peak traced memory {peak} bytes")
-
-
-class NoDelayTests(TestCase):
-    @defer.inlineCallbacks
-    def test_acceptedSocketsSendAtOnce(self):
-        """Nagle's algorithm is off: a delivery is not held back."""
-        accepted = []
-
-        class Factory(ProtobufChatFactory):
-            def buildProtocol(self, addr):
-                p = ProtobufChatFactory.buildProtocol(self, addr)
-                accepted.append(p)
-                return p
-
-        factory = Factory(InMemoryPresenceService(), Clock(), framing=DELIMITED)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        client = yield connectProtocol(endpoint, _Client())
-        client.send(login("ana"))
-        yield client.response(1)
-        handle = accepted[0].transport.getHandle()
-        self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
-        client.transport.loseConnection()
-        yield client.lost

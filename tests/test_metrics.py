@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import server
 
 from chatd import tap
-from chatd.limits import UNLIMITED, ConnectionLimiter, Limits
+from chatd.limits import UNLIMITED, ConnectionLimiter
 from chatd.metrics import ChatdMetrics, makeMetricsSite
 from chatd.msrp.codec import encodeFileHeader, encodeMessage
 from chatd.msrp.protocol import MsrpFactory
@@ -33,21 +33,11 @@ from chatd.sessions import CountedHTTPFactory, RATE_LOG_INTERVAL
 
 from tests.support import ProtobufClient, login, message
 from tests.test_msgr_helpers import MsgrHarness
+from tests.test_limits_protocols import LIMITS
 from tests.test_msrp_protocol import MsrpClient
 
 R = chat_pb2.ServerResponse
 
-#: Small limits, each easy to reach in a test.
-LIMITS = Limits(
-    maxConnections=0,
-    maxConnectionsPerAddress=2,
-    rate=2.0,
-    burst=3.0,
-    maxSendQueue=1000,
-    loginTimeout=5.0,
-    keepAlive=0,
-    closeGrace=10.0,
-)
 
 
 def samples(body: str) -> dict[str, float]:

@@ -40,6 +40,7 @@ from chatd.msgr.service import (
     MsgrService,
     Outcome,
 )
+from chatd.web import Directory
 
 log = Logger()
 
@@ -275,22 +276,6 @@ class MsgrEndpoint(resource.Resource):
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
-class _NotFound(resource.Resource):
-    """Unknown paths: 404 with a plain body (no HTML page)."""
-
-    isLeaf = True
-
-    def render(self, request):
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"404"
-
-
-class _Directory(resource.Resource):
-    def getChild(self, path, request):
-        return _NotFound()
-
-
 def makeResource(msgr: MsgrService, maxBody: int = MAX_BODY) -> resource.Resource:
     """The root resource of the MSGR HTTP API."""
 
@@ -333,7 +318,7 @@ def makeResource(msgr: MsgrService, maxBody: int = MAX_BODY) -> resource.Resourc
         "reject": _Call(reject, REQUEST_MISSING, True),
     }
 
-    root = _Directory()
+    root = Directory()
     javaPaths = {
         b"status": "login",
         b"usuariocrear": "register",
@@ -347,7 +332,7 @@ def makeResource(msgr: MsgrService, maxBody: int = MAX_BODY) -> resource.Resourc
     for path, name in javaPaths.items():
         root.putChild(path, MsgrEndpoint(msgr, calls[name], FORM, maxBody=maxBody))
 
-    api = _Directory()
+    api = Directory()
     root.putChild(b"api", api)
     englishPaths = {
         b"login": ("login", False),

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from chatd.limits import ConnectionLimiter, Limits, OutboundQueue, enableKeepAlive
-from chatd.metrics import CLIENT, CONN_LIMIT, RATE, SHUTDOWN, ChatdMetrics
+from chatd.metrics import CLIENT, CONN_LIMIT, LOGIN_TIMEOUT, RATE, SHUTDOWN, ChatdMetrics
 
 #: Seconds between two log lines about one connection's refused messages
 #: (a client that floods would otherwise flood the log).
@@ -112,7 +112,7 @@ class Allowance:
             enableKeepAlive(session.transport, idle=limits.keepAlive)
         if login and limits.loginTimeout:
             self._loginTimer = factory.clock.callLater(
-                limits.loginTimeout, session.loginTimedOut
+                limits.loginTimeout, factory.loginTimedOut, session
             )
 
     def loggedIn(self) -> None:
@@ -187,7 +187,9 @@ class SessionFactory(Factory):
     provide:
       - C{disconnect(reason)}, which tells the user C{reason} in the
         protocol's terms and closes;
-      - C{loginTimedOut()}, called when no login came within the limit.
+      - C{awaitingLogin}, whether it is still to log in (and not closing);
+      - C{loginTimedOut()}, which closes it in the protocol's terms when no
+        login came within the limit (the factory logs and counts it).
 
     @param clock: time for the login deadline, rates and close deadlines.
     @param limits: the server's L{Limits}.
@@ -240,6 +242,22 @@ class SessionFactory(Factory):
                 event="connection-refused",
             )
         return allowance
+
+    def loginTimedOut(self, session) -> None:
+        """No login within C{--login-timeout}: log, count, and close."""
+        if not session.awaitingLogin:
+            return
+        self.log.info(
+            "{protocol} connection from {peer} closed: no login within"
+            " {timeout:g} seconds",
+            protocol=session.protocolName,
+            peer=session.peerHost,
+            timeout=self.limits.loginTimeout,
+            reason=LOGIN_TIMEOUT,
+            event="disconnect",
+        )
+        self.disconnecting(session, LOGIN_TIMEOUT)
+        session.loginTimedOut()
 
     def disconnecting(self, session, reason: str) -> None:
         """

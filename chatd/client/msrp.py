@@ -135,7 +135,7 @@ class MsrpChatClient(ChatClient):
         self._loginErrors = []
         self.transport.write(name)
         try:
-            text = yield self._sync()
+            yield self._sync()
         except Exception as e:
             if self._loginErrors:
                 raise CommandError("login refused: " + " ".join(self._loginErrors)) from None

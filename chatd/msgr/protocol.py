@@ -38,7 +38,6 @@ from chatd.metrics import (
     BLOCKED as BLOCKED_REASON,
     BUSY,
     LOGIN_REFUSED,
-    LOGIN_TIMEOUT,
     SENDQ,
     TAKEN_OVER,
     ChatdMetrics,
@@ -200,18 +199,13 @@ class MsgrChatProtocol(Protocol):
         self._unbind()
         self.factory.release(self)
 
+    @property
+    def awaitingLogin(self) -> bool:
+        return self.user is None and not self._binding and not self._closing
+
     def loginTimedOut(self) -> None:
-        if self.user is None and not self._binding and not self._closing:
-            self.log.info(
-                "MSGR socket from {peer} closed: no #HOLA in time",
-                peer=self.peerHost,
-                protocol=self.protocolName,
-                reason=LOGIN_TIMEOUT,
-                event="disconnect",
-            )
-            self._answer(HOLA, NO_CREDENTIALS, UNSOLICITED)
-            self.factory.disconnecting(self, LOGIN_TIMEOUT)
-            self._close()
+        self._answer(HOLA, NO_CREDENTIALS, UNSOLICITED)
+        self._close()
 
     def _sendQueueFull(self) -> None:
         self.log.info(

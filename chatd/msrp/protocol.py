@@ -406,16 +406,12 @@ class MsrpProtocol(Protocol):
         self.presence.logout(self)
         self.factory.release(self)
 
+    @property
+    def awaitingLogin(self) -> bool:
+        return self.user is None and not self._loggingIn and not self._closing
+
     def loginTimedOut(self) -> None:
-        if self.user is None and not self._loggingIn and not self._closing:
-            self.log.info(
-                "msrp connection from {peer} closed: no name in time",
-                peer=self.peerHost,
-                protocol=self.protocolName,
-                reason=LOGIN_TIMEOUT,
-                event="disconnect",
-            )
-            self._closeWith(ERR_NAME_TIMEOUT, LOGIN_TIMEOUT)
+        self._closeWith(ERR_NAME_TIMEOUT, LOGIN_TIMEOUT)
 
     # Bytes in.
 

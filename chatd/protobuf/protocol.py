@@ -29,7 +29,7 @@ from chatd.presence import (
 )
 from chatd.protobuf import chat_pb2
 from chatd.limits import ConnectionLimiter, Limits
-from chatd.metrics import LOGIN_TIMEOUT, SENDQ, TOO_LARGE, ChatdMetrics
+from chatd.metrics import SENDQ, TOO_LARGE, ChatdMetrics
 from chatd.sessions import SessionFactory
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
@@ -238,19 +238,12 @@ class ProtobufChatProtocol(Protocol):
         self.user = None
         self.factory.release(self)
 
+    @property
+    def awaitingLogin(self) -> bool:
+        return self.user is None and not self._loggingIn and not self._closing
+
     def loginTimedOut(self) -> None:
-        if self.user is None and not self._loggingIn:
-            self.log.info(
-                "protobuf connection from {peer} closed: no login in time",
-                peer=self.peerHost,
-                protocol=self.protocolName,
-                reason=LOGIN_TIMEOUT,
-                event="disconnect",
-            )
-            self.factory.disconnecting(self, LOGIN_TIMEOUT)
-            self.disconnect(
-                f"no login within {self.factory.limits.loginTimeout:g} seconds"
-            )
+        self.disconnect(f"no login within {self.factory.limits.loginTimeout:g} seconds")
 
     def _sendQueueFull(self) -> None:
         self.log.info(

@@ -127,7 +127,7 @@ socketLines = st.one_of(
             f"#MSJ||{_T}||Mal||Mal||yo",
             f"#MSJ||{_T}||Mal||Nadie||hola",
             f"#MSJ||{_T}||Ana||Cy||no soy Ana",
-            f"#MSJ||forged||Mal||Cy||hola",
+            "#MSJ||forged||Mal||Cy||hola",
             f"#ARCHIVO||{_T}||Mal||Cy||a.txt||aG9sYQ==",
             f"#IMG||{_T}||Mal||Mal||a.png||aG9sYQ==",
             f"#ARCHIVO||{_T}||Mal||Cy||a.txt||no base64!",

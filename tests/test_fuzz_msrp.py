@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from chatd.msrp.codec import (

@@ -446,7 +446,8 @@ class InMemoryPresenceService:
         if source is None:
             raise NoSuchUser("not logged in")
         routed = self._routed[source.info.protocol]
-        if isBroadcast(receiver):
+        key = receiver.casefold()  # nameKey; also what isBroadcast compares
+        if key == BROADCAST:
             message = ChatMessage(source.info.name, BROADCAST, text)
             count = 0
             # A list copy: a delivery may disconnect someone and change the
@@ -461,7 +462,7 @@ class InMemoryPresenceService:
                     routed[entry.info.protocol] += 1
                     count += 1
             return count
-        target = self._byName.get(receiver.casefold())  # nameKey, inlined
+        target = self._byName.get(key)
         if target is None:
             raise NoSuchUser(f"{receiver} is not online")
         # _deliver, inlined: this is every direct message's path.

@@ -285,4 +285,5 @@ class HttpBodyTests(TestCase):
         tracemalloc.stop()
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:100])
         self.assertTrue(answer.endswith(b"\r\n\r\n901"), answer[-100:])
-        self.assertLess(peak, 2 * 1024 * 1024, f"peak traced memory {peak} bytes")
+        # Without the limit the body is held whole: 17 MB peak here.
+        self.assertLess(peak, 4 * 1024 * 1024, f"peak traced memory {peak} bytes")

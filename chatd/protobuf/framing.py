@@ -377,15 +377,19 @@ class DelimitedFramer:
         pos = 0
         try:
             while pos < end:
-                try:
-                    read = readVarint(buf, pos)
-                except MalformedFrame:
-                    buf.clear()
-                    pos = 0
-                    raise
-                if read is None:
-                    return
-                length, start = read
+                length = buf[pos]
+                if length < 0x80:  # a request shorter than 128 bytes
+                    start = pos + 1
+                else:
+                    try:
+                        read = readVarint(buf, pos)
+                    except MalformedFrame:
+                        buf.clear()
+                        pos = 0
+                        raise
+                    if read is None:
+                        return
+                    length, start = read
                 if length > maxFrame:
                     raise FrameTooLarge(
                         f"a request of {length} bytes is larger than the"

@@ -270,11 +270,11 @@ class ProtobufChatProtocol(Protocol):
                 scanOption(frame), "malformed request: not a chat.ClientRequest"
             )
             return
-        if request.HasField("option"):
-            option = request.option
-        else:
-            # proto2 keeps an enum value it does not know among the unknown
-            # fields, and reads the field as its default (USER_LOGIN).
+        option = request.option
+        if option == USER_LOGIN and not request.HasField("option"):
+            # (Any other value was set.) proto2 keeps an enum value it does
+            # not know among the unknown fields, and reads the field as its
+            # default (USER_LOGIN).
             option = scanOption(frame)
             if option is not None:
                 self._fail(

@@ -158,6 +158,30 @@ class AddressingTests(MsrpTestMixin, TestCase):
         bea1.send(encodeMessage(b"carl", b"hola"))
         self.assertEqual(carlota.response().messg.receiver, "carlota")
 
+    def test_docExamples(self) -> None:
+        """The exact bytes docs/msrp.md shows for slots."""
+        clt1 = self.client(b"clt1")
+        carla = self.protobuf("carla")
+        self.protobuf("ana")
+        clt1.send(bytes.fromhex("0003"))
+        self.assertEqual(
+            clt1.wire(),
+            b"\x00\x03Lista de clientes:\nCliente 1: clt1\nCliente 2: carla (carl)"
+            b"\nCliente 3: ana\n\x00",
+        )
+        bea1 = self.client(b"bea1")
+        carla.send(message("bea1", "hola bea1"))
+        self.assertEqual(
+            bea1.wire(),
+            bytes.fromhex(
+                "00 01 63 61 72 6c 63 61 72 6c 61 3a 20 68 6f 6c 61 20 62 65 61 31 00"
+            ),
+        )
+        carla.responses()
+        bea1.send(bytes.fromhex("00 01 63 61 72 6c 68 6f 6c 61 00"))
+        messg = carla.response().messg
+        self.assertEqual((messg.sender, messg.text), ("bea1", "hola"))
+
     def test_freedSlotIsNotFound(self) -> None:
         bea1 = self.client(b"bea1")
         carla = self.protobuf("carla")

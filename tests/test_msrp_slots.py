@@ -215,6 +215,26 @@ class AddressingTests(MsrpTestMixin, TestCase):
         self.assertEqual(presence.sessionFor("carla").messages[0].text, "hola")
 
 
+    def test_noFreeSlot(self) -> None:
+        """
+        With every candidate taken, a user gets no slot: 4 spaces, which no
+        binary client can write to, and the name alone in LIST.
+        """
+        for candidate in slotCandidates("carla"):
+            self.presence.login(RecordingSession("other"), candidate, "")
+        bea1 = self.client(b"bea1")
+        carla = self.protobuf("carla")
+        carla.send(message("bea1", "hola"))
+        self.assertEqual(bea1.wire(), b"\x00\x01    carla: hola\x00")
+        bea1.send(encodeMessage(b"    ", b"hola") + encodeMessage(b"\x00\x00\x00\x00", b"hola"))
+        self.assertEqual(bea1.wire(), errorFrame(ERR_NOT_FOUND) * 2)
+        self.assertEqual(self.factory.slots.listEntry("carla"), "carla")
+        # One candidate freed: the next login of a long name takes it.
+        self.presence.logout(self.presence.sessionFor("c123"))
+        self.protobuf("carlos").send(message("bea1", "hola"))
+        self.assertEqual(bea1.wire(), b"\x00\x01c123carlos: hola\x00")
+
+
 class FileTests(MsrpTestMixin, TestCase):
     def test_fileToSlot(self) -> None:
         """ARCH to a slot reaches the user of another protocol whose slot it is."""

@@ -590,6 +590,48 @@ async def msrpPerson(soak: Soak) -> None:
         await connection.end(True)
 
 
+async def msrpSlot(soak: Soak) -> None:
+    """
+    A protobuf user whose name is longer than 4 bytes and a binary MSRP
+    client reach each other by the name slot (docs/msrp.md, "Name slots"):
+    the slot comes from LIST, where every slot is unique and no online name;
+    a message to the slot reaches the protobuf user, and one from them
+    arrives under the slot with the full name first.
+    """
+    # "sl-<n>_": never a name of another behaviour, and its slots ("sl-1",
+    # "sl-2", ..., "sl01", ...) never one either, so no real name wins them
+    # from under this behaviour.
+    longName = f"sl-{soak.pbName()[3:]}_"
+    msName = soak.msrpName()
+    pb = await ProtobufClient.open(soak.ports["protobuf"], soak.timeout)
+    ms = None
+    try:
+        _expectPb(await pb.login(longName), Request.USER_LOGIN, SUCCESSFUL, f"welcome, {longName}")
+        ms = await _msrpLogin(soak, msName)
+        await ms.send(msrp.encodeListRequest())
+        frame = await ms.expect(lambda f: type(f) is msrp.ClientList)
+        entries = dict(msrp.parseClientListEntry(e) for e in parseClientList(frame.text))
+        slot = entries.get(longName)
+        _expect(slot is not None, f"msrp: no slot for {longName} in LIST")
+        keys = [s.decode("utf-8", "replace").casefold() for s in entries.values() if s]
+        _expect(len(keys) == len(set(keys)), "msrp: two users share a 4-byte slot in LIST")
+        # To the slot: it reaches the protobuf user.
+        text = soak.text()
+        await ms.send(msrp.encodeMessage(slot, text.encode()))
+        await pb.delivery(lambda d: d.messg.sender == msName and d.messg.text == text)
+        # From the long name: under the slot, the full name first.
+        text = soak.text()
+        response = await pb.request(messageRequest(msName, text))
+        _expectPb(response, Request.SEND_MESSAGE, SUCCESSFUL, f"delivered to {msName}")
+        expected = f"{longName}: {text}".encode()
+        message = await ms.expect(lambda f: type(f) is msrp.Message and f.text == expected)
+        _expect(message.name == slot, f"msrp: {longName} wrote under {message.name!r}, not {slot!r}")
+    finally:
+        if ms is not None:
+            await ms.connection.end(soak.abrupt(0.4))
+        await pb.connection.end(soak.abrupt(0.4))
+
+
 async def msrpPartial(soak: Soak) -> None:
     """
     Part of a name, nothing at all, or a name and a frame cut short: left
@@ -1277,6 +1319,7 @@ BEHAVIOURS = [
     ("protobuf deaf", pbDeaf, 2),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
+    ("msrp slot of a long name", msrpSlot, 2),
     ("msrp partial", msrpPartial, 5),
     ("msrp garbage", msrpGarbage, 5),
     ("msrp oversized", msrpOversized, 2),

@@ -64,7 +64,7 @@ class MsrpClientTests(ClientTestMixin, TestCase):
                 "* clt2 is online",
                 "* sent to clt2",
                 "! Cliente objetivo no encontrado.",
-                "! MSRP names are exactly 4 bytes: 'alberto' is 7",
+                "! alberto is not online",
                 "! all: MSRP binary clients cannot write to everyone",
                 "* sent datos.bin to clt2 (307200 bytes)",
                 # At the end of its input the client waited for the ACK.
@@ -154,6 +154,74 @@ class MsrpClientTests(ClientTestMixin, TestCase):
         )
         self.assertRegex(progressLines(clt2.stderr, "recv half.bin <- evil")[-1], r"cut short$")
         self.assertEqual(self.saved(inbox), {})
+
+    @defer.inlineCallbacks
+    def test_readmeExample(self):
+        """README.md: an MSRP user writes to 'ana', a protobuf user of a 3-byte name."""
+        yield self.startServer(labels=["protobuf", "msrp"])
+        ana = yield self.loggedIn("protobuf", "ana")
+        bea1 = yield self.script("msrp", "msg ana hola\n", "--name", "bea1")
+        self.assertExit(bea1, 0)
+        self.assertEqual(
+            bea1.lines(),
+            [f"* logged in as bea1 (msrp, tcp:127.0.0.1:{self.ports['msrp']})", "* sent to ana"],
+        )
+        yield ana.waitFor("[bea1] hola")
+        code = yield self.finish(ana)
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
+    def test_longNames(self):
+        """
+        Users whose names are longer than 4 bytes are written to, and sent
+        files, by their full name or by the slot they appear under.
+        """
+        yield self.startServer()
+        path = os.path.join(self.directory, "nota.txt")
+        with open(path, "wb") as f:
+            f.write(b"hola\n")
+        inbox = os.path.join(self.directory, "inbox")
+        carla = yield self.loggedIn("protobuf", "carla")
+        lunaria = yield self.loggedIn(
+            "msgr", "lunaria", "--password", "l", "--register", "--save-dir", inbox
+        )
+        bea1 = yield self.loggedIn("msrp", "bea1", "--ack-wait", "0")
+        carla.write("msg bea1 hola bea1\n")
+        yield bea1.waitFor("[carl] carla: hola bea1")
+        code = yield self.finish(
+            bea1,
+            "list\n"
+            "info carla\n"
+            "msg carl hola\n"
+            "msg CARLA qué tal\n"
+            f"send lunaria {path}\n"
+            f"send luna {path}\n"
+            f"send carla {path}\n"
+            "msg carlota hola\n",
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            bea1.lines()[1:],
+            [
+                "[carl] carla: hola bea1",
+                "* 3 users online",
+                "*   carla (carl)",
+                "*   lunaria (luna)",
+                "*   bea1",
+                "* carla (carl) is online",
+                "* sent to carl",
+                "* sent to CARLA",
+                "* sent nota.txt to lunaria (5 bytes)",
+                "* sent nota.txt to luna (5 bytes)",
+                "! carla no puede recibir archivos.",
+                "! carlota is not online",
+                "* no ACK for nota.txt within 0 s (users of other protocols never send one)",
+            ],
+        )
+        yield carla.waitFor("[bea1] qué tal")
+        self.assertEqual(carla.lines()[-2:], ["[bea1] hola", "[bea1] qué tal"])
+        yield lunaria.waitFor("nota (1).txt")
+        self.assertEqual(self.saved(inbox), {"nota.txt": b"hola\n", "nota (1).txt": b"hola\n"})
 
     @defer.inlineCallbacks
     def test_nameTaken(self):

@@ -30,6 +30,7 @@ from chatd.msrp.codec import (
     Message,
     MsrpFrameDecoder,
     UnknownOpcode,
+    clientListEntry,
     clientListText,
     encodeAck,
     encodeClientList,
@@ -37,7 +38,7 @@ from chatd.msrp.codec import (
     encodeFileHeader,
     encodeListRequest,
     encodeMessage,
-    wireName,
+    parseClientListEntry,
     wireText,
 )
 
@@ -155,13 +156,23 @@ class HelperTests(TestCase):
         )
         self.assertEqual(clientListText([]), "Lista de clientes:\n")
 
-    def test_wireName(self) -> None:
-        """Four bytes: the name's own, its first 4, or padded with spaces."""
-        self.assertEqual(wireName("alic"), b"alic")
-        self.assertEqual(wireName("alberto"), b"albe")
-        self.assertEqual(wireName("bo"), b"bo  ")
-        self.assertEqual(wireName("ñab"), "ñab".encode())
-        self.assertEqual(wireName("ñañu"), "ñañ".encode()[:4])
+    def test_clientListEntry(self) -> None:
+        """A user in a binary client's list, with the slot when it is not the name."""
+        self.assertEqual(clientListEntry("alic", b"alic"), "alic")
+        self.assertEqual(clientListEntry("bo", b"bo  "), "bo")
+        self.assertEqual(clientListEntry("carla", b"carl"), "carla (carl)")
+        self.assertEqual(clientListEntry("r53l_", b"r531"), "r53l_ (r531)")
+
+    def test_parseClientListEntry(self) -> None:
+        """Clients read back the name and the 4 bytes to write to."""
+        self.assertEqual(parseClientListEntry("alic"), ("alic", b"alic"))
+        self.assertEqual(parseClientListEntry("ñab"), ("ñab", "ñab".encode()))
+        self.assertEqual(parseClientListEntry("bo"), ("bo", b"bo  "))
+        self.assertEqual(parseClientListEntry("carla (carl)"), ("carla", b"carl"))
+        self.assertEqual(parseClientListEntry("(ab)cd ((ab))"), ("(ab)cd", b"(ab)"))
+        self.assertEqual(parseClientListEntry("ñañu (ña1)"), ("ñañu", "ña1".encode()))
+        # No slot given for a long name: nobody can write to them.
+        self.assertEqual(parseClientListEntry("alberto"), ("alberto", None))
 
     def test_wireText(self) -> None:
         """U+0000 cannot travel in a 0x00-ended field: it becomes U+FFFD."""

@@ -806,4 +806,4 @@ class TwistdTests(TestCase):
         msrp.received = b""
         msrp.transport.write(encodeListRequest())
         text = yield msrp.waitFor(lambda received: received.endswith(b"\n\x00") and received)
-        self.assertEqual(text, listFrame("clt1", "alberto"))
+        self.assertEqual(text, listFrame("clt1", "alberto (albe)"))

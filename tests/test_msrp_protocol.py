@@ -407,7 +407,8 @@ class ListTests(MsrpTestMixin, TestCase):
         alic = self.client(b"alic")
         pb = self.protobuf("alberto")
         alic.send(encodeListRequest())
-        self.assertEqual(alic.wire(), listFrame("alic", "alberto"))
+        # With the slot under which binary clients see and address alberto.
+        self.assertEqual(alic.wire(), listFrame("alic", "alberto (albe)"))
         pb.send(request(option=Q.CONNECTED_USERS))
         response = pb.response()
         self.assertEqual(

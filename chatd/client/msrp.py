@@ -42,13 +42,27 @@ def senderName(slot: bytes) -> str:
 
 
 def wireName(name: str) -> bytes:
-    """C{name} for a recipient slot: exactly 4 bytes of UTF-8, or a L{CommandError}."""
+    """C{name} for logging in: exactly 4 bytes of UTF-8, or a L{CommandError}."""
     data = name.encode("utf-8")
     if len(data) != codec.NAME_LENGTH:
         raise CommandError(
             f"MSRP names are exactly {codec.NAME_LENGTH} bytes: {name!r} is {len(data)}"
         )
     return data
+
+
+def slotIn(listText: str, name: str) -> bytes:
+    """
+    The 4-byte slot of the user C{name} (a name longer than 4 bytes) in the
+    server's LIST answer C{listText}, or a L{CommandError}.
+    """
+    for entry in codec.parseClientListText(listText):
+        online, slot = codec.parseClientListEntry(entry)
+        if online.casefold() == name.casefold():
+            if slot is None:
+                raise CommandError(f"{online} has no MSRP slot: binary clients cannot reach them")
+            return slot
+    raise CommandError(f"{name} is not online")
 
 
 class MsrpClientProtocol(Protocol):
@@ -103,7 +117,7 @@ class MsrpChatClient(ChatClient):
         return [
             Command("list", "the users online, in every protocol", self.listUsers),
             Command("info NAME", "whether NAME is online", self.userInfo),
-            Command("msg NAME TEXT", "send TEXT to NAME (a name of exactly 4 bytes)", self.message),
+            Command("msg NAME TEXT", "send TEXT to NAME (a name, or its 4-byte slot)", self.message),
             Command("send NAME PATH", "send the file PATH to NAME", self.sendFile),
         ]
 
@@ -297,21 +311,38 @@ class MsrpChatClient(ChatClient):
         (name,) = arguments(rest, "info NAME")
 
         def check(text: str) -> None:
-            for online in codec.parseClientListText(text):
-                if online.casefold() == name.casefold():
-                    self.console.result(f"{online} is online")
+            for entry in codec.parseClientListText(text):
+                online, slot = codec.parseClientListEntry(entry)
+                if name.casefold() in (online.casefold(), _text(slot or b"").casefold()):
+                    self.console.result(f"{entry} is online")
                     return
             raise CommandError(f"{name} is not online")
 
         return self._sync().addCallback(check)
 
     @defer.inlineCallbacks
+    def recipient(self, name: str):
+        """
+        The 4 bytes that address C{name} in frames (docs/msrp.md): a 4-byte
+        name (or slot) as it is, a shorter name padded with spaces, and for a
+        longer name its slot, read from a LIST.
+        """
+        data = name.encode("utf-8")
+        if len(data) == codec.NAME_LENGTH:
+            return data
+        if len(data) < codec.NAME_LENGTH:
+            return data.ljust(codec.NAME_LENGTH, b" ")
+        text = yield self._sync()
+        return slotIn(text, name)
+
+    @defer.inlineCallbacks
     def message(self, rest: str):
         name, text = arguments(rest, "msg NAME TEXT")
         if name.lower() == "all":
             raise CommandError(f"all: {self.unsupported()['all']}")
+        slot = yield self.recipient(name)
         try:
-            frame = codec.encodeMessage(wireName(name), text.encode("utf-8"))
+            frame = codec.encodeMessage(slot, text.encode("utf-8"))
         except ValueError as e:
             raise CommandError(f"cannot send: {e}") from None
         errors = self.errorCount
@@ -323,7 +354,7 @@ class MsrpChatClient(ChatClient):
     @defer.inlineCallbacks
     def sendFile(self, rest: str):
         name, path = arguments(rest, "send NAME PATH")
-        slot = wireName(name)
+        slot = yield self.recipient(name)
         path = os.path.expanduser(path)
         filename = os.path.basename(path.rstrip("/")).encode("utf-8", "surrogateescape")
         if not filename or len(filename) > codec.MAX_FILENAME:

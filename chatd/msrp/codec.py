@@ -508,6 +508,34 @@ def parseClientListText(text: str) -> list[str]:
     return names
 
 
+def clientListEntry(name: str, slot: bytes) -> str:
+    """
+    The user C{name} in a binary client's list: the name alone when C{slot}
+    is the name itself (padded with spaces when shorter than 4 bytes), else
+    C{"<name> (<slot>)"}: the 4 bytes that stand for them in frames.
+    """
+    if slot.rstrip(b" ") == name.encode("utf-8"):
+        return name
+    return f"{name} ({slot.decode('utf-8', 'replace')})"
+
+
+def parseClientListEntry(entry: str) -> tuple[str, bytes | None]:
+    """
+    The name and the 4-byte slot of an entry made by L{clientListEntry} (for
+    clients); the slot is C{None} when the entry gives none and the name is
+    longer than 4 bytes (no binary client can write to that user).
+    """
+    name, space, rest = entry.partition(" ")
+    if space and rest.startswith("(") and rest.endswith(")"):
+        slot = rest[1:-1].encode("utf-8")
+        if len(slot) == NAME_LENGTH:
+            return name, slot
+    data = name.encode("utf-8")
+    if len(data) > NAME_LENGTH:
+        return name, None
+    return name, data.ljust(NAME_LENGTH, b" ")
+
+
 def wireText(text: str, maximum: int = MAX_TEXT) -> bytes:
     """
     C{text} as UTF-8 fit for a 0x00-ended field: any U+0000 becomes U+FFFD
@@ -517,16 +545,6 @@ def wireText(text: str, maximum: int = MAX_TEXT) -> bytes:
     if len(data) > maximum:
         data = data[:maximum].decode("utf-8", "ignore").encode("utf-8")
     return data
-
-
-def wireName(name: str) -> bytes:
-    """
-    The 4-byte name slot for the user C{name}: its UTF-8 bytes when they are
-    exactly 4; otherwise the first 4 of them, padded with spaces (0x20, which
-    no name contains) when shorter.
-    """
-    data = name.encode("utf-8")
-    return data[:NAME_LENGTH].ljust(NAME_LENGTH, b" ")
 
 
 class LineTooLong:

@@ -83,9 +83,9 @@ from chatd.msrp.codec import (
     encodeError,
     encodeFileHeader,
     encodeMessage,
-    wireName,
     wireText,
 )
+from chatd.msrp.slots import SlotDirectory
 
 MSRP = "msrp"
 
@@ -562,12 +562,25 @@ class MsrpProtocol(Protocol):
         self._sendText(receiver, text)
 
     def _sendText(self, receiver: str, text: str) -> None:
-        """Send C{text} to the user C{receiver} (or everyone), or say why not."""
+        """
+        Send C{text} to the user C{receiver} (or everyone), or say why not.
+        C{receiver} is a name, or else the slot of a user whose name is not
+        4 bytes (chatd.msrp.slots).
+        """
         if not self.allowance.allowMessage():
             self._sendError(errRate(self.factory.limits.rate))
             return
         try:
-            self.presence.sendMessage(self, receiver, text)
+            try:
+                self.presence.sendMessage(self, receiver, text)
+            except NoSuchUser:
+                # Names first, so the slot lookup costs nothing on the usual
+                # path; a slot is never an online user's name.
+                owner = self.factory.slots.ownerOf(receiver)
+                if owner is None:
+                    raise
+                receiver = owner
+                self.presence.sendMessage(self, receiver, text)
         except NoSuchUser:
             self._sendError(ERR_NOT_FOUND)
         except RecipientBusy:
@@ -599,6 +612,10 @@ class MsrpProtocol(Protocol):
             self._sendError(ERR_NOT_FOUND)
             return
         target = self.presence.sessionFor(receiver)
+        if target is None:
+            owner = self.factory.slots.ownerOf(receiver)
+            if owner is not None:
+                receiver, target = owner, self.presence.sessionFor(owner)
         if target is None:
             self._sendError(ERR_NOT_FOUND)
             return
@@ -661,7 +678,10 @@ class MsrpProtocol(Protocol):
             self._sendError(errNotDelivered(whole.receiver, whole.filename))
 
     def _listRequest(self, frame: ListRequest) -> None:
-        self._send(encodeClientList(wireText(self._listText())))
+        # Binary clients see each user's slot, by which they write to them.
+        slots = self.factory.slots
+        text = clientListText([slots.listEntry(info.name) for info in self.presence.users()])
+        self._send(encodeClientList(wireText(text)))
 
     def _listText(self) -> str:
         return clientListText([info.name for info in self.presence.users()])
@@ -739,7 +759,7 @@ class MsrpProtocol(Protocol):
             if isBroadcast(message.receiver):
                 return f"[{message.sender} -> all]: {text}\n".encode("utf-8", "replace")
             return f"[{message.sender}]: {text}\n".encode("utf-8", "replace")
-        slot = wireName(message.sender)
+        slot = self.factory.slots.slotFor(message.sender)
         text = message.text
         if slot != message.sender.encode("utf-8"):
             text = f"{message.sender}: {text}"
@@ -986,7 +1006,7 @@ class MsrpProtocol(Protocol):
             )
             return
         name = wireText(filename, maximum=255)
-        self._send(encodeFileHeader(wireName(sender), name, len(content)))
+        self._send(encodeFileHeader(self.factory.slots.slotFor(sender), name, len(content)))
         if content:
             self._send(content)
         self._remember(name, None)
@@ -1040,6 +1060,9 @@ class MsrpFactory(SessionFactory):
         self.presence = presence
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued
+        #: The 4-byte slots of users whose names are not 4 bytes, shared by
+        #: every connection.
+        self.slots = SlotDirectory(presence)
 
     def filesInFlight(self) -> int:
         """

@@ -309,6 +309,7 @@ class MsgrService(service.Service):
             self.log.info(
                 "registration of {user!r} from {peer} refused: too many from"
                 " this address",
+                protocol=MSGR_HTTP,
                 user=name,
                 peer=address,
                 event="register-refused",
@@ -393,6 +394,7 @@ class MsgrService(service.Service):
         def refused(code: int, reason: str) -> Outcome:
             self.log.info(
                 "password change of {user} from {peer} refused: {reason}",
+                protocol=MSGR_HTTP,
                 user=account.name,
                 peer=address,
                 reason=reason,
@@ -434,6 +436,7 @@ class MsgrService(service.Service):
                 self.revokeTokens(updated.name, keep=token)
                 self.log.info(
                     "account {user} changed its password; its other tokens are revoked",
+                    protocol=MSGR_HTTP,
                     user=updated.name,
                     event="password-changed",
                 )

@@ -46,6 +46,7 @@ PROTOCOL_ERROR = "protocol-error"
 FILE_CUT = "file-cut"
 BLOCKED = "blocked"
 TAKEN_OVER = "taken-over"
+REVOKED = "revoked"
 SHUTDOWN = "shutdown"
 ERROR = "error"
 

@@ -230,6 +230,21 @@ class Options(usage.Options):
             _positiveFloat,
         ],
         [
+            "msgr-register-per-ip",
+            None,
+            msgr_lockout.DEFAULT_REGISTRATIONS,
+            "MSGR accounts one address may register within the registration "
+            "window; 0 for no limit.",
+            _limit,
+        ],
+        [
+            "msgr-register-window",
+            None,
+            msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
+            "Seconds an MSGR registration counts for.",
+            _positiveFloat,
+        ],
+        [
             "protobuf",
             None,
             "tcp:5000",
@@ -426,6 +441,8 @@ def _addMsgr(
         lockoutWindow=config["msgr-lockout-window"],
         lockoutTime=config["msgr-lockout-time"],
         metrics=metrics,
+        registerPerAddress=config["msgr-register-per-ip"],
+        registerWindow=config["msgr-register-window"],
     )
     msgr.setName("msgr-accounts")
     msgr.setServiceParent(top)  # stopping it closes the database

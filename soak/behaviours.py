@@ -28,6 +28,7 @@ import base64
 import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
 
 from chatd.msgr.codec import RawField, escape
@@ -828,11 +829,23 @@ def _account(soak: Soak) -> str:
         raise Skip() from None
 
 
+async def _msgrLogin(soak: Soak, name: str, useJson: bool) -> str:
+    """
+    L{msgrLogin}, with 802 as L{Limited}: a soak account is used by one
+    client at a time, but an abandoned login of it (L{httpHostile}) may
+    still be checked, and one check of a name runs at a time (the others
+    are answered 802, docs/msgr.md "Lockout").
+    """
+    try:
+        return await msgrLogin(soak.ports["msgr-http"], name, soak.password, soak.timeout, useJson)
+    except SoakFailure as e:
+        if re.search(r"answered 200 b'(802|\{\"code\": 802\})'", str(e)):
+            raise Limited(str(e)) from None
+        raise
+
+
 async def _bound(soak: Soak, name: str, useJson: bool | None = None) -> MsgrClient:
-    token = await msgrLogin(
-        soak.ports["msgr-http"], name, soak.password, soak.timeout,
-        soak.abrupt() if useJson is None else useJson,
-    )
+    token = await _msgrLogin(soak, name, soak.abrupt() if useJson is None else useJson)
     client = await MsgrClient.open(soak.ports["msgr"], soak.timeout)
     try:
         code = await client.bind(name, token)
@@ -1057,7 +1070,7 @@ async def msgrBinding(soak: Soak) -> None:
     port = soak.ports["msgr"]
     clients: list[MsgrClient] = []
     try:
-        token = await msgrLogin(soak.ports["msgr-http"], name, soak.password, soak.timeout, False)
+        token = await _msgrLogin(soak, name, False)
         kind = rng.randrange(3)
         if kind == 0:
             client = await MsgrClient.open(port, soak.timeout)
@@ -1080,9 +1093,7 @@ async def msgrBinding(soak: Soak) -> None:
             )
             await client.connection.readUntilClosed(soak.timeout)
         else:
-            second = await msgrLogin(
-                soak.ports["msgr-http"], name, soak.password, soak.timeout, True
-            )
+            second = await _msgrLogin(soak, name, True)
             for t in (token, second):
                 client = await MsgrClient.open(port, soak.timeout)
                 clients.append(client)
@@ -1129,7 +1140,7 @@ async def msgrDeaf(soak: Soak) -> None:
     name = _account(soak)
     client = None
     try:
-        token = await msgrLogin(soak.ports["msgr-http"], name, soak.password, soak.timeout, False)
+        token = await _msgrLogin(soak, name, False)
         client = MsgrClient(
             await Connection.open(soak.ports["msgr"], soak.timeout, receiveBuffer=4096),
             soak.timeout,
@@ -1229,6 +1240,61 @@ async def httpHostile(soak: Soak) -> None:
         status == expected[0] and expected[1] in body,
         f"http: expected {expected}, got {status} {body[:80]!r}",
     )
+
+
+async def httpConcurrentGuessing(soak: Soak) -> None:
+    """
+    10 to 30 wrong logins of one fresh name sent at once (issue 11): each is
+    answered 801 or 802, and at most 5 (--msgr-lockout-failures) are
+    checked, however many arrive together.
+    """
+    port = soak.ports["msgr-http"]
+    name = f"gx-{soak.rng.randrange(36**6)}"
+    guesses = [
+        http(port, "POST", "/status", soak.timeout, form={"usr": name, "pass": f"mala{i}"})
+        for i in range(soak.rng.randint(10, 30))
+    ]
+    answers = await asyncio.gather(*guesses)
+    bodies = [body for status, body in answers if status == 200]
+    _expect(
+        len(bodies) == len(answers) and set(bodies) <= {b"801", b"802"},
+        f"msgr: concurrent guesses answered {sorted(set(answers))!r}",
+    )
+    _expect(
+        bodies.count(b"801") <= 5,
+        f"msgr: {bodies.count(b'801')} of {len(bodies)} concurrent guesses were checked",
+    )
+
+
+async def httpMassRegistration(soak: Soak) -> None:
+    """
+    A burst of 5 to 20 registrations of fresh names from one address (issue
+    11), while an existing account logs in: each registration is answered
+    702 or 803 (--msgr-register-per-ip: every soak client is 127.0.0.1, so
+    the limit is soon reached), and the login is answered 701.
+    """
+    port = soak.ports["msgr-http"]
+    name = _account(soak)
+    try:
+        squats = [
+            http(
+                port, "POST", "/usuariocrear", soak.timeout,
+                form={"usr": f"sq-{soak.rng.randrange(36**6)}", "pass": "x"},
+            )
+            for _ in range(soak.rng.randint(5, 20))
+        ]
+        token, *answers = await asyncio.gather(_msgrLogin(soak, name, False), *squats)
+        _expect(
+            all(status == 200 and body in (b"702", b"803") for status, body in answers),
+            f"msgr: a burst of registrations answered {sorted(set(answers))!r}",
+        )
+        status, body = await http(
+            port, "POST", "/api/logout", soak.timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        _expect(status == 200, f"msgr: /api/logout answered {status} {body[:60]!r}")
+    finally:
+        soak.accounts.put_nowait(name)
 
 
 # Residents: clients that stay online through the whole soak.
@@ -1333,6 +1399,8 @@ BEHAVIOURS = [
     ("msgr binding races", msgrBinding, 2),
     ("msgr deaf", msgrDeaf, 1),
     ("http hostile", httpHostile, 6),
+    ("http concurrent guessing", httpConcurrentGuessing, 1),
+    ("http mass registration", httpMassRegistration, 1),
 ]
 
 

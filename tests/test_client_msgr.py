@@ -144,6 +144,26 @@ class MsgrClientTests(ClientTestMixin, TestCase):
         self.assertIn(f"[evil] file ../../etc/x (11 bytes) saved as {inbox}/x", bea.lines())
 
     @defer.inlineCallbacks
+    def test_sessionRevokedByAPasswordChange(self):
+        """
+        The owner changes the password from another login: the client's
+        socket is closed with 901, and the client says why.
+        """
+        yield self.startServer(labels=["msgr", "msgr-http"])
+        thief = yield self.loggedIn("msgr", "ana", "--password", "clave-ana", "--register")
+        owner = (yield self.post("/api/login", {"user": "ana", "password": "clave-ana"}))["token"]
+        changed = yield self.post(
+            "/api/account",
+            {"token": owner, "password": "nueva", "current_password": "clave-ana"},
+        )
+        self.assertEqual(changed, {"code": 702})
+        yield thief.waitFor(
+            "! the session was revoked (the password was changed with another login,"
+            " or an operator revoked it): the server closes the connection (901)"
+        )
+        yield self.finish(thief)
+
+    @defer.inlineCallbacks
     def test_loginRefused(self):
         yield self.startServer(labels=["msgr", "msgr-http"])
         ana = yield self.script("msgr", "list\n", *self.account("ana"))

@@ -313,7 +313,7 @@ class UpdateTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_changePassword(self):
-        response = yield self.update(**{"pass": "nueva"})
+        response = yield self.update(**{"pass": "nueva", "pass_actual": "secreto"})
         self.assertEqual(response.body, "702")
         response = yield self.h.form("/status", usr="Ana", **{"pass": "secreto"})
         self.assertEqual(response.body, "801")

@@ -266,6 +266,11 @@ class MsgrChatClient(ChatClient):
             d.callback(code)
         elif command == "#DESCONECTAR" and code == 802:
             self.console.error("the account was blocked: the server closes the connection (802)")
+        elif command == "#DESCONECTAR" and code == 901:
+            self.console.error(
+                "the session was revoked (the password was changed with another login,"
+                " or an operator revoked it): the server closes the connection (901)"
+            )
         elif command == "#DESCONECTAR":
             self.console.error(
                 f"the server closes the connection: another login took this account over,"

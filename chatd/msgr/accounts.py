@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -44,6 +45,11 @@ log = Logger()
 #: How many passwords are hashed or checked at once, in the reactor's thread
 #: pool: about one a core.
 HASH_CONCURRENCY = 2
+
+#: How many of those may be new hashes (registrations, password changes) at
+#: once: the others are kept for logins, so a flood of registrations never
+#: makes a login wait behind it.
+NEW_HASH_CONCURRENCY = 1
 
 #: scrypt cost parameters (n, r, p): 16 MiB of memory, some tens of ms.
 DEFAULT_SCRYPT = (2**14, 8, 1)
@@ -122,7 +128,7 @@ def verifyPassword(password: str, stored: str) -> bool:
 # Schema.
 
 #: The schema version this code writes; older databases are migrated.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _schemaV1(cursor: sqlite3.Cursor) -> None:
@@ -162,8 +168,28 @@ def _schemaV1(cursor: sqlite3.Cursor) -> None:
     cursor.execute("CREATE INDEX friend_requests_to ON friend_requests (to_key)")
 
 
+def _revocationLog(cursor: sqlite3.Cursor) -> None:
+    # What chatd-admin did that a running chatd must act on at once (end the
+    # account's sessions): chatd reads the rows after the last one it saw,
+    # every REVOCATION_POLL seconds (docs/msgr.md, "chatd-admin").
+    cursor.execute(
+        """
+        CREATE TABLE revocations (
+            seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            at   TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+        )
+        """
+    )
+
+
 #: version -> the step that brings a database from version - 1 to it.
-MIGRATIONS = {1: _schemaV1}
+MIGRATIONS = {1: _schemaV1, 2: _revocationLog}
+
+#: The kinds of row in the revocations table.
+REVOKE = "revoke"
+BLOCK = "block"
 
 
 def _configure(connection: sqlite3.Connection) -> None:
@@ -275,6 +301,18 @@ def checkPassword(password: str) -> None:
         raise InvalidAccountData(
             f"the password is longer than {MAX_PASSWORD_LENGTH} characters"
         )
+
+
+def checkNewAccount(name: str, password: str, profile: dict[str, str]) -> None:
+    """
+    The checks of a registration that need no database and no hash.
+
+    @raise InvalidName: for a name the presence service would refuse.
+    @raise InvalidAccountData: for a bad password or profile field.
+    """
+    checkName(name)
+    checkPassword(password)
+    checkProfile(profile)
 
 
 def checkProfile(profile: dict[str, str]) -> None:
@@ -431,8 +469,8 @@ class AccountStore:
         self._closed = False
         # At most this many scrypt computations at once (16 MiB each): a burst
         # of logins queues here instead of taking the thread pool's ten
-        # threads and 160 MiB.
-        self._hashing = defer.DeferredSemaphore(HASH_CONCURRENCY)
+        # threads and 160 MiB; logins go before new hashes.
+        self._hashing = HashSlots(HASH_CONCURRENCY, NEW_HASH_CONCURRENCY)
 
     @classmethod
     def open(cls, path: str, reactor=None, scrypt=DEFAULT_SCRYPT) -> "AccountStore":
@@ -460,25 +498,18 @@ class AccountStore:
     def _run(self, interaction, *args) -> defer.Deferred:
         return self._pool.runInteraction(interaction, *args)
 
-    def _hash(self, password: str) -> defer.Deferred:
-        return self._hashing.run(
-            threads.deferToThreadPool,
-            self.reactor,
-            self.reactor.getThreadPool(),
-            hashPassword,
-            password,
-            self.scrypt,
+    def _inThread(self, f, *args) -> defer.Deferred:
+        # The one place a hash leaves the reactor thread (tests replace it to
+        # control when each computation ends).
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), f, *args
         )
 
+    def _hash(self, password: str, login: bool = False) -> defer.Deferred:
+        return self._hashing.run(login, self._inThread, hashPassword, password, self.scrypt)
+
     def _verify(self, password: str, stored: str) -> defer.Deferred:
-        return self._hashing.run(
-            threads.deferToThreadPool,
-            self.reactor,
-            self.reactor.getThreadPool(),
-            verifyPassword,
-            password,
-            stored,
-        )
+        return self._hashing.run(True, self._inThread, verifyPassword, password, stored)
 
     # Accounts.
 
@@ -491,9 +522,7 @@ class AccountStore:
             L{NameTaken}, L{InvalidAccountData} or L{InvalidName}.
         """
         try:
-            checkName(name)
-            checkPassword(password)
-            checkProfile(profile)
+            checkNewAccount(name, password, profile)
         except (InvalidName, AccountError) as e:
             return defer.fail(e)
         key = nameKey(name)
@@ -547,7 +576,7 @@ class AccountStore:
         def check(row):
             if row is None:
                 if self._dummyHash is None:
-                    self._dummyHash = yield self._hash(secrets.token_urlsafe())
+                    self._dummyHash = yield self._hash(secrets.token_urlsafe(), login=True)
                 yield self._verify(password, self._dummyHash)
                 return None
             ok = yield self._verify(password, row[-1])
@@ -589,6 +618,28 @@ class AccountStore:
         d = self._hash(password) if password is not None else defer.succeed(None)
         d.addCallback(lambda hashed: self._run(write, hashed))
         return d
+
+    def revocationsSince(self, seq: int | None) -> defer.Deferred:
+        """
+        What C{chatd-admin} asked since the row C{seq} of the revocations
+        table: a L{Deferred} firing with (the last row's C{seq}, [(name,
+        kind), ...] in order). With C{seq} C{None}, only where the table ends
+        now (what happened before chatd started concerns no live token).
+        """
+
+        def read(cursor):
+            if seq is None:
+                cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                return cursor.fetchone()[0], []
+            cursor.execute(
+                "SELECT seq, name, kind FROM revocations WHERE seq > ? ORDER BY seq",
+                (seq,),
+            )
+            rows = cursor.fetchall()
+            last = rows[-1][0] if rows else seq
+            return last, [(name, kind) for _, name, kind in rows]
+
+        return self._run(read)
 
     # Friends.
 
@@ -681,3 +732,62 @@ class AccountStore:
             return AnswerOutcome(row[0], tuple(_pending(cursor, key)))
 
         return self._run(write)
+
+
+class HashSlots:
+    """
+    At most C{slots} password computations at once, of which at most
+    C{newSlots} new hashes (registrations, password changes). When a slot
+    frees, a waiting login check goes first: however many registrations
+    wait, a login waits only for the computations already running.
+    """
+
+    def __init__(self, slots: int = HASH_CONCURRENCY, newSlots: int = NEW_HASH_CONCURRENCY):
+        self.slots = slots
+        self.newSlots = newSlots
+        self.running = 0
+        self.runningNew = 0
+        self._logins: deque[defer.Deferred] = deque()
+        self._new: deque[defer.Deferred] = deque()
+
+    def run(self, login: bool, f, *args) -> defer.Deferred:
+        """Call C{f(*args)} (which may return a L{Deferred}) when a slot is free."""
+        if self._free(login):
+            self._take(login)
+            ready = defer.succeed(None)
+        else:
+            ready = defer.Deferred()
+            (self._logins if login else self._new).append(ready)
+
+        def go(_):
+            def release(result):
+                self.running -= 1
+                if not login:
+                    self.runningNew -= 1
+                self._wake()
+                return result
+
+            return defer.maybeDeferred(f, *args).addBoth(release)
+
+        return ready.addCallback(go)
+
+    def _free(self, login: bool) -> bool:
+        if self.running >= self.slots:
+            return False
+        return login or (self.runningNew < self.newSlots and not self._logins)
+
+    def _take(self, login: bool) -> None:
+        self.running += 1
+        if not login:
+            self.runningNew += 1
+
+    def _wake(self) -> None:
+        while self.running < self.slots:
+            if self._logins:
+                self._take(True)
+                self._logins.popleft().callback(None)
+            elif self._new and self.runningNew < self.newSlots:
+                self._take(False)
+                self._new.popleft().callback(None)
+            else:
+                return

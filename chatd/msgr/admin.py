@@ -2,13 +2,15 @@
 C{chatd-admin}: operator commands on the MSGR UQ accounts database.
 
 It works directly on the SQLite file with the standard library (no reactor),
-and may run while chatd runs: SQLite's locking keeps both consistent. A
-running chatd sees a block at the account's next login, HTTP call or socket
-bind, and a new password at the next login.
+and may run while chatd runs: SQLite's locking keeps both consistent.
+C{block} and C{revoke} also write a row to the revocations table, which a
+running chatd reads every second: it then revokes the account's tokens and
+closes its chat socket. A new password counts from the next login.
 
     chatd-admin --db chatd.sqlite3 list [--blocked]
     chatd-admin --db chatd.sqlite3 block NAME
     chatd-admin --db chatd.sqlite3 unblock NAME
+    chatd-admin --db chatd.sqlite3 revoke NAME
     chatd-admin --db chatd.sqlite3 reset-password NAME [--password-stdin]
 """
 
@@ -23,7 +25,9 @@ import sys
 from typing import TextIO
 
 from chatd.msgr.accounts import (
+    BLOCK,
     DEFAULT_SCRYPT,
+    REVOKE,
     AccountError,
     checkPassword,
     connect,
@@ -74,13 +78,51 @@ def _accountName(connection: sqlite3.Connection, name: str) -> str:
     return row[0]
 
 
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection):
+    # One transaction whether the connection is in autocommit mode (ours) or
+    # in the stdlib's default mode with one already open (its caller's).
+    if connection.in_transaction:
+        yield
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _logRevocation(connection: sqlite3.Connection, name: str, kind: str) -> None:
+    connection.execute("INSERT INTO revocations (name, kind) VALUES (?, ?)", (name, kind))
+
+
 def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
-    """Block or unblock the account C{name}; returns its name as spelled."""
-    spelled = _accountName(connection, name)
-    connection.execute(
-        "UPDATE accounts SET bloqueado = ? WHERE name_key = ?",
-        (1 if blocked else 0, nameKey(name)),
-    )
+    """
+    Block or unblock the account C{name}; returns its name as spelled. A
+    block is also logged for a running chatd, which ends the account's
+    sessions within a second.
+    """
+    with _transaction(connection):
+        spelled = _accountName(connection, name)
+        connection.execute(
+            "UPDATE accounts SET bloqueado = ? WHERE name_key = ?",
+            (1 if blocked else 0, nameKey(name)),
+        )
+        if blocked:
+            _logRevocation(connection, spelled, BLOCK)
+    return spelled
+
+
+def revokeTokens(connection: sqlite3.Connection, name: str) -> str:
+    """
+    Ask a running chatd to revoke every token of the account C{name} and
+    close its chat socket (within a second); returns its name as spelled.
+    """
+    with _transaction(connection):
+        spelled = _accountName(connection, name)
+        _logRevocation(connection, spelled, REVOKE)
     return spelled
 
 
@@ -114,7 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list the accounts")
     listing.add_argument("--blocked", action="store_true", help="only blocked ones")
-    for verb, text in (("block", "block an account for good"), ("unblock", "unblock an account")):
+    for verb, text in (
+        ("block", "block an account for good (ends its sessions)"),
+        ("unblock", "unblock an account"),
+        ("revoke", "end every session of an account (its tokens and chat socket)"),
+    ):
         commands.add_parser(verb, help=text).add_argument("name")
     reset = commands.add_parser(
         "reset-password",
@@ -173,6 +219,10 @@ def _run(options, connection, stdin, stdout, scrypt) -> int:
     if command in ("block", "unblock"):
         name = setBlocked(connection, options.name, command == "block")
         stdout.write(f"{name} {command}ed\n")
+        return OK
+    if command == "revoke":
+        name = revokeTokens(connection, options.name)
+        stdout.write(f"the tokens of {name} are revoked\n")
         return OK
     if options.password_stdin:
         password = stdin.readline().rstrip("\r\n")

@@ -57,6 +57,7 @@ JSON = "json"
 _ENGLISH = {
     "user": "usr",
     "password": "pass",
+    "current_password": "pass_actual",
     "names": "nombres",
     "surnames": "apellidos",
     "email": "email",
@@ -118,6 +119,8 @@ class _Call:
     operation: Callable[..., defer.Deferred]
     missingCode: int
     authenticated: bool
+    #: Whether the operation also takes the caller's token and address.
+    withCaller: bool = False
 
 
 class MsgrEndpoint(resource.Resource):
@@ -201,14 +204,18 @@ class MsgrEndpoint(resource.Resource):
     @defer.inlineCallbacks
     def _run(self, request: server.Request, fields: dict[str, str]):
         call = self.call
+        address = getattr(request.getClientAddress(), "host", "")
         if not call.authenticated:
-            address = getattr(request.getClientAddress(), "host", "")
             outcome = yield call.operation(fields, address)
             return 200, outcome
-        account = yield self.msgr.authenticateToken(self._token(request, fields))
+        token = self._token(request, fields)
+        account = yield self.msgr.authenticateToken(token)
         if isinstance(account, Outcome):
             return (401 if account.code == NO_CREDENTIALS else 403), account
-        outcome = yield call.operation(account, fields)
+        if call.withCaller:
+            outcome = yield call.operation(account, fields, token, address)
+        else:
+            outcome = yield call.operation(account, fields)
         return 200, outcome
 
     @staticmethod
@@ -283,10 +290,10 @@ def makeResource(msgr: MsgrService, maxBody: int = MAX_BODY) -> resource.Resourc
         return msgr.login(fields.get("usr"), fields.get("pass"), address)
 
     def register(fields, address):
-        return msgr.register(fields)
+        return msgr.register(fields, address)
 
-    def update(account: Account, fields):
-        return msgr.update(account, fields)
+    def update(account: Account, fields, token, address):
+        return msgr.update(account, fields, token, address)
 
     def friends(account: Account, fields):
         return msgr.friendsWithPresence(account)
@@ -310,7 +317,7 @@ def makeResource(msgr: MsgrService, maxBody: int = MAX_BODY) -> resource.Resourc
     calls = {
         "login": _Call(login, NO_CREDENTIALS, False),
         "register": _Call(register, UPDATE_MISSING, False),
-        "update": _Call(update, UPDATE_MISSING, True),
+        "update": _Call(update, UPDATE_MISSING, True, withCaller=True),
         "friends": _Call(friends, REQUEST_MISSING, True),
         "pending": _Call(pending, REQUEST_MISSING, True),
         "send": _Call(send, REQUEST_MISSING, True),

@@ -38,6 +38,7 @@ from chatd.metrics import (
     BLOCKED as BLOCKED_REASON,
     BUSY,
     LOGIN_REFUSED,
+    REVOKED,
     SENDQ,
     TAKEN_OVER,
     ChatdMetrics,
@@ -546,6 +547,10 @@ class MsgrChatProtocol(Protocol):
 
     def accountBlocked(self) -> None:
         self._endSession(BLOCKED, "the account was blocked", BLOCKED_REASON)
+
+    def tokenRevoked(self) -> None:
+        # 901, as for any line with a token that is no longer valid.
+        self._endSession(NO_CREDENTIALS, "its token was revoked", REVOKED)
 
     def takenOver(self) -> None:
         self._endSession(UPDATE_FAILED, "the account bound another socket", TAKEN_OVER)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ from chatd.msgr.accounts import (
     NameTaken,
     SessionData,
 )
-from chatd.msgr.lockout import LoginLockout
+from chatd.msgr.lockout import LoginLockout, RegistrationLimit
 from chatd.msgr.tokens import TokenRegistry
 from chatd.metrics import MSGR_HTTP, ChatdMetrics
 from chatd.presence import (
@@ -69,6 +69,11 @@ UPDATE_MISSING = 902
 #: Request: information missing.
 REQUEST_MISSING = 903
 
+#: Seconds between two reads of the revocations that chatd-admin writes
+#: (docs/msgr.md, "chatd-admin"): how long a revoked or blocked account's
+#: chat socket may stay open at most.
+REVOCATION_POLL = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -89,11 +94,16 @@ class FriendPresence:
 class PushTarget(TypingProtocol):
     """What the service needs of a bound chat socket."""
 
+    #: The token the socket bound with.
+    token: str | None
+
     def pushFriends(self, online: list[str]) -> None: ...
 
     def pushRequests(self, pending: list[str]) -> None: ...
 
     def accountBlocked(self) -> None: ...
+
+    def tokenRevoked(self) -> None: ...
 
 
 class MsgrService(service.Service):
@@ -102,8 +112,9 @@ class MsgrService(service.Service):
     the bound chat sockets and their friends.
 
     While running it watches the presence service, to push a bound socket its
-    online friends when one of them logs in or out; stopping it closes the
-    account store.
+    online friends when one of them logs in or out, and reads what
+    C{chatd-admin} revoked or blocked every L{REVOCATION_POLL} seconds;
+    stopping it closes the account store.
     """
 
     log = Logger()
@@ -116,6 +127,7 @@ class MsgrService(service.Service):
         tokens: TokenRegistry,
         lockout: LoginLockout,
         metrics: ChatdMetrics | None = None,
+        registrations: RegistrationLimit | None = None,
     ) -> None:
         if metrics is None:
             metrics = getattr(presence, "metrics", None) or ChatdMetrics()
@@ -125,20 +137,27 @@ class MsgrService(service.Service):
         self.clock = clock
         self.tokens = tokens
         self.lockout = lockout
+        if registrations is None:
+            registrations = RegistrationLimit(clock, 0)
+        self.registrations = registrations
         # nameKey -> the bound socket, and its friends (nameKey -> name).
         self._sessions: dict[str, PushTarget] = {}
         self._friends: dict[str, dict[str, str]] = {}
         self._watching = False
+        self._revocationPoll: task.LoopingCall | None = None
+        self._revocationSeq: int | None = None
 
     # Service.
 
     def startService(self) -> None:
         service.Service.startService(self)
         self.watch()
+        self.watchRevocations()
 
     def stopService(self):
         service.Service.stopService(self)
         self.unwatch()
+        self.unwatchRevocations()
         self.store.close()
 
     def watch(self) -> None:
@@ -151,6 +170,67 @@ class MsgrService(service.Service):
         if self._watching:
             self.presence.removeObserver(self._presenceChanged)
             self._watching = False
+
+    def watchRevocations(self, interval: float = REVOCATION_POLL) -> None:
+        """
+        Read the revocations table now (where it ends) and then every
+        C{interval} seconds (done by L{startService}).
+        """
+        if self._revocationPoll is None:
+            self._revocationPoll = task.LoopingCall(self.pollRevocations)
+            self._revocationPoll.clock = self.clock
+            self._revocationPoll.start(interval, now=True)
+
+    def unwatchRevocations(self) -> None:
+        if self._revocationPoll is not None:
+            if self._revocationPoll.running:
+                self._revocationPoll.stop()
+            self._revocationPoll = None
+
+    def pollRevocations(self) -> defer.Deferred:
+        """
+        Act on what C{chatd-admin} wrote since the last read: C{revoke} ends
+        every token and the chat socket of the account (C{901}), C{block} as
+        well (C{802}). The first read only finds where the table ends.
+        """
+
+        def read(result) -> None:
+            last, rows = result
+            first = self._revocationSeq is None
+            self._revocationSeq = last
+            if first:
+                return
+            for name, kind in rows:
+                self.log.info(
+                    "chatd-admin: {kind} {user}: its tokens are revoked",
+                    kind=kind,
+                    user=name,
+                    event="tokens-revoked",
+                )
+                self.revokeTokens(name, blocked=kind == accounts.BLOCK)
+
+        def failed(failure) -> None:
+            # Logged and tried again at the next tick: a failure must not
+            # stop the LoopingCall.
+            self.log.failure("reading the revocations failed", failure)
+
+        d = self.store.revocationsSince(self._revocationSeq)
+        return d.addCallbacks(read, failed)
+
+    def revokeTokens(self, name: str, blocked: bool = False, keep: str | None = None) -> None:
+        """
+        Revoke every token of the account C{name} but C{keep}, and close its
+        chat socket unless it is bound with C{keep}: with C{802} when the
+        account is C{blocked}, else C{901}.
+        """
+        self.tokens.revokeAll(name, keep)
+        session = self._sessions.get(nameKey(name))
+        if session is None or (keep is not None and session.token == keep):
+            return
+        if blocked:
+            session.accountBlocked()
+        else:
+            session.tokenRevoked()
 
     # Login and accounts.
 
@@ -176,14 +256,17 @@ class MsgrService(service.Service):
             return defer.succeed(refused(NO_CREDENTIALS, "no user or password"))
         if not name or not password:
             return defer.succeed(refused(EMPTY_FIELDS, "empty user or password"))
-        if self.lockout.isLocked(name, address):
-            return defer.succeed(refused(BLOCKED, "locked out"))
+        # Counted before the hash runs, so that concurrent guesses cannot
+        # outrun the lockout.
+        attempt = self.lockout.reserve(name, address)
+        if attempt.refusal is not None:
+            return defer.succeed(refused(BLOCKED, attempt.refusal))
 
         def checked(account: Account | None) -> Outcome:
             if account is None:
-                self.lockout.failed(name, address)
+                attempt.failed()
                 return refused(BAD_CREDENTIALS, "no such user or wrong password")
-            self.lockout.succeeded(name, address)
+            attempt.succeeded()
             if account.bloqueado:
                 return refused(BLOCKED, "the account is blocked", account.name)
             token = self.tokens.issue(account.name)
@@ -198,13 +281,14 @@ class MsgrService(service.Service):
             return Outcome(LOGIN_OK, {"token": token, "user": account.name})
 
         d = self.store.authenticate(name, password)
-        d.addCallback(checked)
+        d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
         return self._guard(d, NO_CREDENTIALS, "login")
 
-    def register(self, fields: dict[str, str]) -> defer.Deferred:
+    def register(self, fields: dict[str, str], address: str = "") -> defer.Deferred:
         """
         Create an account from C{usr}, C{pass} and the optional profile
-        fields; C{702}, C{803} or C{902}. C{bloqueado} is ignored.
+        fields; C{702}, C{803} (also: too many registrations from
+        C{address}) or C{902}. C{bloqueado} is ignored.
         """
         name, password = fields.get("usr"), fields.get("pass")
         if not name or not password:
@@ -213,6 +297,26 @@ class MsgrService(service.Service):
             # Someone is chatting under this name on another protocol.
             return defer.succeed(Outcome(UPDATE_FAILED, {"reason": "the name is online"}))
         profile = {f: fields[f] for f in accounts.PROFILE_FIELDS if f in fields}
+        # The cheap refusals first, so that they cost no registration of the
+        # address's allowance; then the allowance, counted before the hash.
+        try:
+            accounts.checkNewAccount(name, password, profile)
+        except (InvalidName, AccountError) as e:
+            return defer.succeed(Outcome(UPDATE_FAILED, {"reason": str(e)}))
+        if self.store.isProtectedName(name):
+            return defer.succeed(Outcome(UPDATE_FAILED, {"reason": f"the name {name} is taken"}))
+        if not self.registrations.allow(address):
+            self.log.info(
+                "registration of {user!r} from {peer} refused: too many from"
+                " this address",
+                protocol=MSGR_HTTP,
+                user=name,
+                peer=address,
+                event="register-refused",
+            )
+            return defer.succeed(
+                Outcome(UPDATE_FAILED, {"reason": "too many registrations from your address"})
+            )
 
         def done(account: Account) -> Outcome:
             self.log.info("account {user} registered", user=account.name)
@@ -250,10 +354,22 @@ class MsgrService(service.Service):
 
         return self.store.getAccount(name).addCallback(found)
 
-    def update(self, account: Account, fields: dict[str, str]) -> defer.Deferred:
+    def update(
+        self,
+        account: Account,
+        fields: dict[str, str],
+        token: str | None = None,
+        address: str = "",
+    ) -> defer.Deferred:
         """
         Change the caller's own profile or password; C{702}, C{803} (bad
-        value, or C{usr} names someone else) or C{902} (nothing to change).
+        value, C{usr} names someone else, or a new password without the
+        right current one in C{pass_actual}), C{802} (locked out) or C{902}
+        (nothing to change).
+
+        A new password needs the current one, checked as a login from
+        C{address} (and counted by the lockout); once it is written, every
+        token of the account but C{token} (the caller's) is revoked.
         """
         claimed = fields.get("usr")
         if claimed and nameKey(claimed) != nameKey(account.name):
@@ -264,7 +380,48 @@ class MsgrService(service.Service):
         password = fields.get("pass") or None
         if not profile and password is None:
             return defer.succeed(Outcome(UPDATE_MISSING))
+        if password is not None:
+            return self._changePassword(account, fields, profile, password, token, address)
+        return self._update(account, profile, None)
 
+    def _changePassword(self, account, fields, profile, password, token, address):
+        try:
+            accounts.checkPassword(password)
+            accounts.checkProfile(profile)
+        except AccountError as e:
+            return defer.succeed(Outcome(UPDATE_FAILED, {"reason": str(e)}))
+
+        def refused(code: int, reason: str) -> Outcome:
+            self.log.info(
+                "password change of {user} from {peer} refused: {reason}",
+                protocol=MSGR_HTTP,
+                user=account.name,
+                peer=address,
+                reason=reason,
+                event="password-change-refused",
+            )
+            return Outcome(code, {"reason": reason})
+
+        attempt = self.lockout.reserve(account.name, address)
+        if attempt.refusal is not None:
+            return defer.succeed(refused(BLOCKED, attempt.refusal))
+        current = fields.get("pass_actual")
+        if not current:
+            attempt.failed()
+            return defer.succeed(refused(UPDATE_FAILED, "the current password is missing"))
+
+        def checked(verified: Account | None):
+            if verified is None:
+                attempt.failed()
+                return refused(UPDATE_FAILED, "the current password is wrong")
+            attempt.succeeded()
+            return self._update(account, profile, password, token)
+
+        d = self.store.authenticate(account.name, current)
+        d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
+        return self._guard(d, UPDATE_MISSING, "update")
+
+    def _update(self, account, profile, password, token=None) -> defer.Deferred:
         def done(updated: Account | None) -> Outcome:
             if updated is None:
                 return Outcome(UPDATE_FAILED, {"reason": "no such account"})
@@ -274,6 +431,15 @@ class MsgrService(service.Service):
                     self.presence.setStatus(session, updated.estado)
                 except PresenceError:
                     pass
+            if password is not None:
+                # A thief's token must not outlive the password it was got with.
+                self.revokeTokens(updated.name, keep=token)
+                self.log.info(
+                    "account {user} changed its password; its other tokens are revoked",
+                    protocol=MSGR_HTTP,
+                    user=updated.name,
+                    event="password-changed",
+                )
             self.log.info("account {user} updated", user=updated.name)
             return Outcome(UPDATE_OK)
 

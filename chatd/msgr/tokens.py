@@ -91,11 +91,12 @@ class TokenRegistry:
         """Forget C{token} now (logout)."""
         self._grants.pop(token, None)
 
-    def revokeAll(self, name: str) -> None:
-        """Forget every token of the account C{name}."""
+    def revokeAll(self, name: str, keep: str | None = None) -> None:
+        """Forget every token of the account C{name} (but C{keep})."""
         key = nameKey(name)
         for token in [t for t, g in self._grants.items() if nameKey(g.name) == key]:
-            del self._grants[token]
+            if token != keep:
+                del self._grants[token]
 
     def belongsTo(self, token: str, name: str) -> bool:
         """Whether C{token} is valid and names the account C{name}."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 from chatd.metrics import ChatdMetrics
 from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
 from chatd.msgr.http import makeSite
-from chatd.msgr.lockout import LoginLockout
+from chatd.msgr import lockout as msgr_lockout
+from chatd.msgr.lockout import LoginLockout, RegistrationLimit
 from chatd.msgr.protocol import MsgrChatFactory
 from chatd.msgr.service import MsgrService
 from chatd.msgr.tokens import TokenRegistry
@@ -36,6 +37,8 @@ def makeMsgrService(
     lockoutWindow: float,
     lockoutTime: float,
     metrics: ChatdMetrics | None = None,
+    registerPerAddress: int = msgr_lockout.DEFAULT_REGISTRATIONS,
+    registerWindow: float = msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
 ) -> MsgrService:
     """The shared MSGR state, with time from C{reactor}."""
     return MsgrService(
@@ -51,6 +54,7 @@ def makeMsgrService(
             lockTime=lockoutTime,
         ),
         metrics,
+        RegistrationLimit(reactor, registerPerAddress, registerWindow),
     )
 
 

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from twisted.web import resource, server
 
-from chatd.web import Directory, NotFound
+from chatd.web import DeadlineHTTPChannel, Directory, NotFound
 
 #: The wire formats, whose series are exported even while still at zero.
 PROTOCOLS = ("protobuf", "msrp", "msgr")
@@ -333,7 +333,16 @@ def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:
 
 
 class CountingSite(server.Site):
-    """A twisted.web site that counts its responses by status code."""
+    """
+    A twisted.web site that counts its responses by status code, and whose
+    connections must send each request whole within C{requestTimeout}
+    seconds (L{DeadlineHTTPChannel}; C{0}, the default here, is no deadline).
+    """
+
+    protocol = DeadlineHTTPChannel
+    requestTimeout = 0.0
+    #: The body of a C{408}, for a request that did not arrive in time.
+    requestTimeoutBody = b"408"
 
     def __init__(self, root, metrics: ChatdMetrics, listener: str, **kwargs) -> None:
         super().__init__(root, **kwargs)

@@ -31,6 +31,7 @@ from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
 from chatd.msgr.protocol import base64Length
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
 from chatd.sessions import CountedHTTPFactory
+from chatd.web import DEFAULT_REQUEST_TIMEOUT
 
 DISABLED = "none"
 
@@ -127,6 +128,15 @@ class Options(usage.Options):
             "Seconds a new connection has to log in (MSRP: send its name; "
             "MSGR socket: #HOLA); also how long an idle HTTP connection "
             "stays open. 0 for no limit.",
+            _rate,
+        ],
+        [
+            "http-request-timeout",
+            None,
+            DEFAULT_REQUEST_TIMEOUT,
+            "Seconds an HTTP connection (--http, --metrics) has to send a "
+            "whole request, from when it opens or its last answer was sent; "
+            "bytes trickling in do not extend it. 0 for no limit.",
             _rate,
         ],
         [
@@ -434,6 +444,7 @@ def _addMsgr(
         site = wiring.makeHttpFactory(msgr, reactor, metrics)
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout
+        site.requestTimeout = config["http-request-timeout"]
         counted = CountedHTTPFactory(site, reactor, limits, limiter, metrics)
         _listener(
             reactor, "msgr-http", config["http"], counted, grace, metrics
@@ -519,6 +530,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         site = makeMetricsSite(metrics, reactor)
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout  # idle scrapers, as on --http
+        site.requestTimeout = config["http-request-timeout"]
         _listener(
             reactor, "metrics", config["metrics"], site, grace
         ).setServiceParent(top)

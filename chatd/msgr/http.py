@@ -430,4 +430,5 @@ def makeSite(
     site.displayTracebacks = False
     site.noisy = False
     site.maxBody = maxBody
+    site.requestTimeoutBody = b"803"  # MSGR's "could not", as for a 503
     return site

@@ -352,6 +352,12 @@ class CountingSite(server.Site):
     def log(self, request: server.Request) -> None:
         # Called by twisted.web once per finished response.
         self.metrics.httpRequest(self.listener, request.code)
+        if request.code >= 400:
+            # A client asking for one bad path after another on a kept-alive
+            # connection would write the access log for us.
+            mayLog = getattr(request.channel, "mayLogError", None)
+            if mayLog is not None and not mayLog():
+                return
         super().log(request)
 
 

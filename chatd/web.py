@@ -9,6 +9,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web import http, resource
 
+from chatd.limits import ErrorLogLimit
+
 #: Default seconds an HTTP connection has to send a whole request, from when
 #: it starts waiting for one (C{--http-request-timeout}).
 DEFAULT_REQUEST_TIMEOUT = 10.0
@@ -59,6 +61,21 @@ class DeadlineHTTPChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _partial = False
+    _errorLog: ErrorLogLimit | None = None
+
+    def mayLogError(self) -> bool:
+        """
+        Whether a log line about this connection's errors (the access line
+        of a 4xx answer) may be written now (L{ErrorLogLimit}).
+        """
+        errors = self._errorLog
+        if errors is None:
+            clock = getattr(self.site, "reactor", None)
+            if clock is None:
+                from twisted.internet import reactor as clock
+            peer = getattr(self.transport.getPeer(), "host", "")
+            errors = self._errorLog = ErrorLogLimit(clock, "http", peer)
+        return errors.allow()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -94,6 +111,9 @@ class DeadlineHTTPChannel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self._stopDeadline()
+        errors, self._errorLog = self._errorLog, None
+        if errors is not None:
+            errors.close()
         super().connectionLost(reason)
 
     def _requestTimedOut(self) -> None:

@@ -342,6 +342,26 @@ def _limits(config: Options) -> Limits:
     )
 
 
+def _twistdOwner(config: Options) -> tuple[int, int] | None:
+    """
+    The uid and gid twistd switches to after starting the services
+    (C{twistd --uid/--gid}, options of twistd's own, before C{chatd}), or
+    C{None}. C{-1} stands for one that does not change.
+    """
+    twistd = getattr(config, "parent", None)
+    if twistd is None:
+        return None
+    uid, gid = twistd.get("uid"), twistd.get("gid")
+    if uid is None and gid is None:
+        return None
+    if gid is None:
+        # What twistd does: the uid's own group.
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return (-1 if uid is None else uid), gid
+
+
 def _returnFreedMemory() -> None:
     """
     Make glibc give large freed blocks back to the system at once.
@@ -480,7 +500,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     if config["db"] != DISABLED:
         from chatd.msgr.wiring import openAccounts
 
-        accountStore = openAccounts(config["db"], reactor)
+        accountStore = openAccounts(config["db"], reactor, owner=_twistdOwner(config))
         presence = InMemoryPresenceService(accountStore.isProtectedName, metrics)
     else:
         presence = InMemoryPresenceService(metrics=metrics)

@@ -326,9 +326,12 @@ class _Root(Directory):
         return NotFound().render(request)
 
 
-def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:
-    """Put C{/metrics} and C{/healthz} under C{root}."""
-    root.putChild(b"metrics", MetricsResource(metrics))
+def addResources(
+    root: resource.Resource, metrics: ChatdMetrics, serveMetrics: bool = True
+) -> None:
+    """Put C{/healthz}, and C{/metrics} if C{serveMetrics}, under C{root}."""
+    if serveMetrics:
+        root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource())
 
 

@@ -168,9 +168,9 @@ class Options(usage.Options):
             None,
             DISABLED,
             "Endpoint of a listener of its own for GET /metrics and GET "
-            "/healthz (the --http listener serves them too), or 'none'. Not "
-            "counted against the connection limits: bind it to a private "
-            "address.",
+            "/healthz, or 'none'. Given, /metrics is served there only (the "
+            "--http listener keeps /healthz). Not counted against the "
+            "connection limits: bind it to a private address.",
         ],
         # MSGR UQ (seed 001); docs/msgr.md.
         [
@@ -461,7 +461,11 @@ def _addMsgr(
     msgr.setServiceParent(top)  # stopping it closes the database
     top.msgr = msgr
     if config["http"] != DISABLED:
-        site = wiring.makeHttpFactory(msgr, reactor, metrics)
+        # With a private --metrics listener, the public one keeps the counts
+        # to itself (how many are online is nobody else's business).
+        site = wiring.makeHttpFactory(
+            msgr, reactor, metrics, serveMetrics=config["metrics"] == DISABLED
+        )
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout
         site.requestTimeout = config["http-request-timeout"]

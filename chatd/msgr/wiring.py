@@ -91,9 +91,18 @@ def makeMsgrService(
     )
 
 
-def makeHttpFactory(msgr: MsgrService, reactor, metrics: ChatdMetrics | None = None):
-    """The twisted.web site of the MSGR HTTP API (and /metrics, /healthz)."""
-    return makeSite(msgr, reactor=reactor, metrics=metrics)
+def makeHttpFactory(
+    msgr: MsgrService,
+    reactor,
+    metrics: ChatdMetrics | None = None,
+    serveMetrics: bool = True,
+):
+    """
+    The twisted.web site of the MSGR HTTP API, and /healthz, and /metrics
+    unless C{serveMetrics} is false (a private C{--metrics} listener serves
+    it instead).
+    """
+    return makeSite(msgr, reactor=reactor, metrics=metrics, serveMetrics=serveMetrics)
 
 
 def makeChatFactory(

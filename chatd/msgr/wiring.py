@@ -55,7 +55,8 @@ def openAccounts(
             if name not in existing and os.path.exists(name):
                 os.chown(name, uid, gid)
                 log.info(
-                    "{path} created as root, given to uid {uid} gid {gid} (twistd --uid/--gid)",
+                    "{path} created as root, given to uid {uid} gid {gid}"
+                    " (twistd --uid/--gid)",
                     path=name,
                     uid=uid,
                     gid=gid,

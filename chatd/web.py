@@ -106,7 +106,6 @@ class DeadlineHTTPChannel(http.HTTPChannel):
             # The deadline of the next request starts now, before bytes that
             # came early (pipelined) are read; they are part of it.
             self._awaitRequest()
-            self._partial = bool(getattr(self, "_dataBuffer", None))
         super().requestDone(request)
 
     def connectionLost(self, reason) -> None:
@@ -124,6 +123,12 @@ class DeadlineHTTPChannel(http.HTTPChannel):
         site = self.site
         peer = getattr(transport.getPeer(), "host", "")
         timeout = getattr(site, "requestTimeout", 0)
+        # Bytes of a pipelined request, read with the one before it, are
+        # parsed without passing through dataReceived: a request line seen,
+        # or part of one buffered, is part of a request too.
+        self._partial = (
+            self._partial or bool(self.requests) or bool(getattr(self, "_buffer", b""))
+        )
         if self._partial:
             body = getattr(site, "requestTimeoutBody", b"408")
             transport.write(

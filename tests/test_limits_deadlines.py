@@ -149,6 +149,21 @@ class HttpRequestDeadlineTests(TestCase):
             self.assertEqual(HttpResponse(client.wire()).status, 200)
         self.assertFalse(client.closed)
 
+    def test_pipelinedPartialRequest(self) -> None:
+        """
+        A whole request and the start of the next in one write: the first is
+        answered, the second has its own deadline, and gets the 408.
+        """
+        client = self.connect()
+        client.send(
+            b"GET /healthz HTTP/1.1\r\nHost: chatd.test\r\n\r\n" + LOGIN[:40]
+        )
+        self.assertEqual(HttpResponse(client.wire()).body, "ok\n")
+        self.clock.advance(TIMEOUT - 0.1)
+        self.assertFalse(client.closed)
+        self.clock.advance(0.1)
+        self.assert408(client)
+
     def test_zeroIsNoDeadline(self) -> None:
         self.site.requestTimeout = 0
         slow = self.connect()

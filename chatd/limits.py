@@ -10,7 +10,8 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
 from zope.interface import implementer
 
 
@@ -88,6 +89,99 @@ class TokenBucket:
             self._tokens -= cost
             return True
         return False
+
+
+#: Log lines one connection's errors (bad lines, refused requests) may cause
+#: in L{ERROR_LOG_WINDOW} seconds; past them, one summary line.
+ERROR_LOG_BURST = 10
+ERROR_LOG_WINDOW = 60.0
+
+
+class ErrorLogLimit:
+    """
+    How many log lines one connection's errors may cause: the first
+    C{burst} in each window of C{window} seconds are logged; the others
+    are counted, and one summary line (C{event="log-suppressed"}) gives
+    their number when the window ends or the connection closes.
+
+    Without it a client sending one bad 3-byte line after another made
+    chatd write a 130-byte log line for each: megabytes of log a second
+    from one connection. The caller asks L{allow} before it logs.
+    """
+
+    __slots__ = (
+        "clock",
+        "protocol",
+        "peer",
+        "burst",
+        "window",
+        "_start",
+        "_logged",
+        "_suppressed",
+        "_timer",
+    )
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        protocol: str,
+        peer: str,
+        burst: int = ERROR_LOG_BURST,
+        window: float = ERROR_LOG_WINDOW,
+    ) -> None:
+        self.clock = clock
+        self.protocol = protocol
+        self.peer = peer
+        self.burst = burst
+        self.window = window
+        self._start: float | None = None
+        self._logged = 0
+        self._suppressed = 0
+        self._timer: IDelayedCall | None = None
+
+    def allow(self) -> bool:
+        """Whether one more error line of this connection may be logged now."""
+        now = self.clock.seconds()
+        if self._start is None or now - self._start >= self.window:
+            self._start = now
+            self._logged = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            return True
+        self._suppressed += 1
+        if self._timer is None:
+            self._timer = self.clock.callLater(
+                self._start + self.window - now, self._windowEnded
+            )
+        return False
+
+    def _windowEnded(self) -> None:
+        self._timer = None
+        self._summarize()
+
+    def _summarize(self) -> None:
+        if not self._suppressed:
+            return
+        self.log.info(
+            "{protocol} connection from {peer}: {suppressed} more error lines"
+            " not logged (at most {burst} every {window:g} seconds)",
+            protocol=self.protocol,
+            peer=self.peer,
+            suppressed=self._suppressed,
+            burst=self.burst,
+            window=self.window,
+            event="log-suppressed",
+        )
+        self._suppressed = 0
+
+    def close(self) -> None:
+        """The connection closed: say how many lines were left out, if any."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._summarize()
 
 
 #: A L{ConnectionLimiter}'s refusals; each protocol words them its own way.

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from twisted.web import resource, server
 
-from chatd.web import Directory, NotFound
+from chatd.web import DeadlineHTTPChannel, Directory, NotFound
 
 #: The wire formats, whose series are exported even while still at zero.
 PROTOCOLS = ("protobuf", "msrp", "msgr")
@@ -327,14 +327,26 @@ class _Root(Directory):
         return NotFound().render(request)
 
 
-def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:
-    """Put C{/metrics} and C{/healthz} under C{root}."""
-    root.putChild(b"metrics", MetricsResource(metrics))
+def addResources(
+    root: resource.Resource, metrics: ChatdMetrics, serveMetrics: bool = True
+) -> None:
+    """Put C{/healthz}, and C{/metrics} if C{serveMetrics}, under C{root}."""
+    if serveMetrics:
+        root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource())
 
 
 class CountingSite(server.Site):
-    """A twisted.web site that counts its responses by status code."""
+    """
+    A twisted.web site that counts its responses by status code, and whose
+    connections must send each request whole within C{requestTimeout}
+    seconds (L{DeadlineHTTPChannel}; C{0}, the default here, is no deadline).
+    """
+
+    protocol = DeadlineHTTPChannel
+    requestTimeout = 0.0
+    #: The body of a C{408}, for a request that did not arrive in time.
+    requestTimeoutBody = b"408"
 
     def __init__(self, root, metrics: ChatdMetrics, listener: str, **kwargs) -> None:
         super().__init__(root, **kwargs)
@@ -344,6 +356,12 @@ class CountingSite(server.Site):
     def log(self, request: server.Request) -> None:
         # Called by twisted.web once per finished response.
         self.metrics.httpRequest(self.listener, request.code)
+        if request.code >= 400:
+            # A client asking for one bad path after another on a kept-alive
+            # connection would write the access log for us.
+            mayLog = getattr(request.channel, "mayLogError", None)
+            if mayLog is not None and not mayLog():
+                return
         super().log(request)
 
 

@@ -356,15 +356,19 @@ class InMemoryPresenceService:
         try:
             info = self._claim(session, name, ip, status, authenticated)
         except PresenceError as e:
-            self.log.info(
-                "{protocol} login of {user!r} from {peer} refused: {reason}",
-                user=name,
-                protocol=session.protocolName,
-                peer=ip,
-                reason=str(e),
-                event="login-refused",
-            )
             self.metrics.loginRefused(session.protocolName)
+            # A protobuf client may try again and again on one connection:
+            # its log lines are limited as for any other error of its own.
+            mayLog = getattr(getattr(session, "allowance", None), "mayLogError", None)
+            if mayLog is None or mayLog():
+                self.log.info(
+                    "{protocol} login of {user!r} from {peer} refused: {reason}",
+                    user=name,
+                    protocol=session.protocolName,
+                    peer=ip,
+                    reason=str(e),
+                    event="login-refused",
+                )
             return defer.fail(e)
         self.log.info(
             "{user} logged in ({protocol}, {peer})",

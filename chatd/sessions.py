@@ -14,12 +14,27 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from chatd.limits import ConnectionLimiter, Limits, OutboundQueue, enableKeepAlive
+from chatd.limits import (
+    ConnectionLimiter,
+    ErrorLogLimit,
+    Limits,
+    OutboundQueue,
+    enableKeepAlive,
+)
 from chatd.metrics import CLIENT, CONN_LIMIT, LOGIN_TIMEOUT, RATE, SHUTDOWN, ChatdMetrics
 
 #: Seconds between two log lines about one connection's refused messages
 #: (a client that floods would otherwise flood the log).
 RATE_LOG_INTERVAL = 60.0
+
+
+def mayLogError(session) -> bool:
+    """
+    Whether a log line about an error of C{session}'s client may be written
+    now: its allowance's L{ErrorLogLimit} says, when it has one.
+    """
+    allowance = getattr(session, "allowance", None)
+    return allowance is None or allowance.mayLogError()
 
 
 class ConnectionSet:
@@ -84,6 +99,7 @@ class Allowance:
         "_abortTimer",
         "_rateLogged",
         "_rateRefused",
+        "_errorLog",
     )
 
     def __init__(
@@ -97,6 +113,7 @@ class Allowance:
         self._bucket = None
         self._rateLogged: float | None = None
         self._rateRefused = 0
+        self._errorLog: ErrorLogLimit | None = None  # made at the first error
         self.refusal = factory.limiter.acquire(address)
         if self.refusal is not None:
             return
@@ -157,6 +174,18 @@ class Allowance:
         self._rateLogged = now
         self._rateRefused = 0
 
+    def mayLogError(self) -> bool:
+        """
+        Whether a log line about this connection's errors (a bad line, a
+        refused request) may be written now (L{ErrorLogLimit}).
+        """
+        errors = self._errorLog
+        if errors is None:
+            errors = self._errorLog = ErrorLogLimit(
+                self.factory.clock, self.session.protocolName, self.address
+            )
+        return errors.allow()
+
     def closing(self, transport) -> None:
         """
         The server is closing this connection: if the client does not take
@@ -173,6 +202,9 @@ class Allowance:
             if timer is not None and timer.active():
                 timer.cancel()
         self._loginTimer = self._abortTimer = None
+        if self._errorLog is not None:
+            self._errorLog.close()
+            self._errorLog = None
         if self.refusal is None:
             self.refusal = "closed"
             self.factory.limiter.release(self.address)
@@ -273,6 +305,9 @@ class SessionFactory(Factory):
         Log and count a login the protocol refused before asking the
         presence service (which logs and counts its own refusals).
         """
+        self.metrics.loginRefused(session.protocolName)
+        if not mayLogError(session):
+            return
         self.log.info(
             "{protocol} login of {user!r} from {peer} refused: {reason}",
             protocol=session.protocolName,
@@ -281,7 +316,6 @@ class SessionFactory(Factory):
             reason=reason,
             event="login-refused",
         )
-        self.metrics.loginRefused(session.protocolName)
 
     def release(self, session) -> None:
         """A connection closed: count it, by why it closed."""

@@ -31,6 +31,7 @@ from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
 from chatd.msgr.protocol import base64Length
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
 from chatd.sessions import CountedHTTPFactory
+from chatd.web import DEFAULT_REQUEST_TIMEOUT
 
 DISABLED = "none"
 
@@ -130,6 +131,15 @@ class Options(usage.Options):
             _rate,
         ],
         [
+            "http-request-timeout",
+            None,
+            DEFAULT_REQUEST_TIMEOUT,
+            "Seconds an HTTP connection (--http, --metrics) has to send a "
+            "whole request, from when it opens or its last answer was sent; "
+            "bytes trickling in do not extend it. 0 for no limit.",
+            _rate,
+        ],
+        [
             "keepalive",
             None,
             L.DEFAULT_KEEPALIVE,
@@ -158,9 +168,9 @@ class Options(usage.Options):
             None,
             DISABLED,
             "Endpoint of a listener of its own for GET /metrics and GET "
-            "/healthz (the --http listener serves them too), or 'none'. Not "
-            "counted against the connection limits: bind it to a private "
-            "address.",
+            "/healthz, or 'none'. Given, /metrics is served there only (the "
+            "--http listener keeps /healthz). Not counted against the "
+            "connection limits: bind it to a private address.",
         ],
         # MSGR UQ (seed 001); docs/msgr.md.
         [
@@ -347,6 +357,26 @@ def _limits(config: Options) -> Limits:
     )
 
 
+def _twistdOwner(config: Options) -> tuple[int, int] | None:
+    """
+    The uid and gid twistd switches to after starting the services
+    (C{twistd --uid/--gid}, options of twistd's own, before C{chatd}), or
+    C{None}. C{-1} stands for one that does not change.
+    """
+    twistd = getattr(config, "parent", None)
+    if twistd is None:
+        return None
+    uid, gid = twistd.get("uid"), twistd.get("gid")
+    if uid is None and gid is None:
+        return None
+    if gid is None:
+        # What twistd does: the uid's own group.
+        import pwd
+
+        gid = pwd.getpwuid(uid).pw_gid
+    return (-1 if uid is None else uid), gid
+
+
 def _returnFreedMemory() -> None:
     """
     Make glibc give large freed blocks back to the system at once.
@@ -448,9 +478,14 @@ def _addMsgr(
     msgr.setServiceParent(top)  # stopping it closes the database
     top.msgr = msgr
     if config["http"] != DISABLED:
-        site = wiring.makeHttpFactory(msgr, reactor, metrics)
+        # With a private --metrics listener, the public one keeps the counts
+        # to itself (how many are online is nobody else's business).
+        site = wiring.makeHttpFactory(
+            msgr, reactor, metrics, serveMetrics=config["metrics"] == DISABLED
+        )
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout
+        site.requestTimeout = config["http-request-timeout"]
         counted = CountedHTTPFactory(site, reactor, limits, limiter, metrics)
         _listener(
             reactor, "msgr-http", config["http"], counted, grace, metrics
@@ -486,7 +521,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     if config["db"] != DISABLED:
         from chatd.msgr.wiring import openAccounts
 
-        accountStore = openAccounts(config["db"], reactor)
+        accountStore = openAccounts(config["db"], reactor, owner=_twistdOwner(config))
         presence = InMemoryPresenceService(accountStore.isProtectedName, metrics)
     else:
         presence = InMemoryPresenceService(metrics=metrics)
@@ -536,6 +571,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         site = makeMetricsSite(metrics, reactor)
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout  # idle scrapers, as on --http
+        site.requestTimeout = config["http-request-timeout"]
         _listener(
             reactor, "metrics", config["metrics"], site, grace
         ).setServiceParent(top)

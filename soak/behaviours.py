@@ -1297,6 +1297,93 @@ async def httpMassRegistration(soak: Soak) -> None:
         soak.accounts.put_nowait(name)
 
 
+async def httpSlowloris(soak: Soak) -> None:
+    """
+    A login request trickled in one byte every one to two seconds
+    (slowloris): the server answers 408 with the code 803 and closes at
+    --http-request-timeout (10 s), however long the bytes keep coming.
+    """
+    connection = await Connection.open(soak.ports["msgr-http"], soak.timeout)
+    request = (
+        b"POST /status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 20\r\n\r\nusr=m-00&pass=xxxxxx"
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for i in range(len(request)):
+            await connection.send(request[i : i + 1], soak.timeout)
+            if await connection.drainFor(soak.rng.uniform(1.0, 2.0)):
+                break
+            _expect(
+                loop.time() - started < soak.timeout,
+                f"http: a request trickled in for {soak.timeout:g}s was not cut off",
+            )
+        await connection.readUntilClosed(soak.timeout)
+    except Closed:
+        pass  # closed while a byte was on its way: the answer came before
+    finally:
+        await connection.end(True)
+    answer = bytes(connection.head)
+    _expect(
+        answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b"\r\n\r\n803"),
+        f"http: a trickled request answered {answer[:80]!r}",
+    )
+
+
+#: The line of L{msgrBadLineFlood}: three bytes, an unknown command.
+FLOOD_LINE = b"#Q\n"
+#: How many of them one flood sends.
+FLOOD_LINES = 2000
+#: Floods sent so far, for L{floodLogProblem}.
+floods = 0
+
+
+async def msgrBadLineFlood(soak: Soak) -> None:
+    """
+    Bound: thousands of bad 3-byte lines in one write. Every one is answered
+    903 in order and the socket still serves; the server logs the first few
+    only (L{floodLogProblem}).
+    """
+    global floods
+    name = _account(soak)
+    client = None
+    try:
+        client = await _bound(soak, name)
+        floods += 1
+        await client.connection.send(FLOOD_LINE * FLOOD_LINES, soak.timeout)
+        for _ in range(FLOOD_LINES):
+            fields = await client.expect(lambda f: f[0] == "#RESPUESTA")
+            _expect(
+                fields[3:] == ["#Q", name, "903"],
+                f"msgr: a bad line of a flood answered {fields!r}",
+            )
+        await client.send("#MSJ", client.token, name, name, "tras la inundación")
+        code = await client.answer("#MSJ")
+        _expect(code in (704, 803), f"msgr: #MSJ after a flood answered {code}")
+    finally:
+        if client is not None:
+            await client.connection.end(soak.abrupt())
+        soak.accounts.put_nowait(name)
+
+
+def floodLogProblem(log: str) -> str | None:
+    """
+    What is wrong with the log lines of the bad-line floods, if anything:
+    one connection's error lines are limited (10 a minute, then a summary),
+    so each flood may leave a few, never one a line.
+    """
+    lines = log.count("MSGR #Q from ")
+    bound = 2 * 10 * floods  # two windows at most: a flood takes seconds
+    if lines > bound:
+        return (
+            f"{floods} floods of {FLOOD_LINES} bad lines left {lines} log lines"
+            f" (at most {bound} expected)"
+        )
+    return None
+
+
 # Residents: clients that stay online through the whole soak.
 
 
@@ -1401,6 +1488,8 @@ BEHAVIOURS = [
     ("http hostile", httpHostile, 6),
     ("http concurrent guessing", httpConcurrentGuessing, 1),
     ("http mass registration", httpMassRegistration, 1),
+    ("http slowloris", httpSlowloris, 1),
+    ("msgr bad-line flood", msgrBadLineFlood, 1),
 ]
 
 

@@ -411,6 +411,9 @@ async def main(options: argparse.Namespace) -> int:
             log = server.log()
             if status in (0, -signal.SIGTERM) and "Server Shut Down." not in log:
                 failures.append("the server's log does not end with 'Server Shut Down.'")
+            problem = behaviours.floodLogProblem(log)
+            if problem is not None:
+                failures.append(problem)
             # (d) nothing escaped anywhere.
             bad = server.badLines()
             if bad:

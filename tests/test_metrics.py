@@ -555,7 +555,8 @@ class TapTests(TestCase):
             self.assertIs(top.getServiceNamed(name).factory.metrics, metrics, name)
         site = top.getServiceNamed("msgr-http").factory.wrappedFactory
         self.assertIs(site.metrics, metrics)
-        self.assertTrue({b"metrics", b"healthz"} <= set(site.resource.children))
+        # /metrics is the private listener's only (test_metricsPrivate).
+        self.assertIn(b"healthz", site.resource.children)
         self.assertEqual(
             sorted(metrics.listeners), ["msgr", "msgr-http", "msrp", "protobuf"]
         )
@@ -574,6 +575,37 @@ class TapTests(TestCase):
         )
         top = self.makeService("--db", "none", "--http", "none", "--msgr", "none")
         self.assertNotIn("metrics", {child.name for child in top})
+
+    @defer.inlineCallbacks
+    def test_metricsPrivate(self):
+        """
+        With --metrics, /metrics is served there only: the public --http
+        listener answers 404 for it and keeps /healthz. Without, --http
+        serves it.
+        """
+        harness = MsgrHarness(self)
+        listeners = ["--msgr", "none", "--protobuf", "none", "--msrp", "none"]
+        top = self.makeService(
+            "--db", self.mktemp(), "--http", "tcp:0", "--metrics", "tcp:0", *listeners
+        )
+        harness.site = top.getServiceNamed("msgr-http").factory.wrappedFactory
+        response = yield harness.request("GET", "/metrics")
+        self.assertEqual((response.status, response.body), (404, "404"))
+        response = yield harness.request("GET", "/healthz")
+        self.assertEqual((response.status, response.body), (200, "ok\n"))
+        harness.site = top.getServiceNamed("metrics").factory
+        response = yield harness.request("GET", "/metrics")
+        self.assertEqual(response.status, 200)
+        self.assertIn(
+            'chatd_http_requests_total{code="404",listener="msgr-http"} 1.0',
+            response.body.splitlines(),
+        )
+
+        top = self.makeService("--db", self.mktemp(), "--http", "tcp:0", *listeners)
+        harness.site = top.getServiceNamed("msgr-http").factory.wrappedFactory
+        response = yield harness.request("GET", "/metrics")
+        self.assertEqual(response.status, 200)
+        self.assertIn("chatd_sessions_online", response.body)
 
     @defer.inlineCallbacks
     def test_metricsSite(self):

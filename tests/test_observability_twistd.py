@@ -119,6 +119,10 @@ class ObservabilityTwistdTests(TestCase):
         for label in ["msgr-http", "metrics"]:
             response = yield httpGet(ports[label], "/healthz")
             self.assertEqual((response.status, response.body), (200, "ok\n"), label)
+        # With --metrics, the public listener keeps the counts to itself.
+        response = yield httpGet(ports["msgr-http"], "/metrics")
+        self.assertEqual((response.status, response.body), (404, "404"))
+        for label in ["metrics"]:
             response = yield httpGet(ports[label], "/metrics")
             self.assertEqual(response.status, 200)
             found = samples(response.body)
@@ -141,7 +145,10 @@ class ObservabilityTwistdTests(TestCase):
                 label,
             )
         self.assertEqual(
-            found['chatd_http_requests_total{code="200",listener="msgr-http"}'], 2.0
+            found['chatd_http_requests_total{code="200",listener="msgr-http"}'], 1.0
+        )
+        self.assertEqual(
+            found['chatd_http_requests_total{code="404",listener="msgr-http"}'], 1.0
         )
         self.assertEqual(
             found['chatd_http_requests_total{code="200",listener="metrics"}'], 1.0

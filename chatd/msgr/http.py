@@ -422,19 +422,22 @@ def makeSite(
     reactor=None,
     maxBody: int = MAX_BODY,
     metrics: ChatdMetrics | None = None,
+    serveMetrics: bool = True,
 ) -> server.Site:
     """
     A L{server.Site} serving L{makeResource}, without tracebacks, and
-    C{/metrics} and C{/healthz} (L{chatd.metrics}); it counts its responses.
+    C{/healthz} and (if C{serveMetrics}) C{/metrics} (L{chatd.metrics}); it
+    counts its responses.
     """
     if metrics is None:
         metrics = msgr.metrics
     root = makeResource(msgr, maxBody)
-    addResources(root, metrics)
+    addResources(root, metrics, serveMetrics)
     site = CountingSite(
         root, metrics, "msgr-http", requestFactory=MsgrRequest, reactor=reactor
     )
     site.displayTracebacks = False
     site.noisy = False
     site.maxBody = maxBody
+    site.requestTimeoutBody = b"803"  # MSGR's "could not", as for a 503
     return site

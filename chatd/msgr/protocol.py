@@ -171,7 +171,8 @@ class MsgrChatProtocol(Protocol):
         except codec.NotUtf8 as e:
             self._refuse(None, REQUEST_MISSING, str(e))
         except Exception:
-            self.log.failure("MSGR line from {peer} failed", peer=self.peerHost)
+            if self.allowance.mayLogError():
+                self.log.failure("MSGR line from {peer} failed", peer=self.peerHost)
             self._answer(None, REQUEST_MISSING)
 
     def _refuse(self, command: str | None, code: int, reason: str) -> None:
@@ -183,15 +184,17 @@ class MsgrChatProtocol(Protocol):
             self.factory.disconnecting(self, LOGIN_REFUSED)
             self._close()
             return
-        self.log.info(
-            "MSGR {command} from {user} refused ({code}): {reason}",
-            command=command or "line",
-            user=self.user.name,
-            code=code,
-            protocol=self.protocolName,
-            reason=reason,
-            event="request-refused",
-        )
+        # One line per bad line would let a client write the log for us.
+        if self.allowance.mayLogError():
+            self.log.info(
+                "MSGR {command} from {user} refused ({code}): {reason}",
+                command=command or "line",
+                user=self.user.name,
+                code=code,
+                protocol=self.protocolName,
+                reason=reason,
+                event="request-refused",
+            )
         self._answer(command, code)
 
     def connectionLost(self, reason: Failure | None = None) -> None:

@@ -11,6 +11,10 @@ goes through the store's database thread.
 
 from __future__ import annotations
 
+import os
+
+from twisted.logger import Logger
+
 from chatd.metrics import ChatdMetrics
 from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
 from chatd.msgr.http import makeSite
@@ -21,10 +25,44 @@ from chatd.msgr.service import MsgrService
 from chatd.msgr.tokens import TokenRegistry
 from chatd.presence import IPresenceService
 
+log = Logger()
 
-def openAccounts(path: str, reactor, scrypt=DEFAULT_SCRYPT) -> AccountStore:
-    """Create or migrate the database at C{path} and open its store."""
-    return AccountStore.open(path, reactor, scrypt)
+
+#: What SQLite may create next to the database file.
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def openAccounts(
+    path: str,
+    reactor,
+    scrypt=DEFAULT_SCRYPT,
+    owner: tuple[int, int] | None = None,
+) -> AccountStore:
+    """
+    Create or migrate the database at C{path} and open its store.
+
+    @param owner: the uid and gid the server will run as once twistd drops
+        its privileges (C{--uid}/C{--gid}), or C{None}. The files this call
+        creates are given to them: made while chatd still runs as root,
+        they would otherwise belong to root, and the server could not
+        write its own database after the switch.
+    """
+    files = [path + suffix for suffix in _SQLITE_SUFFIXES]
+    existing = {name for name in files if os.path.lexists(name)}
+    store = AccountStore.open(path, reactor, scrypt)
+    if owner is not None and os.geteuid() == 0:
+        uid, gid = owner
+        for name in files:
+            if name not in existing and os.path.exists(name):
+                os.chown(name, uid, gid)
+                log.info(
+                    "{path} created as root, given to uid {uid} gid {gid}"
+                    " (twistd --uid/--gid)",
+                    path=name,
+                    uid=uid,
+                    gid=gid,
+                )
+    return store
 
 
 def makeMsgrService(
@@ -58,9 +96,18 @@ def makeMsgrService(
     )
 
 
-def makeHttpFactory(msgr: MsgrService, reactor, metrics: ChatdMetrics | None = None):
-    """The twisted.web site of the MSGR HTTP API (and /metrics, /healthz)."""
-    return makeSite(msgr, reactor=reactor, metrics=metrics)
+def makeHttpFactory(
+    msgr: MsgrService,
+    reactor,
+    metrics: ChatdMetrics | None = None,
+    serveMetrics: bool = True,
+):
+    """
+    The twisted.web site of the MSGR HTTP API, and /healthz, and /metrics
+    unless C{serveMetrics} is false (a private C{--metrics} listener serves
+    it instead).
+    """
+    return makeSite(msgr, reactor=reactor, metrics=metrics, serveMetrics=serveMetrics)
 
 
 def makeChatFactory(

@@ -704,11 +704,12 @@ class MsrpProtocol(Protocol):
         sender._send(encodeAck(filename))
 
     def _clientError(self, frame: Error) -> None:
-        self.log.info(
-            "msrp {name} sent an error: {text}",
-            name=self.user.name,
-            text=_show(frame.text),
-        )
+        if self.allowance.mayLogError():
+            self.log.info(
+                "msrp {name} sent an error: {text}",
+                name=self.user.name,
+                text=_show(frame.text),
+            )
 
     # Typed lines.
 

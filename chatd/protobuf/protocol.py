@@ -291,7 +291,8 @@ class ProtobufChatProtocol(Protocol):
         except Refused as e:
             self._fail(option, str(e))
         except Exception:
-            self.log.failure("protobuf request {option} failed", option=option)
+            if self.allowance.mayLogError():
+                self.log.failure("protobuf request {option} failed", option=option)
             self._fail(option, "internal error")
 
     # Bytes out.

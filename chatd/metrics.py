@@ -21,10 +21,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from twisted.web import resource, server
 
+from chatd import __version__
 from chatd.web import Directory, NotFound
 
 #: The wire formats, whose series are exported even while still at zero.
@@ -164,6 +166,7 @@ class _ChatdCollector:
 
     def collect(self) -> Iterable[Metric]:
         m = self.metrics
+        yield _buildInfo()
         yield self._online()
         logins = CounterMetricFamily(
             "chatd_logins",
@@ -265,6 +268,24 @@ class _ChatdCollector:
             "MSRP files whose transfer has started and not ended.",
             value=inFlight,
         )
+
+
+def _buildInfo() -> Metric:
+    # The usual Prometheus way to export a version: chatd_build_info, 1,
+    # whose labels say which build runs (for a dashboard or a join).
+    import platform
+
+    from twisted import version as twistedVersion
+
+    return InfoMetricFamily(
+        "chatd_build",
+        "The chatd that runs: its version, Twisted's and Python's.",
+        value={
+            "version": __version__,
+            "twisted": twistedVersion.short(),
+            "python": platform.python_version(),
+        },
+    )
 
 
 def _counter(name: str, documentation: str, labels: list[str], values) -> Metric:

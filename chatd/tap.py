@@ -17,7 +17,8 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chatd import limits as L
+from chatd import __version__, limits as L
+from chatd.config import ConfiguredOptions, versionText
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
 from chatd.metrics import ChatdMetrics, makeMetricsSite
@@ -72,8 +73,8 @@ def _positiveFloat(value: str) -> float:
     return number
 
 
-class Options(usage.Options):
-    """The command line of C{twistd chatd}."""
+class Options(ConfiguredOptions):
+    """The command line of C{twistd chatd} (and of its C{--config} file)."""
 
     synopsis = "[options]"
     longdesc = (
@@ -397,6 +398,8 @@ def _listener(
     endpoint = endpoints.serverFromString(reactor, description)
     listener = ListenerService(label, endpoint, factory, reactor, grace)
     listener.secure = description.split(":", 1)[0].lower() == "ssl"
+    option = "http" if label == "msgr-http" else label
+    listener.configuredAs = f"--{option} {description}"
     listener.setName(label)
     if metrics is not None:
         metrics.addListener(label, factory)
@@ -459,6 +462,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
+    log.info(
+        "{versions} starting", versions=versionText(), version=__version__, event="start"
+    )
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()

@@ -13,6 +13,7 @@ servers (the tests do). docs/observability.md lists every metric.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Iterable
 
@@ -340,6 +341,28 @@ class HealthResource(_Plain):
         return b"ok\n"
 
 
+class OnlineResource(_Plain):
+    """
+    C{GET /online}: who is online, as JSON (C{[{"name", "protocol", "ip",
+    "status"}]}, in the order they logged in), for C{chatd-admin online}.
+    Only on the C{--metrics} listener: it names users and their addresses.
+    """
+
+    def __init__(self, metrics: ChatdMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        presence = self.metrics.presence
+        users = [] if presence is None else presence.users()
+        request.setHeader(b"content-type", b"application/json")
+        body = [
+            {"name": u.name, "protocol": u.protocol, "ip": u.ip, "status": u.status}
+            for u in users
+        ]
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
 class _Root(Directory):
     """The metrics listener's root: only its children; itself a 404."""
 
@@ -368,9 +391,12 @@ class CountingSite(server.Site):
 
 
 def makeMetricsSite(metrics: ChatdMetrics, reactor=None) -> server.Site:
-    """The site of C{--metrics}: C{/metrics} and C{/healthz}, and 404."""
+    """
+    The site of C{--metrics}: C{/metrics}, C{/healthz}, C{/online}, and 404.
+    """
     root = _Root()
     addResources(root, metrics)
+    root.putChild(b"online", OnlineResource(metrics))
     site = CountingSite(root, metrics, "metrics", reactor=reactor)
     site.displayTracebacks = False
     site.noisy = False

@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 import chatd
+from chatd.config import versionText
 from chatd.metrics import ChatdMetrics
 from chatd.tap import Options
 
@@ -169,3 +170,19 @@ class VersionTests(TestCase):
         line = re.search(rb"^chatd_build_info\{(.*)\} 1\.0$", body, re.M)
         self.assertIsNotNone(line, body)
         self.assertIn(f'version="{chatd.__version__}"'.encode(), line.group(1))
+
+    def test_consoleScriptsShowTheVersion(self) -> None:
+        import contextlib
+        import io
+
+        from chatd.client.main import buildParser
+        from chatd.msgr import admin
+
+        out = io.StringIO()
+        self.assertEqual(admin.main(["--version"], stdout=out), 0)
+        self.assertEqual(out.getvalue(), versionText() + "\n")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exited = self.assertRaises(SystemExit, buildParser().parse_args, ["--version"])
+        self.assertEqual((exited.code, out.getvalue()), (0, versionText() + "\n"))
+        self.assertTrue(versionText().startswith(f"chatd {chatd.__version__} (Twisted "))

@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from chatd.client import msgr, msrp, protobuf
 from chatd.client.console import ScriptConsole, TerminalConsole, isInteractive
 from chatd.client.runner import CommandError, CommandRunner
+from chatd.config import versionText
 
 CLIENTS = {
     "protobuf": protobuf.ProtobufChatClient,
@@ -87,6 +88,7 @@ def buildParser() -> argparse.ArgumentParser:
         " At a terminal: a prompt (type help). From a pipe or a file: one command"
         " a line, run in order. See docs/client.md.",
     )
+    parser.add_argument("--version", action="version", version=versionText())
     protocols = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
 
     p = protocols.add_parser("protobuf", help="the protobuf chat of seed 000 (port 5000)")

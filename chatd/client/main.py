@@ -149,6 +149,11 @@ def parseArguments(argv: list[str], interactive: bool) -> argparse.Namespace:
             if not interactive:
                 parser.error(f"msgr needs --password or ${PASSWORD_VARIABLE}")
             options.password = getpass.getpass(f"password for {options.name}: ")
+            # A new account's password is typed blind: twice, as passwd does.
+            if options.register and getpass.getpass(
+                f"password for {options.name} again: "
+            ) != options.password:
+                parser.error("the two passwords differ; the account was not created")
     if hasattr(options, "save_dir"):
         try:
             os.makedirs(options.save_dir, exist_ok=True)

@@ -25,7 +25,12 @@ from chatd.metrics import ChatdMetrics, makeMetricsSite
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
-from chatd.msrp.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_QUEUED, MsrpFactory
+from chatd.msrp.protocol import (
+    DEFAULT_GREET_AFTER,
+    DEFAULT_MAX_FILE,
+    DEFAULT_MAX_QUEUED,
+    MsrpFactory,
+)
 from chatd.msgr import lockout as msgr_lockout
 from chatd.msgr.protocol import DEFAULT_MAX_FILE as MSGR_MAX_FILE
 from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
@@ -283,6 +288,14 @@ class Options(ConfiguredOptions):
             "refused. 0 for no limit.",
             _limit,
         ],
+        [
+            "msrp-greeting",
+            None,
+            DEFAULT_GREET_AFTER,
+            "Seconds of silence after which a new MSRP connection (a person "
+            "on nc/telnet, most likely) is told what to type; 0 for never.",
+            _rate,
+        ],
     ]
 
     #: The options that name a listener's endpoint.
@@ -517,6 +530,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             limits=limits,
             limiter=limiter,
             metrics=metrics,
+            greetAfter=config["msrp-greeting"],
         )
         _listener(
             reactor, "msrp", config["msrp"], factory, grace, metrics

@@ -116,6 +116,22 @@ class WrongServerTests(TestCase):
         # No empty "! " line: nothing of the MSRP bytes was shown.
         self.assertEqual(self.console.lines, [])
 
+    def test_protobufAtMsrpPeople(self) -> None:
+        # A protobuf login is, to chatd's MSRP server, a person's name of
+        # the wrong length: it answers with a line of text.
+        client, endpoint = self.client("protobuf", "--name", "ana", "--port", "8080")
+        d = client.connect()
+        endpoint.protocol.dataReceived(
+            "ERROR: Nombre inválido: debe tener exactamente 4 bytes.\n".encode()
+        )
+        self.assertEqual(
+            self.failure(d),
+            "tcp:localhost:8080: this does not look like a protobuf chat server: it"
+            " answers like an MSRP server (in its mode for people) (is the port right?"
+            " the default is 5000)",
+        )
+        self.assertEqual(self.console.lines, [])
+
     def test_msrpAtHttp(self) -> None:
         client, endpoint = self.client("msrp", "--name", "ana1", "--port", "8000")
         d = client.connect()

@@ -35,6 +35,10 @@ def otherProtocol(data: bytes) -> str | None:
         return "an HTTP server"
     if data.startswith(b"#"):
         return "an MSGR chat socket"
+    # What MSRP says to a person at nc (chatd.msrp.protocol): another
+    # protocol's login bytes are a name of the wrong length there.
+    if data.startswith((b"ERROR: ", b"Hola. ")):
+        return "an MSRP server (in its mode for people)"
     # Every MSRP frame starts with a 2-byte opcode from 1 to 5; no protobuf
     # message or MSGR line starts with a 0 byte.
     if len(data) >= 2 and data[0] == 0 and 1 <= data[1] <= 5:

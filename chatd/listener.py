@@ -5,6 +5,7 @@ A service that listens on one endpoint for one wire format.
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.application import service
 from twisted.internet import defer
@@ -35,19 +36,42 @@ def describeAddress(address, secure: bool = False) -> str:
     return f"{kind}:{host}:{port}"
 
 
-class ListenFailed(SystemExit):
+class ListenFailed(Exception):
     """
-    A listener could not listen at start-up (a port in use, no permission).
-
-    A C{SystemExit} whose code is one line naming the option and the reason
-    (C{chatd: --http tcp:8000: address already in use}): raised out of
-    twistd's start-up, Python prints that line (twistd logs it) and exits
-    with status 1, instead of a traceback ending in C{CannotListenError}.
+    A listener could not listen at start-up (a port in use, no permission);
+    C{str()} is one line naming the option and the reason
+    (C{chatd: --http tcp:8000: address already in use}).
     """
 
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"chatd: {what}: {reason}")
         self.what, self.reason = what, reason
+
+
+def _sayListenFailedInOneLine() -> None:
+    """
+    Make an uncaught L{ListenFailed} print its one line instead of a
+    traceback (the exit status stays 1).
+
+    twistd lets an exception from privilegedStartService escape to Python's
+    top level, which prints a traceback ending in CannotListenError. It has
+    to stay an Exception all the way up: a daemonizing twistd tells its
+    waiting parent about the failure only for an Exception (a SystemExit
+    would leave the parent waiting for ever).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "chatdListenFailed", False):
+        return
+
+    def excepthook(kind, value, tb):
+        if isinstance(value, ListenFailed):
+            sys.stderr.write(f"{value}\n")
+            sys.stderr.flush()
+        else:
+            previous(kind, value, tb)
+
+    excepthook.chatdListenFailed = True
+    sys.excepthook = excepthook
 
 
 def _reason(error: BaseException) -> str:
@@ -118,6 +142,7 @@ class ListenerService(service.Service):
         starting = False
         if early:
             self._listening = None
+            _sayListenFailedInOneLine()
             raise ListenFailed(
                 self.configuredAs or self.label, _reason(early[0].value)
             ) from early[0].value

@@ -66,7 +66,7 @@ class ListenerServiceTests(TestCase):
         # One line naming the option, for twistd to print instead of a
         # traceback; the CannotListenError stays its cause.
         self.assertEqual(
-            failed.code,
+            str(failed),
             f"chatd: --protobuf tcp:{taken.getsockname()[1]}: address already in use",
         )
         self.assertIsInstance(failed.__cause__, CannotListenError)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -54,6 +54,36 @@ class OperatorTwistdTests(TestCase):
         self.assertNotIn("CannotListenError", output)
         self.assertIsInstance(server.exitStatus, ProcessTerminated)
         self.assertEqual(server.exitStatus.exitCode, 1)
+
+    @defer.inlineCallbacks
+    def test_portInUseDaemonized(self):
+        # A daemonizing twistd waits for its child's word: it must get it
+        # (and end), and the log has the one line, no traceback.
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        directory = os.path.abspath(self.directory())
+        log = os.path.join(directory, "twistd.log")
+        output, status = yield self.twistd(
+            f"--pidfile={directory}/twistd.pid", f"--logfile={log}",
+            "chatd", "--protobuf", endpoint, *ONLY,
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("An error has occurred: b'chatd.listener.ListenFailed: chatd: --protobuf", output)
+        # The daemon writes its last line just after it told its parent, and
+        # is no child of ours to wait for: the log is read until it is there
+        # (a traceback instead would never match).
+        line = f"chatd: --protobuf {endpoint}: address already in use\n"
+        for _ in range(100):
+            with open(log) as f:
+                logged = f.read()
+            if line in logged:
+                break
+            yield task.deferLater(reactor, 0.1)
+        self.assertIn(line, logged)
+        self.assertNotIn("Traceback", logged)
 
     @defer.inlineCallbacks
     def test_misspeltOption(self):

@@ -10,6 +10,8 @@ servers send are the ones chatd's servers write.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 from twisted.internet import defer
@@ -190,9 +192,6 @@ class RegisterPasswordTests(TestCase):
         self.assertEqual(self.prompts, ["password for ana: ", "password for ana again: "])
 
     def test_registerPasswordsDiffer(self) -> None:
-        import contextlib
-        import io
-
         self.answers = ["secreto", "secretp"]
         err = io.StringIO()
         with contextlib.redirect_stderr(err):

@@ -6,7 +6,9 @@ example file contrib/chatd.toml.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import os
 import re
 
@@ -14,7 +16,9 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 import chatd
+from chatd.client.main import buildParser
 from chatd.config import versionText
+from chatd.msgr import admin
 from chatd.metrics import ChatdMetrics
 from chatd.tap import Options
 
@@ -172,12 +176,6 @@ class VersionTests(TestCase):
         self.assertIn(f'version="{chatd.__version__}"'.encode(), line.group(1))
 
     def test_consoleScriptsShowTheVersion(self) -> None:
-        import contextlib
-        import io
-
-        from chatd.client.main import buildParser
-        from chatd.msgr import admin
-
         out = io.StringIO()
         self.assertEqual(admin.main(["--version"], stdout=out), 0)
         self.assertEqual(out.getvalue(), versionText() + "\n")

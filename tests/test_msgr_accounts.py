@@ -3,7 +3,8 @@
 import io
 import sqlite3
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
+from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from chatd.msgr import accounts, admin
@@ -16,8 +17,10 @@ from chatd.msgr.accounts import (
     prepareDatabase,
     verifyPassword,
 )
-from chatd.presence import InvalidName
+from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.presence import InMemoryPresenceService, InvalidName
 
+from tests.support import RecordingSession
 from tests.test_msgr_helpers import FAST_SCRYPT, MsgrHarness
 
 
@@ -352,12 +355,6 @@ class AdminOnlineTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_online(self):
-        from twisted.internet import threads
-
-        from chatd.metrics import ChatdMetrics, makeMetricsSite
-        from chatd.presence import InMemoryPresenceService
-        from tests.support import RecordingSession
-
         metrics = ChatdMetrics()
         presence = InMemoryPresenceService(metrics=metrics)
         presence.login(RecordingSession("protobuf"), "alice", "192.0.2.7")
@@ -386,10 +383,6 @@ class AdminOnlineTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_onlineNoServer(self):
-        from twisted.internet import threads
-
-        from twisted.internet.protocol import Factory
-
         # A port that was free a moment ago: nothing listens there.
         probe = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
         free = probe.getHost().port

@@ -214,7 +214,8 @@ def _askPassword(name: str, ask: Callable[[str], str]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatd-admin",
-        description="Manage chatd's MSGR UQ accounts (works on the SQLite file).",
+        description="Manage chatd's MSGR UQ accounts (on the SQLite file), and see"
+        " who is online (asked of a running chatd).",
     )
     parser.add_argument("--version", action="version", version=versionText())
     parser.add_argument(

@@ -58,5 +58,8 @@ proto: $(VENV)/.installed-test
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. \
 		--python_out=../chatd/protobuf chat.proto
 
+# What the tests leave: trial's _trial_temp*, the folders of trial's mktemp()
+# under pytest (tests.test_*), Hypothesis' database.
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info _trial_temp* tests.test_* .hypothesis \
+		twisted/plugins/dropin.cache

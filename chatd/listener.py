@@ -4,6 +4,9 @@ A service that listens on one endpoint for one wire format.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import (
@@ -33,20 +36,72 @@ def describeAddress(address, secure: bool = False) -> str:
     return f"{kind}:{host}:{port}"
 
 
+class ListenFailed(Exception):
+    """
+    A listener could not listen at start-up (a port in use, no permission);
+    C{str()} is one line naming the option and the reason
+    (C{chatd: --http tcp:8000: address already in use}).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"chatd: {what}: {reason}")
+        self.what, self.reason = what, reason
+
+
+def _sayListenFailedInOneLine() -> None:
+    """
+    Make an uncaught L{ListenFailed} print its one line instead of a
+    traceback (the exit status stays 1).
+
+    twistd lets an exception from privilegedStartService escape to Python's
+    top level, which prints a traceback ending in CannotListenError. It has
+    to stay an Exception all the way up: a daemonizing twistd tells its
+    waiting parent about the failure only for an Exception (a SystemExit
+    would leave the parent waiting for ever).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "chatdListenFailed", False):
+        return
+
+    def excepthook(kind, value, tb):
+        if isinstance(value, ListenFailed):
+            sys.stderr.write(f"{value}\n")
+            sys.stderr.flush()
+        else:
+            previous(kind, value, tb)
+
+    excepthook.chatdListenFailed = True
+    sys.excepthook = excepthook
+
+
+def _reason(error: BaseException) -> str:
+    """C{address already in use}, from a C{CannotListenError} or an C{OSError}."""
+    cause = getattr(error, "socketError", error)
+    errno = getattr(cause, "errno", None)
+    if errno:
+        return os.strerror(errno).lower()
+    return str(cause) or type(cause).__name__
+
+
 class ListenerService(service.Service):
     """
     Listen on C{endpoint} with C{factory} while the service runs.
 
     Once listening it logs C{"chatd {label} listening on tcp:HOST:PORT"} (the
     tests and operators read the port from it when they ask for port 0). A
-    failure to listen that is known at start-up (a port in use) is raised, so
-    C{twistd} stops with the reason instead of running without the listener.
+    failure to listen that is known at start-up (a port in use) is raised as
+    L{ListenFailed}, so C{twistd} stops with the reason in one line instead
+    of running without the listener.
     """
 
     log = Logger()
 
     #: Whether the endpoint is TLS (C{ssl:}), for the log line.
     secure = False
+
+    #: How the operator asked for this listener (C{--http tcp:8000}), for
+    #: the line that says it could not listen.
+    configuredAs: str | None = None
 
     def __init__(
         self,
@@ -87,7 +142,10 @@ class ListenerService(service.Service):
         starting = False
         if early:
             self._listening = None
-            early[0].raiseException()
+            _sayListenFailedInOneLine()
+            raise ListenFailed(
+                self.configuredAs or self.label, _reason(early[0].value)
+            ) from early[0].value
 
     def startService(self) -> None:
         service.Service.startService(self)

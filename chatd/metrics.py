@@ -13,6 +13,7 @@ servers (the tests do). docs/observability.md lists every metric.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Iterable
 
@@ -21,10 +22,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from twisted.web import resource, server
 
+from chatd import __version__
 from chatd.web import DeadlineHTTPChannel, Directory, NotFound
 
 #: The wire formats, whose series are exported even while still at zero.
@@ -165,6 +168,7 @@ class _ChatdCollector:
 
     def collect(self) -> Iterable[Metric]:
         m = self.metrics
+        yield _buildInfo()
         yield self._online()
         logins = CounterMetricFamily(
             "chatd_logins",
@@ -268,6 +272,24 @@ class _ChatdCollector:
         )
 
 
+def _buildInfo() -> Metric:
+    # The usual Prometheus way to export a version: chatd_build_info, 1,
+    # whose labels say which build runs (for a dashboard or a join).
+    import platform
+
+    from twisted import version as twistedVersion
+
+    return InfoMetricFamily(
+        "chatd_build",
+        "The chatd that runs: its version, Twisted's and Python's.",
+        value={
+            "version": __version__,
+            "twisted": twistedVersion.short(),
+            "python": platform.python_version(),
+        },
+    )
+
+
 def _counter(name: str, documentation: str, labels: list[str], values) -> Metric:
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, value in sorted(dict(values).items()):
@@ -320,6 +342,28 @@ class HealthResource(_Plain):
         return b"ok\n"
 
 
+class OnlineResource(_Plain):
+    """
+    C{GET /online}: who is online, as JSON (C{[{"name", "protocol", "ip",
+    "status"}]}, in the order they logged in), for C{chatd-admin online}.
+    Only on the C{--metrics} listener: it names users and their addresses.
+    """
+
+    def __init__(self, metrics: ChatdMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        presence = self.metrics.presence
+        users = [] if presence is None else presence.users()
+        request.setHeader(b"content-type", b"application/json")
+        body = [
+            {"name": u.name, "protocol": u.protocol, "ip": u.ip, "status": u.status}
+            for u in users
+        ]
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
 class _Root(Directory):
     """The metrics listener's root: only its children; itself a 404."""
 
@@ -366,9 +410,12 @@ class CountingSite(server.Site):
 
 
 def makeMetricsSite(metrics: ChatdMetrics, reactor=None) -> server.Site:
-    """The site of C{--metrics}: C{/metrics} and C{/healthz}, and 404."""
+    """
+    The site of C{--metrics}: C{/metrics}, C{/healthz}, C{/online}, and 404.
+    """
     root = _Root()
     addResources(root, metrics)
+    root.putChild(b"online", OnlineResource(metrics))
     site = CountingSite(root, metrics, "metrics", reactor=reactor)
     site.displayTracebacks = False
     site.noisy = False

@@ -17,14 +17,20 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chatd import limits as L
+from chatd import __version__, limits as L
+from chatd.config import ConfiguredOptions, versionText
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
 from chatd.metrics import ChatdMetrics, makeMetricsSite
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
-from chatd.msrp.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_QUEUED, MsrpFactory
+from chatd.msrp.protocol import (
+    DEFAULT_GREET_AFTER,
+    DEFAULT_MAX_FILE,
+    DEFAULT_MAX_QUEUED,
+    MsrpFactory,
+)
 from chatd.msgr import lockout as msgr_lockout
 from chatd.msgr.protocol import DEFAULT_MAX_FILE as MSGR_MAX_FILE
 from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
@@ -73,8 +79,8 @@ def _positiveFloat(value: str) -> float:
     return number
 
 
-class Options(usage.Options):
-    """The command line of C{twistd chatd}."""
+class Options(ConfiguredOptions):
+    """The command line of C{twistd chatd} (and of its C{--config} file)."""
 
     synopsis = "[options]"
     longdesc = (
@@ -167,8 +173,8 @@ class Options(usage.Options):
             "metrics",
             None,
             DISABLED,
-            "Endpoint of a listener of its own for GET /metrics and GET "
-            "/healthz, or 'none'. Given, /metrics is served there only (the "
+            "Endpoint of a listener of its own for GET /metrics, GET /healthz "
+            "and GET /online, or 'none'. Given, /metrics is served there only (the "
             "--http listener keeps /healthz). Not counted against the "
             "connection limits: bind it to a private address.",
         ],
@@ -307,6 +313,14 @@ class Options(usage.Options):
             "refused. 0 for no limit.",
             _limit,
         ],
+        [
+            "msrp-greeting",
+            None,
+            DEFAULT_GREET_AFTER,
+            "Seconds of silence after which a new MSRP connection (a person "
+            "on nc/telnet, most likely) is told what to type; 0 for never.",
+            _rate,
+        ],
     ]
 
     #: The options that name a listener's endpoint.
@@ -442,6 +456,8 @@ def _listener(
     endpoint = endpoints.serverFromString(reactor, description)
     listener = ListenerService(label, endpoint, factory, reactor, grace)
     listener.secure = description.split(":", 1)[0].lower() == "ssl"
+    option = "http" if label == "msgr-http" else label
+    listener.configuredAs = f"--{option} {description}"
     listener.setName(label)
     if metrics is not None:
         metrics.addListener(label, factory)
@@ -511,6 +527,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     """
     if reactor is None:
         from twisted.internet import reactor
+    log.info(
+        "{versions} starting", versions=versionText(), version=__version__, event="start"
+    )
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()
@@ -563,6 +582,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
             limits=limits,
             limiter=limiter,
             metrics=metrics,
+            greetAfter=config["msrp-greeting"],
         )
         _listener(
             reactor, "msrp", config["msrp"], factory, grace, metrics

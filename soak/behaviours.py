@@ -633,6 +633,65 @@ async def msrpSlot(soak: Soak) -> None:
         await pb.connection.end(soak.abrupt(0.4))
 
 
+async def msrpPersonWaits(soak: Soak) -> None:
+    """
+    The mode for people as a newcomer meets it: connect and wait, be told
+    what to type (--msrp-greeting), type the name, ask for help, leave.
+    """
+    name = soak.msrpName()
+    connection = await Connection.open(soak.ports["msrp"], soak.timeout)
+    buffer = bytearray()
+
+    async def line() -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + soak.timeout
+        while b"\n" not in buffer:
+            if buffer[:1] == b"\x00" and b"\x00" in buffer[2:]:
+                # An ERROR frame: refused at once by a connection limit.
+                text = bytes(buffer[2:]).split(b"\x00", 1)[0].decode("utf-8", "replace")
+                _expect(isLimit(text), f"msrp: a waiting person got the frame {text!r}")
+                raise Limited(text)
+            buffer.extend(await connection.read(max(0.01, deadline - loop.time())))
+        raw, _, rest = bytes(buffer).partition(b"\n")
+        buffer[:] = rest
+        return raw.decode("utf-8", "replace")
+
+    async def answer() -> str:
+        # The next line that is not a message arriving (others write to
+        # everyone meanwhile; a message's further lines are indented).
+        while True:
+            text = await line()
+            if not text.startswith(("[", "  ")):
+                return text
+
+    try:
+        prompt = await line()
+        _expect(
+            prompt.startswith("Hola. Escribe tu nombre, de exactamente 4 bytes"),
+            f"msrp: the prompt for a name was {prompt!r}",
+        )
+        await connection.send(name.encode() + b"\r\n", soak.timeout)
+        greeting = await line()
+        if greeting.startswith("ERROR:") and isLimit(greeting):
+            raise Limited(greeting)
+        _expect(greeting.startswith(f"Hola, {name}."), f"msrp: greeting {greeting!r}")
+        soak.online[name] = "msrp"
+        await connection.send(b"help\n", soak.timeout)
+        first = await answer()
+        _expect(first == "Escribe una orden por línea:", f"msrp: help began {first!r}")
+        # The help is one write: its five lines come together.
+        rest = [await line() for _ in range(5)]
+        _expect(rest[-1].startswith("  salir"), f"msrp: help ended {rest!r}")
+        await connection.send(b"salir\n", soak.timeout)
+        bye = await answer()
+        _expect(bye == "Adiós.", f"msrp: {bye!r} after salir")
+        soak.online.pop(name, None)
+        await connection.readUntilClosed(soak.timeout)
+    finally:
+        soak.online.pop(name, None)
+        await connection.end(True)
+
+
 async def msrpPartial(soak: Soak) -> None:
     """
     Part of a name, nothing at all, or a name and a frame cut short: left
@@ -1473,6 +1532,9 @@ BEHAVIOURS = [
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),
+
+
+    ("msrp person waits for the prompt", msrpPersonWaits, 1),
     ("msrp partial", msrpPartial, 5),
     ("msrp garbage", msrpGarbage, 5),
     ("msrp oversized", msrpOversized, 2),

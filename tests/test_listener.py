@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from chatd.listener import ListenerService
+from chatd.listener import ListenerService, ListenFailed
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.protocol import ProtobufChatFactory
@@ -61,7 +61,15 @@ class ListenerServiceTests(TestCase):
             TCP4ServerEndpoint(reactor, taken.getsockname()[1], interface="127.0.0.1"),
             self.factory,
         )
-        self.assertRaises(CannotListenError, service.privilegedStartService)
+        service.configuredAs = f"--protobuf tcp:{taken.getsockname()[1]}"
+        failed = self.assertRaises(ListenFailed, service.privilegedStartService)
+        # One line naming the option, for twistd to print instead of a
+        # traceback; the CannotListenError stays its cause.
+        self.assertEqual(
+            str(failed),
+            f"chatd: --protobuf tcp:{taken.getsockname()[1]}: address already in use",
+        )
+        self.assertIsInstance(failed.__cause__, CannotListenError)
 
     def test_stopSaysGoodbye(self) -> None:
         """

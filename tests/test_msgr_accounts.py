@@ -3,7 +3,8 @@
 import io
 import sqlite3
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
+from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from chatd.msgr import accounts, admin
@@ -16,8 +17,10 @@ from chatd.msgr.accounts import (
     prepareDatabase,
     verifyPassword,
 )
-from chatd.presence import InvalidName
+from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.presence import InMemoryPresenceService, InvalidName
 
+from tests.support import RecordingSession
 from tests.test_msgr_helpers import FAST_SCRYPT, MsgrHarness
 
 
@@ -255,3 +258,142 @@ class AdminTests(unittest.TestCase):
         status, _, err = self.run_admin("frobnicate")
         self.assertEqual(status, 2)
         self.assertIn("invalid choice", err)
+
+
+class AdminCreateDeleteTests(unittest.TestCase):
+    """chatd-admin create and delete, seen through the MSGR HTTP API."""
+
+    def setUp(self):
+        self.harness = MsgrHarness(self)
+        self.path = self.harness.path
+        self.prompts: list[str] = []
+
+    def run_admin(self, *argv, stdin="", typed=()):
+        answers = list(typed)
+
+        def ask(prompt: str) -> str:
+            self.prompts.append(prompt)
+            return answers.pop(0)
+
+        out, err = io.StringIO(), io.StringIO()
+        status = admin.main(
+            ["--db", self.path, *argv],
+            stdin=io.StringIO(stdin),
+            stdout=out,
+            stderr=err,
+            scrypt=FAST_SCRYPT,
+            ask=ask,
+        )
+        return status, out.getvalue(), err.getvalue()
+
+    @defer.inlineCallbacks
+    def test_createAsksTwice(self):
+        status, out, err = self.run_admin(
+            "create", "Ana", "--email", "ana@example.org", typed=["clave 1", "clave 1"]
+        )
+        self.assertEqual((status, out, err), (0, "Ana created\n", ""))
+        self.assertEqual(self.prompts, ["password for Ana: ", "password for Ana again: "])
+        token = yield self.harness.login("Ana", "clave 1")
+        self.assertTrue(token)
+        self.assertEqual(
+            self.run_admin("list")[1].splitlines()[1], "Ana\tno\tana@example.org\t0\t0"
+        )
+
+    def test_createPasswordsDiffer(self):
+        status, out, err = self.run_admin("create", "Ana", typed=["uno", "dos"])
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "chatd-admin: the two passwords differ; nothing was changed\n")
+        self.assertEqual(self.run_admin("list")[1], "name\tblocked\temail\tfriends\tpending\n")
+
+    @defer.inlineCallbacks
+    def test_createFromStdin(self):
+        status, out, _ = self.run_admin("create", "Bea", "--password-stdin", stdin="otra clave\n")
+        self.assertEqual((status, out), (0, "Bea created\n"))
+        self.assertEqual(self.prompts, [])
+        yield self.harness.login("Bea", "otra clave")
+
+    @defer.inlineCallbacks
+    def test_createRefusesWhatRegistrationRefuses(self):
+        yield self.harness.register("Ana")
+        status, _, err = self.run_admin("create", "ANA", "--password-stdin", stdin="x\n")
+        self.assertEqual((status, err), (1, "chatd-admin: the name ANA is taken (by the account 'Ana')\n"))
+        status, _, err = self.run_admin("create", "Cy", "--password-stdin", stdin="\n")
+        self.assertEqual((status, err), (1, "chatd-admin: the password is empty\n"))
+        status, _, err = self.run_admin("create", "a b", "--password-stdin", stdin="x\n")
+        self.assertEqual(status, 1)
+        self.assertTrue(err.startswith("chatd-admin: "), err)
+
+    @defer.inlineCallbacks
+    def test_deleteWithFriendsAndRequests(self):
+        h = self.harness
+        for name in ("Ana", "Bea", "Cy", "Dan"):
+            yield h.register(name)
+        tokens = []
+        for name in ("Ana", "Bea", "Cy", "Dan"):
+            tokens.append((yield h.login(name)))
+        ta, tb, tc, _ = tokens
+        yield h.befriend("Ana", "Bea", ta, tb)
+        yield h.form("/enviarsolicitud", token=tc, para="Ana")  # to Ana, pending
+        yield h.form("/enviarsolicitud", token=ta, para="Dan")  # from Ana, pending
+        status, out, _ = self.run_admin("delete", "ana")
+        self.assertEqual(
+            (status, out), (0, "Ana deleted, with 1 friendships and 2 friend requests\n")
+        )
+        # Nobody keeps a friend or a request that names Ana.
+        self.assertEqual(
+            self.run_admin("list")[1].splitlines()[1:],
+            ["Bea\tno\t\t0\t0", "Cy\tno\t\t0\t0", "Dan\tno\t\t0\t0"],
+        )
+        response = yield h.form("/status", usr="Ana", **{"pass": "secreto"})
+        self.assertEqual(response.body, "801")
+        status, _, err = self.run_admin("delete", "Ana")
+        self.assertEqual((status, err), (1, "chatd-admin: no account 'Ana'\n"))
+
+
+class AdminOnlineTests(unittest.TestCase):
+    """chatd-admin online, against a real --metrics listener on 127.0.0.1."""
+
+    @defer.inlineCallbacks
+    def test_online(self):
+        metrics = ChatdMetrics()
+        presence = InMemoryPresenceService(metrics=metrics)
+        presence.login(RecordingSession("protobuf"), "alice", "192.0.2.7")
+        presence.login(RecordingSession("msrp"), "bobo", "192.0.2.8")
+        port = reactor.listenTCP(0, makeMetricsSite(metrics, reactor), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        out, err = io.StringIO(), io.StringIO()
+        # chatd-admin blocks on its request: in a thread, so the reactor
+        # can answer it.
+        status = yield threads.deferToThread(
+            admin.main, ["online", "--url", url], stdout=out, stderr=err
+        )
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertEqual(
+            out.getvalue().splitlines(),
+            ["name\tprotocol\tip\tstatus", "alice\tprotobuf\t192.0.2.7\tACTIVO", "bobo\tmsrp\t192.0.2.8\tACTIVO"],
+        )
+
+    @defer.inlineCallbacks
+    def test_onlineOnlyOnTheMetricsListener(self):
+        # The MSGR HTTP listener serves /metrics, not the list of who is on.
+        harness = MsgrHarness(self)
+        response = yield harness.request("GET", "/online")
+        self.assertEqual(response.status, 404)
+
+    @defer.inlineCallbacks
+    def test_onlineNoServer(self):
+        # A port that was free a moment ago: nothing listens there.
+        probe = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        free = probe.getHost().port
+        yield probe.stopListening()
+        err = io.StringIO()
+        status = yield threads.deferToThread(
+            admin.main,
+            ["online", "--url", f"http://127.0.0.1:{free}"],
+            stdout=io.StringIO(),
+            stderr=err,
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("is chatd running with --metrics?", err.getvalue())
+        self.assertIn("Connection refused", err.getvalue())

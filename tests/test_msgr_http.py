@@ -176,7 +176,7 @@ class RegisterTests(unittest.TestCase):
     def test_taken(self):
         yield self.h.register("Ana")
         response = yield self.register(usr="ANA", **{"pass": "x"})
-        self.assertEqual(response.body, "803")
+        self.assertEqual(response.body, "803||the name ANA is taken\n")
 
     @defer.inlineCallbacks
     def test_badValues(self):
@@ -188,13 +188,14 @@ class RegisterTests(unittest.TestCase):
             {"usr": "ok", "email": "not an email"},
         ):
             response = yield self.register(**fields, **{"pass": "x"})
-            self.assertEqual(response.body, "803", fields)
+            # The code first, then the reason for people, and a newline.
+            self.assertRegex(response.body, r"^803\|\|[^|\n]+\n$", fields)
 
     @defer.inlineCallbacks
     def test_nameOnlineElsewhereRefused(self):
         yield self.h.presence.login(RecordingSession("protobuf"), "Zoe", "1.2.3.4")
         response = yield self.register(usr="zoe", **{"pass": "x"})
-        self.assertEqual(response.body, "803")
+        self.assertEqual(response.body, "803||the name is online\n")
         self.assertFalse(self.h.store.isProtectedName("Zoe"))
 
     @defer.inlineCallbacks
@@ -288,7 +289,7 @@ class TokenTests(unittest.TestCase):
         token = yield self.h.login("Ana")
         self.patch(self.h.store, "friends", lambda name: defer.fail(RuntimeError("disk on fire")))
         response = yield self.h.form("/obtenerusuarios", token=token)
-        self.assertEqual((response.status, response.body), (200, "903"))
+        self.assertEqual((response.status, response.body), (200, "903||internal error\n"))
         self.assertNotIn("disk", response.body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
@@ -328,13 +329,13 @@ class UpdateTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_couldNot(self):
         response = yield self.update(usr="Bea", nombres="hacked")
-        self.assertEqual(response.body, "803")
+        self.assertEqual(response.body, "803||you can only update your own account\n")
         account = yield self.h.store.getAccount("Bea")
         self.assertEqual(account.nombres, "")
         response = yield self.update(email="no-at-sign")
-        self.assertEqual(response.body, "803")
+        self.assertEqual(response.body, "803||email is not an address\n")
         response = yield self.update(estado="x" * 65)
-        self.assertEqual(response.body, "803")
+        self.assertEqual(response.body, "803||the status is longer than 64 characters\n")
 
     @defer.inlineCallbacks
     def test_json(self):
@@ -371,7 +372,7 @@ class FriendTests(unittest.TestCase):
         response = yield self.call("/aceptarsolicitud", "Bea", id="Ana")
         self.assertEqual(response.body, "804", "nothing pending any more")
         response = yield self.call("/enviarsolicitud", "Bea", para="Ana")
-        self.assertEqual(response.body, "803", "already friends")
+        self.assertEqual(response.body, "803||already friends\n")
 
     @defer.inlineCallbacks
     def test_reject(self):
@@ -390,7 +391,7 @@ class FriendTests(unittest.TestCase):
         response = yield self.call("/enviarsolicitud", "Ana")
         self.assertEqual(response.body, "903")
         response = yield self.call("/enviarsolicitud", "Ana", para="Ana")
-        self.assertEqual(response.body, "903")
+        self.assertEqual(response.body, "903||a request to oneself\n")
         response = yield self.call("/aceptarsolicitud", "Ana")
         self.assertEqual(response.body, "903")
         response = yield self.call("/rechazarsolicitud", "Ana", id="Cy")

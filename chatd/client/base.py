@@ -15,10 +15,39 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.python.failure import Failure
 
-from chatd.client.runner import Command
+from chatd.client.runner import Command, CommandError
 
 #: Seconds to wait for a TCP connection.
 CONNECT_TIMEOUT = 30
+
+#: Seconds the server has to answer the login before chatd-client says it
+#: does not look like the protocol's server (a wrong --port: another
+#: protocol's server, or one that waits for something else, stays silent).
+LOGIN_WAIT = 5.0
+
+
+def otherProtocol(data: bytes) -> str | None:
+    """
+    Which of chatd's other servers sent C{data} first, if its first bytes say
+    so: C{"an HTTP server"}, C{"an MSGR chat socket"}, C{"an MSRP server"}.
+    """
+    if data.startswith(b"HTTP/"):
+        return "an HTTP server"
+    if data.startswith(b"#"):
+        return "an MSGR chat socket"
+    # What MSRP says to a person at nc (chatd.msrp.protocol): another
+    # protocol's login bytes are a name of the wrong length there.
+    if data.startswith((b"ERROR: ", b"Hola. ")):
+        return "an MSRP server (in its mode for people)"
+    # Every MSRP frame starts with a 2-byte opcode from 1 to 5; no protobuf
+    # message or MSGR line starts with a 0 byte.
+    if len(data) >= 2 and data[0] == 0 and 1 <= data[1] <= 5:
+        return "an MSRP server"
+    return None
+
+
+class WrongServer(CommandError):
+    """The peer does not speak the client's protocol (a wrong --port)."""
 
 
 def loadTrustRoot(caFile: str | None):
@@ -158,6 +187,12 @@ class ChatClient:
 
     protocolName = ""
 
+    #: What the server is called in "this does not look like ...".
+    serverKind = "a chatd server"
+
+    #: The default port of the protocol, for the hint after a wrong one.
+    defaultPort = 0
+
     def __init__(self, options, console, reactor) -> None:
         self.options = options
         self.console = console
@@ -167,6 +202,8 @@ class ChatClient:
         self.closeReason: BaseException | None = None
         self._closed = False
         self._closedWaiters: list[defer.Deferred] = []
+        self._login: defer.Deferred | None = None
+        self._loginPort = 0
 
     def commands(self) -> list[Command]:
         raise NotImplementedError()
@@ -212,6 +249,74 @@ class ChatClient:
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(self.closeReason)
+
+    # A server that is not the protocol's.
+
+    def guardLogin(self, answer: defer.Deferred, port: int) -> defer.Deferred:
+        """
+        C{answer} (the server's answer to the login), failing instead with
+        L{WrongServer} when nothing came within L{LOGIN_WAIT} seconds or the
+        first bytes are another protocol's (L{peerSent}); the connection is
+        then closed.
+        """
+        guarded: defer.Deferred = defer.Deferred()
+        self._login, self._loginPort = guarded, port
+
+        def timedOut() -> None:
+            self._wrongServer(port, f"no answer within {LOGIN_WAIT:g} s")
+
+        timer = self.reactor.callLater(LOGIN_WAIT, timedOut)
+
+        def relay(result):
+            if not guarded.called:
+                if isinstance(result, Failure):
+                    guarded.errback(result)
+                else:
+                    guarded.callback(result)
+            return None  # an answer after WrongServer is of no interest
+
+        def settled(result):
+            self._login = None
+            if timer.active():
+                timer.cancel()
+            return result
+
+        guarded.addBoth(settled)
+        answer.addBoth(relay)
+        return guarded
+
+    def speaksOurs(self, data: bytes) -> bool:
+        """Whether C{data}, the first bytes from the server, may be ours."""
+        return True
+
+    def peerSent(self, data: bytes) -> bool:
+        """
+        Called by the protocol with the bytes it receives; C{False} when the
+        login failed on them (they are another protocol's), so that the
+        protocol drops them.
+        """
+        if self._login is None or self._login.called:
+            return True
+        other = otherProtocol(data)
+        if other == self.serverKind or (other is None and self.speaksOurs(data)):
+            return True
+        self._wrongServer(
+            self._loginPort, f"it answers like {other or 'something else'}"
+        )
+        return False
+
+    def _wrongServer(self, port: int, why: str) -> None:
+        login, self._login = self._login, None
+        if login is None or login.called:
+            return
+        hint = f" (is the port right? the default is {self.defaultPort})"
+        login.errback(
+            WrongServer(
+                f"{self.describe(port)}: this does not look like {self.serverKind}:"
+                f" {why}{hint}"
+            )
+        )
+        self.abort()
 
     # Helpers.
 

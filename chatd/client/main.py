@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from chatd.client import msgr, msrp, protobuf
 from chatd.client.console import ScriptConsole, TerminalConsole, isInteractive
 from chatd.client.runner import CommandError, CommandRunner
+from chatd.config import versionText
 
 CLIENTS = {
     "protobuf": protobuf.ProtobufChatClient,
@@ -87,6 +88,7 @@ def buildParser() -> argparse.ArgumentParser:
         " At a terminal: a prompt (type help). From a pipe or a file: one command"
         " a line, run in order. See docs/client.md.",
     )
+    parser.add_argument("--version", action="version", version=versionText())
     protocols = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
 
     p = protocols.add_parser("protobuf", help="the protobuf chat of seed 000 (port 5000)")
@@ -147,6 +149,11 @@ def parseArguments(argv: list[str], interactive: bool) -> argparse.Namespace:
             if not interactive:
                 parser.error(f"msgr needs --password or ${PASSWORD_VARIABLE}")
             options.password = getpass.getpass(f"password for {options.name}: ")
+            # A new account's password is typed blind: twice, as passwd does.
+            if options.register and getpass.getpass(
+                f"password for {options.name} again: "
+            ) != options.password:
+                parser.error("the two passwords differ; the account was not created")
     if hasattr(options, "save_dir"):
         try:
             os.makedirs(options.save_dir, exist_ok=True)

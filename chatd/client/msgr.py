@@ -23,7 +23,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from chatd.client.base import ChatClient, OutboundQueue, describeError, loadTrustRoot
+from chatd.client.base import (
+    ChatClient,
+    OutboundQueue,
+    WrongServer,
+    describeError,
+    loadTrustRoot,
+)
 from chatd.client.files import FileContentSender, Progress, saveWhole
 from chatd.client.runner import Command, CommandError, arguments
 from chatd.msgr import codec
@@ -105,6 +111,8 @@ class MsgrClientProtocol(Protocol):
         self.decoder = codec.LineDecoder(MAX_LINE)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.client.peerSent(data):
+            return
         for item in self.decoder.feed(data):
             if isinstance(item, codec.LineTooLong):
                 self.client.console.error(f"a line from the server was dropped: {item}")
@@ -125,6 +133,8 @@ class MsgrChatClient(ChatClient):
     """An MSGR UQ account, logged in and bound to the chat socket."""
 
     protocolName = "msgr"
+    serverKind = "an MSGR chat socket"
+    defaultPort = DEFAULT_PORT
 
     def __init__(self, options, console, reactor) -> None:
         super().__init__(options, console, reactor)
@@ -154,6 +164,9 @@ class MsgrChatClient(ChatClient):
             Command("reject NAME", "reject NAME's friend request", self.reject),
             Command("requests", "who asked to be your friend", self.requests),
         ]
+
+    def speaksOurs(self, data: bytes) -> bool:
+        return data[:1] == b"#"  # every MSGR socket line
 
     # Logging in.
 
@@ -198,7 +211,11 @@ class MsgrChatClient(ChatClient):
         self.transport = self.protocol.transport
         self.outbound = OutboundQueue(self.transport)
         try:
-            code = yield self._line("#HOLA", self.token, self.name, own=False)
+            code = yield self.guardLogin(
+                self._line("#HOLA", self.token, self.name, own=False), port
+            )
+        except WrongServer:
+            raise
         except Exception as e:
             raise CommandError(f"binding the chat socket failed: {describeError(e)}") from None
         if code != LOGIN_OK:

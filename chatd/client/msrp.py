@@ -20,7 +20,7 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from chatd.client.base import ChatClient, OutboundQueue, describeError
+from chatd.client.base import ChatClient, OutboundQueue, WrongServer, describeError
 from chatd.client.files import FileChanged, FileContentSender, IncomingFile, Progress
 from chatd.client.runner import Command, CommandError, arguments
 from chatd.msrp import codec
@@ -73,6 +73,8 @@ class MsrpClientProtocol(Protocol):
         self.decoder = codec.MsrpFrameDecoder(fromServer=True)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.client.peerSent(data):
+            return
         try:
             for frame in self.decoder.feed(data):
                 self.client.frameReceived(frame)
@@ -99,6 +101,8 @@ class MsrpChatClient(ChatClient):
     """A binary MSRP client."""
 
     protocolName = "msrp"
+    serverKind = "an MSRP server"
+    defaultPort = DEFAULT_PORT
 
     def __init__(self, options, console, reactor) -> None:
         super().__init__(options, console, reactor)
@@ -112,6 +116,9 @@ class MsrpChatClient(ChatClient):
         self._awaitingAck: list[tuple[bytes, str]] = []
         self._ackWaiters: list[defer.Deferred] = []
         self._loginErrors: list[str] | None = None
+
+    def speaksOurs(self, data: bytes) -> bool:
+        return data[:1] == b"\x00"  # every MSRP frame's first byte
 
     def commands(self) -> list[Command]:
         return [
@@ -149,7 +156,9 @@ class MsrpChatClient(ChatClient):
         self._loginErrors = []
         self.transport.write(name)
         try:
-            yield self._sync()
+            yield self.guardLogin(self._sync(), port)
+        except WrongServer:
+            raise
         except Exception as e:
             if self._loginErrors:
                 raise CommandError("login refused: " + " ".join(self._loginErrors)) from None

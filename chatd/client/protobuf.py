@@ -18,7 +18,7 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from chatd.client.base import ChatClient, describeError
+from chatd.client.base import ChatClient, WrongServer, describeError
 from chatd.client.runner import Command, CommandError, arguments
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import (
@@ -64,6 +64,8 @@ class ProtobufClientProtocol(Protocol):
         self.transport.write(self.encode(request.SerializeToString()))
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.client.peerSent(data):
+            return
         if self._wait is not None and self._wait.active():
             self._wait.cancel()
         self._wait = None
@@ -109,6 +111,8 @@ class ProtobufChatClient(ChatClient):
     """A user of the protobuf chat."""
 
     protocolName = "protobuf"
+    serverKind = "a protobuf chat server"
+    defaultPort = DEFAULT_PORT
 
     def __init__(self, options, console, reactor) -> None:
         super().__init__(options, console, reactor)
@@ -147,7 +151,9 @@ class ProtobufChatClient(ChatClient):
         if self.options.ip:
             request.newuser.ip = self.options.ip
         try:
-            response = yield self.request(request)
+            response = yield self.guardLogin(self.request(request), port)
+        except WrongServer:
+            raise
         except Exception as e:
             raise CommandError(f"login failed: {describeError(e)}") from None
         if response.code != Response.SUCCESSFUL_OPERATION:

@@ -12,31 +12,52 @@ closes its chat socket. A new password counts from the next login.
     chatd-admin --db chatd.sqlite3 unblock NAME
     chatd-admin --db chatd.sqlite3 revoke NAME
     chatd-admin --db chatd.sqlite3 reset-password NAME [--password-stdin]
+    chatd-admin --db chatd.sqlite3 create NAME [--email E] [--password-stdin]
+    chatd-admin --db chatd.sqlite3 delete NAME
+    chatd-admin online [--url http://127.0.0.1:9108]
+
+C{create} and C{delete} change the file only: a running chatd learns of
+them at its next start (docs/msgr.md, "chatd-admin"). C{online} asks a
+running chatd, over its C{--metrics} listener.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
+import json
 import os
 import secrets
 import sqlite3
 import sys
-from typing import TextIO
+import urllib.error
+import urllib.request
+from typing import Callable, TextIO
 
+from chatd.config import versionText
 from chatd.msgr.accounts import (
     BLOCK,
     DEFAULT_SCRYPT,
     REVOKE,
+    PROFILE_FIELDS,
     AccountError,
     checkPassword,
+    checkProfile,
     connect,
     hashPassword,
     migrate,
 )
-from chatd.presence import nameKey
+from chatd.presence import InvalidName, checkName, nameKey
 
 DEFAULT_DB = "chatd.sqlite3"
+
+#: Where C{online} asks by default: the --metrics listener of the docs'
+#: examples (docs/observability.md).
+DEFAULT_URL = "http://127.0.0.1:9108"
+
+#: Seconds C{online} waits for the server.
+ONLINE_TIMEOUT = 10
 
 #: Exit statuses.
 OK, FAILED, USAGE = 0, 1, 2
@@ -137,19 +158,110 @@ def resetPassword(
         checkPassword(password)
     except AccountError as e:
         raise AdminError(str(e)) from None
-    spelled = _accountName(connection, name)
-    connection.execute(
-        "UPDATE accounts SET password = ? WHERE name_key = ?",
-        (hashPassword(password, scrypt), nameKey(name)),
-    )
+    hashed = hashPassword(password, scrypt)
+    # A reset usually follows a stolen password: the sessions opened with
+    # it end too, as after a password change over HTTP.
+    with _transaction(connection):
+        spelled = _accountName(connection, name)
+        connection.execute(
+            "UPDATE accounts SET password = ? WHERE name_key = ?",
+            (hashed, nameKey(name)),
+        )
+        _logRevocation(connection, spelled, REVOKE)
     return spelled
+
+
+def createAccount(
+    connection: sqlite3.Connection,
+    name: str,
+    password: str,
+    profile: dict[str, str],
+    scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
+) -> str:
+    """Create the account C{name}, as C{POST /registro} would."""
+    try:
+        checkName(name)
+        checkPassword(password)
+        checkProfile(profile)
+    except (InvalidName, AccountError) as e:
+        raise AdminError(str(e)) from None
+    key = nameKey(name)
+    row = connection.execute(
+        "SELECT name FROM accounts WHERE name_key = ?", (key,)
+    ).fetchone()
+    if row is not None:
+        raise AdminError(f"the name {name} is taken (by the account {row[0]!r})")
+    fields = [profile.get(field, "") for field in PROFILE_FIELDS]
+    connection.execute(
+        "INSERT INTO accounts (name_key, name, password, nombres, apellidos,"
+        " email, estado) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key, name, hashPassword(password, scrypt), *fields),
+    )
+    return name
+
+
+def deleteAccount(connection: sqlite3.Connection, name: str) -> tuple[str, int, int]:
+    """
+    Delete the account C{name} with its friendships and the friend requests
+    it sent or received; returns (its name as spelled, friendships, requests).
+    """
+    spelled = _accountName(connection, name)
+    key = nameKey(name)
+    (friends,) = connection.execute(
+        "SELECT COUNT(*) FROM friendships WHERE a_key = ?", (key,)
+    ).fetchone()
+    (requests,) = connection.execute(
+        "SELECT COUNT(*) FROM friend_requests WHERE from_key = ? OR to_key = ?",
+        (key, key),
+    ).fetchone()
+    # One transaction; the rows are deleted explicitly rather than left to
+    # ON DELETE CASCADE, so a database opened without PRAGMA foreign_keys
+    # loses them too. The revocation row ends the account's open sessions
+    # in a running chatd.
+    with _transaction(connection):
+        connection.execute(
+            "DELETE FROM friendships WHERE a_key = ? OR b_key = ?", (key, key)
+        )
+        connection.execute(
+            "DELETE FROM friend_requests WHERE from_key = ? OR to_key = ?", (key, key)
+        )
+        connection.execute("DELETE FROM accounts WHERE name_key = ?", (key,))
+        _logRevocation(connection, spelled, REVOKE)
+    return spelled, friends, requests
+
+
+def onlineUsers(url: str, timeout: float = ONLINE_TIMEOUT) -> list[dict]:
+    """Who is online, from C{GET /online} of a running chatd's --metrics listener."""
+    address = url.rstrip("/") + "/online"
+    try:
+        with urllib.request.urlopen(address, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as e:
+        raise AdminError(
+            f"{address}: {e.code} {e.reason} (is it chatd's --metrics listener?)"
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise AdminError(f"{address}: {reason} (is chatd running with --metrics?)") from None
+    except ValueError:
+        raise AdminError(f"{address}: the answer is not chatd's JSON") from None
+
+
+def _askPassword(name: str, ask: Callable[[str], str]) -> str:
+    """The password for C{name}, typed twice at a terminal."""
+    first = ask(f"password for {name}: ")
+    if ask(f"password for {name} again: ") != first:
+        raise AdminError("the two passwords differ; nothing was changed")
+    return first
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatd-admin",
-        description="Manage chatd's MSGR UQ accounts (works on the SQLite file).",
+        description="Manage chatd's MSGR UQ accounts (on the SQLite file), and see"
+        " who is online (asked of a running chatd).",
     )
+    parser.add_argument("--version", action="version", version=versionText())
     parser.add_argument(
         "--db", default=DEFAULT_DB, help=f"the accounts database (default {DEFAULT_DB})"
     )
@@ -173,6 +285,30 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the new password from the first line of standard input",
     )
+    create = commands.add_parser(
+        "create",
+        help="create an account (the password is asked twice, or read with"
+        " --password-stdin)",
+    )
+    create.add_argument("name")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    for field in PROFILE_FIELDS:
+        create.add_argument(f"--{field}", default="", help=f"the account's {field}")
+    commands.add_parser(
+        "delete", help="delete an account, its friendships and its friend requests"
+    ).add_argument("name")
+    online = commands.add_parser(
+        "online", help="who is online, asked of a running chatd (its --metrics listener)"
+    )
+    online.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help=f"the --metrics listener of the running chatd (default {DEFAULT_URL})",
+    )
     return parser
 
 
@@ -182,6 +318,7 @@ def main(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
+    ask: Callable[[str], str] = getpass.getpass,
 ) -> int:
     """Run C{chatd-admin}; returns the exit status."""
     stdin = sys.stdin if stdin is None else stdin
@@ -194,6 +331,10 @@ def main(
     except SystemExit as e:
         return USAGE if e.code else OK
     try:
+        if options.command == "online":
+            return _online(options.url, stdout)
+        if options.command == "create" and not options.password_stdin:
+            options.password = _askPassword(options.name, ask)
         connection = _open(options.db)
         try:
             return _run(options, connection, stdin, stdout, scrypt)
@@ -216,6 +357,20 @@ def _run(options, connection, stdin, stdout, scrypt) -> int:
             state = "yes" if blocked else "no"
             stdout.write(f"{name}\t{state}\t{email}\t{friends}\t{pending}\n")
         return OK
+    if command == "create":
+        password = (
+            stdin.readline().rstrip("\r\n") if options.password_stdin else options.password
+        )
+        profile = {field: getattr(options, field) for field in PROFILE_FIELDS}
+        name = createAccount(connection, options.name, password, profile, scrypt)
+        stdout.write(f"{name} created\n")
+        return OK
+    if command == "delete":
+        name, friends, requests = deleteAccount(connection, options.name)
+        stdout.write(
+            f"{name} deleted, with {friends} friendships and {requests} friend requests\n"
+        )
+        return OK
     if command in ("block", "unblock"):
         name = setBlocked(connection, options.name, command == "block")
         stdout.write(f"{name} {command}ed\n")
@@ -235,6 +390,14 @@ def _run(options, connection, stdin, stdout, scrypt) -> int:
         stdout.write(f"new password for {name}: {password}\n")
     else:
         stdout.write(f"password of {name} reset\n")
+    return OK
+
+
+def _online(url: str, stdout: TextIO) -> int:
+    users = onlineUsers(url)
+    stdout.write("name\tprotocol\tip\tstatus\n")
+    for user in users:
+        stdout.write(f"{user['name']}\t{user['protocol']}\t{user['ip']}\t{user['status']}\n")
     return OK
 
 

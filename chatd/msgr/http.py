@@ -86,6 +86,11 @@ def _formBody(outcome: Outcome) -> str:
         return f"{outcome.code}||" + codec.joinList(map(_friendItem, data["friends"]))
     if "requests" in data:
         return f"{outcome.code}||" + codec.joinList(data["requests"])
+    if "reason" in data:
+        # The code stays first, as every seed client reads it (the Java
+        # client: the first 3 characters of the last line; others split on
+        # ||); the reason, for people, follows as a field of its own.
+        return f"{outcome.code}||{codec.escape(data['reason'])}\n"
     return str(outcome.code)
 
 

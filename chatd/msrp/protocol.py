@@ -133,6 +133,31 @@ ERR_LINE_TOO_LONG = f"Línea demasiado larga (máximo {MAX_LINE} bytes)."
 
 HUMAN_BYE = "Adiós."
 
+#: Seconds of silence after which a new connection is taken for a person at
+#: nc/telnet and told what to type (C{--msrp-greeting}; 0: never). Binary
+#: clients send their name as soon as they connect, so they never see it.
+DEFAULT_GREET_AFTER = 2.0
+
+#: What a person who connected and waits is told (a line of text, as in the
+#: mode for people; the name is still read by the detection rule).
+NAME_PROMPT = (
+    f"Hola. Escribe tu nombre, de exactamente {NAME_LENGTH} bytes (por"
+    " ejemplo ana1), y pulsa Enter. Después, help muestra la ayuda."
+)
+
+#: Words of the mode for people that ask for help.
+CMD_HELP = ("help", "ayuda")
+
+#: The answer to C{help} in the mode for people.
+HUMAN_HELP = (
+    "Escribe una orden por línea:",
+    "  <nombre> <texto>  un mensaje a <nombre>, de cualquier protocolo",
+    "  all <texto>       un mensaje a todos",
+    "  clientes          quién está conectado",
+    "  help              esta ayuda",
+    "  salir             desconectarse",
+)
+
 # The typed commands of the mode for people (compared without case).
 CMD_LIST = "clientes"
 CMD_QUIT = "salir"
@@ -359,6 +384,7 @@ class MsrpProtocol(Protocol):
         self._loggingIn = False
         self._held = bytearray()  # bytes received during the login
         self._closing = False
+        self._greetTimer = None  # the NAME_PROMPT after a silence
         self._pauseReasons: set[object] = set()
         # Inbound (this session sending).
         self._decoder: MsrpFrameDecoder | None = None
@@ -399,8 +425,25 @@ class MsrpProtocol(Protocol):
             self._closeWith(
                 _REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
             )
+        elif self.factory.greetAfter:
+            self._greetTimer = self.clock.callLater(
+                self.factory.greetAfter, self._promptForName
+            )
+
+    def _promptForName(self) -> None:
+        # Nothing arrived: most likely a person at nc/telnet, waiting.
+        self._greetTimer = None
+        if not self._closing and self.user is None and not self._greeting:
+            self._sendLine(NAME_PROMPT)
+
+    def _stopGreeting(self) -> None:
+        if self._greetTimer is not None:
+            if self._greetTimer.active():
+                self._greetTimer.cancel()
+            self._greetTimer = None
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopGreeting()
         if not self._closing:
             self._shutdown(None, transportGone=True)
         self.presence.logout(self)
@@ -418,6 +461,8 @@ class MsrpProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._greetTimer is not None:
+            self._stopGreeting()
         try:
             if self.user is None:
                 if self._loggingIn:
@@ -739,6 +784,9 @@ class MsrpProtocol(Protocol):
         if word == CMD_LIST:
             self._sendLine(self._listText().rstrip("\n"))
             return
+        if word in CMD_HELP:
+            self._sendLine("\n".join(HUMAN_HELP))
+            return
         if word == CMD_QUIT:
             self._sendLine(HUMAN_BYE)
             self._shutdown(None)
@@ -942,6 +990,7 @@ class MsrpProtocol(Protocol):
         """
         if reason is not None:
             self.factory.disconnecting(self, reason)
+        self._stopGreeting()
         self._shutdown(text)
 
     def _shutdown(
@@ -1038,6 +1087,8 @@ class MsrpFactory(SessionFactory):
     @param limits: the server's L{Limits} (C{loginTimeout} is the time a new
         connection has to send its name).
     @param limiter: the L{ConnectionLimiter} shared by every listener.
+    @param greetAfter: seconds of silence after which a new connection gets
+        L{NAME_PROMPT}; 0 for never (C{--msrp-greeting}).
     """
 
     #: What clients are told when the server stops (an ERROR frame, or a
@@ -1054,6 +1105,7 @@ class MsrpFactory(SessionFactory):
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
         metrics: ChatdMetrics | None = None,
+        greetAfter: float = 0,
     ) -> None:
         if metrics is None:
             metrics = getattr(presence, "metrics", None)
@@ -1064,6 +1116,7 @@ class MsrpFactory(SessionFactory):
         #: The 4-byte slots of users whose names are not 4 bytes, shared by
         #: every connection.
         self.slots = SlotDirectory(presence)
+        self.greetAfter = greetAfter
 
     def filesInFlight(self) -> int:
         """

@@ -23,6 +23,8 @@ DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
 DEFAULT_LOGIN_TIMEOUT = 60.0
 DEFAULT_KEEPALIVE = 60
 DEFAULT_CLOSE_GRACE = 10.0
+#: Seconds a file transfer may go without progress before it is abandoned.
+DEFAULT_FILE_IDLE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Limits:
     @ivar keepAlive: seconds of silence before TCP keepalive probes a peer.
     @ivar closeGrace: seconds a connection the server closes has to take its
         last bytes before it is aborted.
+    @ivar fileIdleTimeout: seconds a file on its way to a user (MSRP content
+        streaming, an MSGR file waiting for its receiver to read) may go
+        without progress before it is abandoned and its sender told.
     """
 
     maxConnections: int = DEFAULT_MAX_CONNECTIONS
@@ -51,6 +56,7 @@ class Limits:
     loginTimeout: float = DEFAULT_LOGIN_TIMEOUT
     keepAlive: int = DEFAULT_KEEPALIVE
     closeGrace: float = DEFAULT_CLOSE_GRACE
+    fileIdleTimeout: float = DEFAULT_FILE_IDLE_TIMEOUT
 
     def bucket(self, clock: IReactorTime) -> "TokenBucket | None":
         """A new user's message bucket, or C{None} when the rate is free."""
@@ -60,7 +66,7 @@ class Limits:
 
 
 #: No limit at all (what tests of other behaviour use, and C{make bench}).
-UNLIMITED = Limits(0, 0, 0.0, 0.0, 0, 0.0, 0, DEFAULT_CLOSE_GRACE)
+UNLIMITED = Limits(0, 0, 0.0, 0.0, 0, 0.0, 0, DEFAULT_CLOSE_GRACE, 0.0)
 
 
 class TokenBucket:

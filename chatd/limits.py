@@ -160,6 +160,10 @@ class OutboundQueue:
     C{maxBytes}.
     """
 
+    #: Called after what waited was handed to the transport (it drained, or
+    #: L{finish}); set only by a protocol that waits for that.
+    onDrained: Callable[[], None] | None = None
+
     def __init__(
         self, transport, maxBytes: int, onOverflow: Callable[[], None]
     ) -> None:
@@ -202,6 +206,20 @@ class OutboundQueue:
             self.queued = 0
         self.overflowed = True  # nothing more is taken
         self.transport.unregisterProducer()
+        if self.onDrained is not None:
+            self.onDrained()
+
+    def retract(self, data: bytes) -> bool:
+        """
+        Take C{data} (that very object, as it was written) back out of the
+        queue; C{False} when it does not wait here (any more).
+        """
+        for index, item in enumerate(self._waiting):
+            if item is data:
+                del self._waiting[index]
+                self.queued -= len(data)
+                return True
+        return False
 
     @property
     def paused(self) -> bool:
@@ -229,6 +247,8 @@ class OutboundQueue:
             self.transport.writeSequence(waiting)
             self._waiting = []
             self.queued = 0
+            if self.onDrained is not None:
+                self.onDrained()
 
 
 def enableKeepAlive(

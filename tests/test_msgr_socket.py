@@ -317,6 +317,61 @@ class BoundTests(unittest.TestCase):
             ],
         )
 
+    def test_fileWaitsForReceiverThatDoesNotRead(self):
+        """
+        A file for a receiver whose socket takes nothing waits for it; the
+        sender's answer waits too: 704 when the socket takes the file.
+        """
+        data = b64(b"hola")
+        self.bea.protocol.outbound.pauseProducing()  # bea's socket buffer is full
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||a.txt||{data}")
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||Bea||hola")
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||3||#MSJ||Ana||704"])
+        self.h.clock.advance(29)
+        self.assertEqual(self.ana.lines(), [])
+        self.bea.protocol.outbound.resumeProducing()  # bea reads
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||704"])
+        self.assertEqual(
+            self.bea.lines(),
+            [f"#ARCHIVO||-||Ana||Bea||a.txt||{data}", "#MSJ||-||Ana||Bea||hola"],
+        )
+        self.h.clock.advance(60)
+        self.assertEqual(self.ana.lines(), [])
+
+    def test_fileNotTakenIsDropped(self):
+        """
+        A file the receiver's socket has not taken within --file-idle-timeout
+        (30 s) is dropped, and its sender answered 803; what else waited is
+        still delivered.
+        """
+        data = b64(b"x" * 1000)
+        self.bea.protocol.outbound.pauseProducing()
+        self.ana.sendLine(f"#IMG||{self.anaToken}||Ana||Bea||foto.png||{data}")
+        self.h.clock.advance(10)
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||Bea||sigo")
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||b.txt||{b64(b'b')}")
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||3||#MSJ||Ana||704"])
+        self.h.clock.advance(19.9)
+        self.assertEqual(self.ana.lines(), [])
+        self.h.clock.advance(0.1)
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#IMG||Ana||803"])
+        self.assertEqual(self.bea.protocol.outbound.queued, len("#MSJ||-||Ana||Bea||sigo\n")
+                         + len(f"#ARCHIVO||-||Ana||Bea||b.txt||{b64(b'b')}\n"))
+        self.h.clock.advance(10)
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||4||#ARCHIVO||Ana||803"])
+        self.bea.protocol.outbound.resumeProducing()
+        self.assertEqual(self.bea.lines(), ["#MSJ||-||Ana||Bea||sigo"])
+        self.assertFalse(self.bea.closed)
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_fileForReceiverThatLeaves(self):
+        """A receiver gone before taking a file: its sender is answered 803."""
+        self.bea.protocol.outbound.pauseProducing()
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||a.txt||{b64(b'a')}")
+        self.bea.lose()
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||803"])
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
     @defer.inlineCallbacks
     def test_fileToAnotherProtocol(self):
         other = RecordingSession("msrp", maxFileSize=100)

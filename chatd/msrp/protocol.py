@@ -945,6 +945,7 @@ class MsrpProtocol(Protocol):
                 name=self.user.name if self.user else "?",
                 sender=sender,
                 filename=_show(stream.filename),
+                protocol=self.protocolName,
                 event="file-cut",
             )
             self._cutLive(stream, errRecipientGone(sender, _show(stream.filename)))

@@ -587,6 +587,46 @@ class StalledFileTests(MsrpTestMixin, TestCase):
         self.assertFalse(bob.closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_attackerLeaves(self) -> None:
+        """
+        The report's case: 10**9 bytes announced, 10 sent, 17 messages from
+        a third user and the recipient's own LIST accepted meanwhile, then
+        the sender leaves. The recipient is not reset: it gets the rest as
+        zero bytes (only as fast as it reads), the notice, then all 17
+        messages and its list.
+        """
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=65536)
+        carl = self.client(b"carl")
+        size = 10**9
+        alic.send(header(b"bob_", b"big.iso", size) + b"0123456789")
+        messages = [encodeMessage(b"bob_", b"mensaje %d" % i) for i in range(17)]
+        for frame in messages:
+            carl.send(frame)
+        bob.send(encodeListRequest())
+        self.clock.advance(10)
+        self.assertEqual(bob.wire(), header(b"alic", b"big.iso", size) + b"0123456789")
+        alic.disconnect()
+        self.assertFalse(bob.closed)
+        zeros = 0
+        tail = b""
+        while zeros < size - 10:
+            data = bob.wire()
+            self.assertNotEqual(data, b"")
+            self.assertLessEqual(len(data), 2 * 65536)  # written as bob reads
+            content = data[: size - 10 - zeros]
+            self.assertEqual(content.count(0), len(content))
+            zeros += len(content)
+            tail = data[len(content):]
+        tail += bob.wire()
+        self.assertEqual(
+            tail,
+            errorFrame(errRecipientGone("alic", "big.iso"))
+            + b"".join(b"\x00\x01carlmensaje %d\x00" % i for i in range(17))
+            + listFrame("alic", "bob_", "carl"),
+        )
+        self.assertEqual(carl.wire(), b"")  # no message was refused
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_progressKeepsItAlive(self) -> None:
         """The timeout counts from the last content that arrived."""
         alic, bob = self.client(b"alic"), self.client(b"bob_")

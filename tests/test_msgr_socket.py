@@ -14,12 +14,15 @@ from twisted.trial import unittest
 
 from chatd.msgr import admin
 from chatd.msgr.codec import splitFields, unescape
+from chatd.msrp.codec import encodeFileHeader
+from chatd.msrp.protocol import MsrpFactory, errNotDelivered
 from chatd.presence import NameProtected, RecipientBusy
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import DelimitedFramer, encodeDelimited
 from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
 
 from tests.test_msgr_helpers import TOKEN_IDLE, MsgrHarness, RecordingSession
+from tests.test_msrp_protocol import MsrpClient, errorFrame
 
 
 class ProtobufClient:
@@ -371,6 +374,34 @@ class BoundTests(unittest.TestCase):
         self.bea.lose()
         self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||803"])
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_fileFromMsrpForReceiverThatDoesNotRead(self):
+        """
+        A file from an MSRP user for an MSGR receiver that takes nothing
+        waits at most --file-idle-timeout; then it is dropped and the MSRP
+        sender gets the ERROR of a failed hand-over. Taken in time, it
+        arrives and the sender hears nothing.
+        """
+        yield self.h.register("Dani")
+        dani, _ = yield self.h.bound("Dani")
+        dani.lines()
+        alic = MsrpClient(MsrpFactory(self.h.presence, self.h.clock), b"alic")
+        self.assertIsNotNone(self.h.presence.lookup("alic"))
+        dani.protocol.outbound.pauseProducing()
+        alic.send(encodeFileHeader(b"Dani", b"a.txt", 4, 0, b"") + b"hola")
+        self.h.clock.advance(29)
+        self.assertEqual(alic.wire(), b"")
+        self.h.clock.advance(1)
+        self.assertEqual(alic.wire(), errorFrame(errNotDelivered("Dani", "a.txt")))
+        alic.send(encodeFileHeader(b"Dani", b"b.txt", 4, 0, b"") + b"chau")
+        self.h.clock.advance(29)
+        dani.protocol.outbound.resumeProducing()
+        self.assertEqual(dani.lines(), [f"#ARCHIVO||-||alic||Dani||b.txt||{b64(b'chau')}"])
+        self.h.clock.advance(60)
+        self.assertEqual(alic.wire(), b"")
+        alic.disconnect()
+        dani.lose()
 
     @defer.inlineCallbacks
     def test_fileToAnotherProtocol(self):

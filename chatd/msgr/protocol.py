@@ -469,20 +469,20 @@ class MsgrChatProtocol(Protocol):
                 self._refuse(command, UPDATE_FAILED, str(e))
                 return
             self.factory.metrics.fileRelayed("msgr", "msgr", len(content))
-            if held is not None:
-                # The receiver is not reading: answered when it takes the
-                # file, or 803 when the file was dropped.
-                self._answerWhenTaken(held, command, to, filename)
-                return
         else:
             try:
-                self.presence.sendFile(self, to, filename, content)
+                held = self.presence.sendFile(self, to, filename, content)
             except NoSuchUser as e:
                 self._refuse(command, NO_SUCH_USER, str(e))
                 return
             except (FilesNotAccepted, PresenceError) as e:
                 self._refuse(command, UPDATE_FAILED, str(e))
                 return
+        if held is not None:
+            # The receiver is not reading: answered when it takes the file,
+            # or 803 when the file was dropped.
+            self._answerWhenTaken(held, command, to, filename)
+            return
         self._answer(command, SENT_OK)
 
     def _answerWhenTaken(
@@ -683,11 +683,15 @@ class MsgrChatProtocol(Protocol):
     def deliverMessage(self, message: ChatMessage) -> None:
         self._deliver(MSJ, NO_TOKEN, message.sender, message.receiver, message.text)
 
-    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+    def deliverFile(self, sender: str, filename: str, content: bytes):
         if self.user is None:
-            return
+            return None
         encoded = RawField(base64.b64encode(content).decode("ascii"))
+        outbound = self.outbound
+        if outbound is not None and outbound.paused and not self._closing:
+            return self._holdFile(ARCHIVO, sender, [filename, encoded])
         self._deliver(ARCHIVO, NO_TOKEN, sender, self.user.name, filename, encoded)
+        return None
 
     def disconnect(self, reason: str) -> None:
         self._endSession(UPDATE_FAILED, reason)

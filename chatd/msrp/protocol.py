@@ -699,11 +699,18 @@ class MsrpProtocol(Protocol):
 
     def _wholeFileReceived(self, whole: _WholeFile) -> None:
         try:
-            self.presence.sendFile(
+            taken = self.presence.sendFile(
                 self, whole.receiver, whole.filename, bytes(whole.content)
             )
         except (NoSuchUser, FilesNotAccepted, RecipientBusy):
             self._sendError(errNotDelivered(whole.receiver, whole.filename))
+            return
+        if taken is not None:
+            # The receiver is not reading: the file waits for it, and may be
+            # dropped (--file-idle-timeout); then this sender is told.
+            notice = errNotDelivered(whole.receiver, whole.filename)
+            taken.addCallback(lambda ok: ok or self._sendError(notice))
+            taken.addErrback(self._failed)
 
     def _listRequest(self, frame: ListRequest) -> None:
         self._send(encodeClientList(wireText(self._listText())))

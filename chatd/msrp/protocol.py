@@ -948,10 +948,12 @@ class MsrpProtocol(Protocol):
             # then deliver the rest.
             sender = stream.sender.user.name if stream.sender.user else "?"
             self.log.info(
-                "msrp {name}: the sender {sender} of {filename!r} left mid-file",
+                "msrp {name}: the sender {sender} of {filename!r} left mid-file;"
+                " {missing} bytes are completed with zeros",
                 name=self.user.name if self.user else "?",
                 sender=sender,
                 filename=_show(stream.filename),
+                missing=stream.size - stream.sent,
                 protocol=self.protocolName,
                 event="file-cut",
             )
@@ -1040,11 +1042,13 @@ class MsrpProtocol(Protocol):
         sender = stream.sender
         self.log.info(
             "msrp file {filename!r} from {sender} to {receiver} abandoned:"
-            " no progress for {timeout} s",
+            " no progress for {timeout} s; {missing} bytes are completed with"
+            " zeros",
             filename=_show(stream.filename),
             sender=sender.user.name if sender.user else "?",
             receiver=self.user.name if self.user else "?",
             timeout=timeout,
+            missing=stream.size - stream.sent,
             protocol=self.protocolName,
             event="file-stalled",
         )

@@ -119,7 +119,7 @@ class MsgrChatProtocol(Protocol):
     protocolName = "msgr"
     log = Logger()
 
-    #: Files from other MSGR users that wait for this client to read:
+    #: Files from other users that wait for this client to read:
     #: (line, Deferred for the sender's answer, idle timer or None). None
     #: until there is one (an idle session should cost little memory).
     _heldFiles: list | None = None
@@ -508,7 +508,9 @@ class MsgrChatProtocol(Protocol):
             self._answer(command, SENT_OK if taken else UPDATE_FAILED, lineId)
 
         held.addCallback(answer)
-        held.addErrback(lambda f: self.log.failure("MSGR {command} answer failed", f, command=command))
+        held.addErrback(
+            lambda f: self.log.failure("MSGR {command} answer failed", f, command=command)
+        )
 
     def _meme(self, command: str, fields: list[str]) -> None:
         to, name = unescape(fields[3]), unescape(fields[4])

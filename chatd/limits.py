@@ -24,6 +24,8 @@ DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
 DEFAULT_LOGIN_TIMEOUT = 60.0
 DEFAULT_KEEPALIVE = 60
 DEFAULT_CLOSE_GRACE = 10.0
+#: Seconds a file transfer may go without progress before it is abandoned.
+DEFAULT_FILE_IDLE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class Limits:
     @ivar keepAlive: seconds of silence before TCP keepalive probes a peer.
     @ivar closeGrace: seconds a connection the server closes has to take its
         last bytes before it is aborted.
+    @ivar fileIdleTimeout: seconds a file on its way to a user (MSRP content
+        streaming, an MSGR file waiting for its receiver to read) may go
+        without progress before it is abandoned and its sender told.
     """
 
     maxConnections: int = DEFAULT_MAX_CONNECTIONS
@@ -52,6 +57,7 @@ class Limits:
     loginTimeout: float = DEFAULT_LOGIN_TIMEOUT
     keepAlive: int = DEFAULT_KEEPALIVE
     closeGrace: float = DEFAULT_CLOSE_GRACE
+    fileIdleTimeout: float = DEFAULT_FILE_IDLE_TIMEOUT
 
     def bucket(self, clock: IReactorTime) -> "TokenBucket | None":
         """A new user's message bucket, or C{None} when the rate is free."""
@@ -61,7 +67,7 @@ class Limits:
 
 
 #: No limit at all (what tests of other behaviour use, and C{make bench}).
-UNLIMITED = Limits(0, 0, 0.0, 0.0, 0, 0.0, 0, DEFAULT_CLOSE_GRACE)
+UNLIMITED = Limits(0, 0, 0.0, 0.0, 0, 0.0, 0, DEFAULT_CLOSE_GRACE, 0.0)
 
 
 class TokenBucket:
@@ -248,6 +254,10 @@ class OutboundQueue:
     C{maxBytes}.
     """
 
+    #: Called after what waited was handed to the transport (it drained, or
+    #: L{finish}); set only by a protocol that waits for that.
+    onDrained: Callable[[], None] | None = None
+
     def __init__(
         self, transport, maxBytes: int, onOverflow: Callable[[], None]
     ) -> None:
@@ -290,6 +300,20 @@ class OutboundQueue:
             self.queued = 0
         self.overflowed = True  # nothing more is taken
         self.transport.unregisterProducer()
+        if self.onDrained is not None:
+            self.onDrained()
+
+    def retract(self, data: bytes) -> bool:
+        """
+        Take C{data} (that very object, as it was written) back out of the
+        queue; C{False} when it does not wait here (any more).
+        """
+        for index, item in enumerate(self._waiting):
+            if item is data:
+                del self._waiting[index]
+                self.queued -= len(data)
+                return True
+        return False
 
     @property
     def paused(self) -> bool:
@@ -317,6 +341,8 @@ class OutboundQueue:
             self.transport.writeSequence(waiting)
             self._waiting = []
             self.queued = 0
+            if self.onDrained is not None:
+                self.onDrained()
 
 
 def enableKeepAlive(

@@ -205,8 +205,15 @@ class IFileReceiver(Interface):
 
     maxFileSize = Attribute("The largest file, in bytes, it accepts whole.")
 
-    def deliverFile(sender: str, filename: str, content: bytes) -> None:
-        """Put the whole file on this session's wire, in its protocol's terms."""
+    def deliverFile(sender: str, filename: str, content: bytes):
+        """
+        Put the whole file on this session's wire, in its protocol's terms.
+
+        @return: C{None}; or, when the file has to wait for this session to
+            read, a L{Deferred} that fires C{True} once it is taken and
+            C{False} if it was dropped (not taken within
+            C{--file-idle-timeout}, or the connection went).
+        """
 
 
 # Presence events, passed to observers as (kind, UserInfo).
@@ -277,9 +284,12 @@ class IPresenceService(Interface):
 
     def sendFile(
         sender: IChatSession, receiver: str, filename: str, content: bytes
-    ) -> None:
+    ):
         """
         Hand a whole file from C{sender}'s user to the user C{receiver}.
+
+        @return: what the receiver's L{IFileReceiver.deliverFile} returned:
+            C{None}, or a L{Deferred} saying whether the file was taken.
 
         @raise NoSuchUser: when C{receiver} is not online (or C{sender} is not
             logged in).
@@ -484,7 +494,7 @@ class InMemoryPresenceService:
 
     def sendFile(
         self, sender: IChatSession, receiver: str, filename: str, content: bytes
-    ) -> None:
+    ):
         source = self._bySession.get(sender)
         if source is None:
             raise NoSuchUser("not logged in")
@@ -498,8 +508,9 @@ class InMemoryPresenceService:
             raise FilesNotAccepted(
                 f"{target.info.name} accepts files of at most {limit} bytes"
             )
+        taken = None
         try:
-            IFileReceiver(target.session).deliverFile(
+            taken = IFileReceiver(target.session).deliverFile(
                 source.info.name, filename, content
             )
         except RecipientBusy:
@@ -511,6 +522,7 @@ class InMemoryPresenceService:
             self.metrics.fileRelayed(
                 source.info.protocol, target.info.protocol, len(content)
             )
+        return taken
 
     def fileLimit(self, receiver: str) -> int | None:
         target = self._byName.get(nameKey(receiver))

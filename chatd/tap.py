@@ -154,6 +154,16 @@ class Options(ConfiguredOptions):
             _limit,
         ],
         [
+            "file-idle-timeout",
+            None,
+            L.DEFAULT_FILE_IDLE_TIMEOUT,
+            "Seconds a file on its way to a user may make no progress (MSRP "
+            "content not arriving or not read; an MSGR file not read by its "
+            "receiver) before it is abandoned and both sides are told. 0 "
+            "for no limit.",
+            _rate,
+        ],
+        [
             "close-grace",
             None,
             L.DEFAULT_CLOSE_GRACE,
@@ -368,6 +378,7 @@ def _limits(config: Options) -> Limits:
         loginTimeout=config["login-timeout"],
         keepAlive=config["keepalive"],
         closeGrace=config["close-grace"],
+        fileIdleTimeout=config["file-idle-timeout"],
     )
 
 

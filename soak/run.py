@@ -132,6 +132,11 @@ def serverOption(extra: list[str], name: str, default: str) -> str:
     return value
 
 
+#: The soak's --file-idle-timeout (chatd's default, 30 s, is longer than the
+#: soak's answer timeout).
+DEFAULT_FILE_IDLE_TIMEOUT = "5"
+
+
 def serverArguments(directory: str, available: set[str], extra: list[str]) -> list[str]:
     loopback = "tcp:0:interface=127.0.0.1"
     args = [
@@ -151,6 +156,10 @@ def serverArguments(directory: str, available: set[str], extra: list[str]) -> li
     # clients from one address must be let in.
     if "max-conns-per-ip" in available:
         args += ["--max-conns-per-ip", "0"]
+    # Files that make no progress are abandoned well within the soak's
+    # answer timeout, so the stalled file sender sees it (issue 11).
+    if "file-idle-timeout" in available:
+        args += ["--file-idle-timeout", DEFAULT_FILE_IDLE_TIMEOUT]
     return args + extra
 
 
@@ -230,9 +239,10 @@ async def main(options: argparse.Namespace) -> int:
     directory = tempfile.mkdtemp(prefix="chatd-soak-")
     failures: list[str] = []
     report: list[str] = []
+    available = chatdOptions(options.twistd)
     server = ServerProcess(
         directory,
-        serverArguments(directory, chatdOptions(options.twistd), options.server_arg),
+        serverArguments(directory, available, options.server_arg),
         options.twistd,
         MALLOC_TUNING if options.malloc_tuning else {},
     )
@@ -253,6 +263,10 @@ async def main(options: argparse.Namespace) -> int:
         await checks.register(ports, everyone, password, options.timeout)
         await checks.befriend(ports, everyone, password, options.timeout)
         soak = behaviours.Soak(ports, accounts, password, options.seed, options.timeout)
+        if "file-idle-timeout" in available:
+            soak.fileIdleTimeout = float(
+                serverOption(options.server_arg, "file-idle-timeout", DEFAULT_FILE_IDLE_TIMEOUT)
+            )
         sampler = Sampler(server)
 
         # Warm-up: the same load, so that every code path, cache, thread and

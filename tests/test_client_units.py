@@ -6,15 +6,20 @@ editor, the command language and the console's output.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
+from chatd.client.base import OutboundQueue
 from chatd.client.console import ScriptConsole, indented
 from chatd.client.files import IncomingFile, Progress, formatDuration, formatSize, safeFileName
 from chatd.client.lineedit import EndOfInput, Interrupt, LineEditor, Submitted, cellWidth
+from chatd.client.msrp import MsrpChatClient, MsrpClientProtocol
 from chatd.client.runner import Command, CommandError, CommandRunner, arguments
+from chatd.msrp import codec
 from chatd.msrp.codec import clientListText, parseClientListText
 
 
@@ -360,3 +365,71 @@ class RunnerTests(TestCase):
         self.client._closed.callback(None)
         self.assertEqual(self.console.lines, ["! the connection was closed by the server"])
         self.assertEqual(self.successResultOf(self.runner.finished), 1)
+
+
+class MsrpCutFileTests(TestCase):
+    """
+    chatd-client (MSRP) and a file the server cut short: completed with zero
+    bytes and followed at once by an ERROR naming it (docs/msrp.md). It is
+    neither kept nor acknowledged.
+    """
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.folder, "inbox"))
+        self.out = open(os.path.join(self.folder, "out"), "w+b")
+        self.err = open(os.path.join(self.folder, "err"), "w+b")
+        self.addCleanup(self.out.close)
+        self.addCleanup(self.err.close)
+        clock = Clock()
+        console = ScriptConsole(clock, self.out.fileno(), self.err.fileno())
+        options = SimpleNamespace(name="clt2", save_dir=os.path.join(self.folder, "inbox"))
+        self.client = MsrpChatClient(options, console, clock)
+        self.sent = StringTransport()
+        self.client.outbound = OutboundQueue(self.sent)
+        self.wire = MsrpClientProtocol(self.client)
+
+    def saved(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.folder, "inbox")))
+
+    def lines(self) -> list[str]:
+        self.out.seek(0)
+        return self.out.read().decode("utf-8").splitlines()
+
+    def file(self, content: bytes) -> bytes:
+        return codec.encodeFileHeader(b"evil", b"half.bin", len(content)) + content
+
+    def notice(self) -> bytes:
+        return codec.encodeError(
+            "Error al recibir el archivo. evil se desconectó; half.bin no se entregó.".encode()
+        )
+
+    def test_noticeInTheSameRead(self) -> None:
+        self.wire.dataReceived(self.file(b"abc\x00\x00\x00") + self.notice())
+        self.assertEqual(self.saved(), [])
+        self.assertEqual(self.sent.value(), b"")  # no ACK
+        self.assertEqual(
+            self.lines(),
+            ["! the file half.bin from evil was cut short: Error al recibir el archivo."
+             " evil se desconectó; half.bin no se entregó."],
+        )
+
+    def test_noticeInARead(self) -> None:
+        """The notice split from the file by TCP: the file saved is removed."""
+        self.wire.dataReceived(self.file(b"abc\x00\x00\x00"))
+        self.assertEqual(self.saved(), ["half.bin"])
+        self.assertEqual(self.sent.value(), codec.encodeAck(b"half.bin"))
+        self.wire.dataReceived(self.notice())
+        self.assertEqual(self.saved(), [])
+
+    def test_wholeFileKept(self) -> None:
+        """A whole file followed by anything else (even an ERROR about another file) is kept."""
+        other = codec.encodeError(
+            "Error al recibir el archivo. bob_ se desconectó; otro.bin no se entregó.".encode()
+        )
+        self.wire.dataReceived(self.file(b"abcdef") + other)
+        self.wire.dataReceived(codec.encodeMessage(b"evil", b"hola"))
+        self.assertEqual(self.saved(), ["half.bin"])
+        with open(os.path.join(self.folder, "inbox", "half.bin"), "rb") as f:
+            self.assertEqual(f.read(), b"abcdef")
+        self.assertEqual(self.sent.value(), codec.encodeAck(b"half.bin"))

@@ -370,6 +370,27 @@ class OptionTests(TestCase):
             self.assertIs(factory.limiter, top.limiter, label)
             self.assertEqual((factory.limits.rate, factory.limits.maxSendQueue), (3.0, 0))
 
+    def test_fileIdleTimeout(self) -> None:
+        """--file-idle-timeout: 30 s by default, shared by MSRP and MSGR."""
+        from twisted.python.usage import UsageError
+
+        from chatd.tap import makeService
+
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["file-idle-timeout"], 30.0)
+        options = Options()
+        options.parseOptions(
+            ["--file-idle-timeout", "0", "--db", self.mktemp(), "--protobuf", "none",
+             "--msrp", "tcp:0", "--http", "none", "--msgr", "tcp:0"]
+        )
+        top = makeService(options, reactor=reactor)
+        self.addCleanup(top.msgr.store.close)
+        for label in ("msrp", "msgr"):
+            self.assertEqual(top.getServiceNamed(label).factory.limits.fileIdleTimeout, 0)
+        for value in ("-1", "x"):
+            self.assertRaises(UsageError, Options().parseOptions, ["--file-idle-timeout", value])
+
     def test_negativeRefused(self) -> None:
         from twisted.python.usage import UsageError
 

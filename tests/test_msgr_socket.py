@@ -14,12 +14,15 @@ from twisted.trial import unittest
 
 from chatd.msgr import admin
 from chatd.msgr.codec import splitFields, unescape
+from chatd.msrp.codec import encodeFileHeader
+from chatd.msrp.protocol import MsrpFactory, errNotDelivered
 from chatd.presence import NameProtected, RecipientBusy
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import DelimitedFramer, encodeDelimited
 from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
 
 from tests.test_msgr_helpers import TOKEN_IDLE, MsgrHarness, RecordingSession
+from tests.test_msrp_protocol import MsrpClient, errorFrame
 
 
 class ProtobufClient:
@@ -316,6 +319,89 @@ class BoundTests(unittest.TestCase):
                 f"#ARCHIVO||-||Ana||Bea||redes.zip||{data}",
             ],
         )
+
+    def test_fileWaitsForReceiverThatDoesNotRead(self):
+        """
+        A file for a receiver whose socket takes nothing waits for it; the
+        sender's answer waits too: 704 when the socket takes the file.
+        """
+        data = b64(b"hola")
+        self.bea.protocol.outbound.pauseProducing()  # bea's socket buffer is full
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||a.txt||{data}")
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||Bea||hola")
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||3||#MSJ||Ana||704"])
+        self.h.clock.advance(29)
+        self.assertEqual(self.ana.lines(), [])
+        self.bea.protocol.outbound.resumeProducing()  # bea reads
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||704"])
+        self.assertEqual(
+            self.bea.lines(),
+            [f"#ARCHIVO||-||Ana||Bea||a.txt||{data}", "#MSJ||-||Ana||Bea||hola"],
+        )
+        self.h.clock.advance(60)
+        self.assertEqual(self.ana.lines(), [])
+
+    def test_fileNotTakenIsDropped(self):
+        """
+        A file the receiver's socket has not taken within --file-idle-timeout
+        (30 s) is dropped, and its sender answered 803; what else waited is
+        still delivered.
+        """
+        data = b64(b"x" * 1000)
+        self.bea.protocol.outbound.pauseProducing()
+        self.ana.sendLine(f"#IMG||{self.anaToken}||Ana||Bea||foto.png||{data}")
+        self.h.clock.advance(10)
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||Bea||sigo")
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||b.txt||{b64(b'b')}")
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||3||#MSJ||Ana||704"])
+        self.h.clock.advance(19.9)
+        self.assertEqual(self.ana.lines(), [])
+        self.h.clock.advance(0.1)
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#IMG||Ana||803"])
+        self.assertEqual(self.bea.protocol.outbound.queued, len("#MSJ||-||Ana||Bea||sigo\n")
+                         + len(f"#ARCHIVO||-||Ana||Bea||b.txt||{b64(b'b')}\n"))
+        self.h.clock.advance(10)
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||4||#ARCHIVO||Ana||803"])
+        self.bea.protocol.outbound.resumeProducing()
+        self.assertEqual(self.bea.lines(), ["#MSJ||-||Ana||Bea||sigo"])
+        self.assertFalse(self.bea.closed)
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_fileForReceiverThatLeaves(self):
+        """A receiver gone before taking a file: its sender is answered 803."""
+        self.bea.protocol.outbound.pauseProducing()
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||Bea||a.txt||{b64(b'a')}")
+        self.bea.lose()
+        self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||803"])
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_fileFromMsrpForReceiverThatDoesNotRead(self):
+        """
+        A file from an MSRP user for an MSGR receiver that takes nothing
+        waits at most --file-idle-timeout; then it is dropped and the MSRP
+        sender gets the ERROR of a failed hand-over. Taken in time, it
+        arrives and the sender hears nothing.
+        """
+        yield self.h.register("Dani")
+        dani, _ = yield self.h.bound("Dani")
+        dani.lines()
+        alic = MsrpClient(MsrpFactory(self.h.presence, self.h.clock), b"alic")
+        self.assertIsNotNone(self.h.presence.lookup("alic"))
+        dani.protocol.outbound.pauseProducing()
+        alic.send(encodeFileHeader(b"Dani", b"a.txt", 4, 0, b"") + b"hola")
+        self.h.clock.advance(29)
+        self.assertEqual(alic.wire(), b"")
+        self.h.clock.advance(1)
+        self.assertEqual(alic.wire(), errorFrame(errNotDelivered("Dani", "a.txt")))
+        alic.send(encodeFileHeader(b"Dani", b"b.txt", 4, 0, b"") + b"chau")
+        self.h.clock.advance(29)
+        dani.protocol.outbound.resumeProducing()
+        self.assertEqual(dani.lines(), [f"#ARCHIVO||-||alic||Dani||b.txt||{b64(b'chau')}"])
+        self.h.clock.advance(60)
+        self.assertEqual(alic.wire(), b"")
+        alic.disconnect()
+        dani.lose()
 
     @defer.inlineCallbacks
     def test_fileToAnotherProtocol(self):

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from chatd.limits import Limits
 from chatd.msrp.codec import (
     Ack,
     FileChunk,
@@ -35,6 +36,7 @@ from chatd.msrp.protocol import (
     MsrpProtocol,
     errAckSenderGone,
     errFileTooLarge,
+    errFileStalled,
     errFileTooLargeFor,
     errNoFiles,
     errNoSuchAck,
@@ -404,18 +406,55 @@ class FailureTests(MsrpTestMixin, TestCase):
 
     def test_senderGoneMidFile(self) -> None:
         """
-        The recipient cannot be told in-band while it expects content: it is
-        disconnected, so it never takes a partial file for a whole one, and
-        nothing else is written after the partial content.
+        The recipient stays connected: the file is completed with zero bytes
+        and followed at once by an ERROR saying it was not delivered (so it
+        is never taken for a whole one), then by everything that waited for
+        the recipient, its own answers included. The file cannot be
+        acknowledged.
         """
         alic, bob, carl = self.client(b"alic"), self.client(b"bob_"), self.client(b"carl")
         alic.send(header(b"bob_", b"f", 6) + b"abc")
         carl.send(encodeMessage(b"bob_", b"espera"))
-        alic.disconnect()
+        bob.send(encodeListRequest())
         self.assertEqual(bob.wire(), header(b"alic", b"f", 6) + b"abc")
-        self.assertTrue(bob.closed)
-        self.assertIsNone(self.presence.lookup("bob_"))
-        self.assertIsNone(bob.transport.producer)
+        alic.disconnect()
+        self.assertEqual(
+            bob.wire(),
+            b"\x00\x00\x00"
+            + errorFrame("Error al recibir el archivo. alic se desconectó; f no se entregó.")
+            + b"\x00\x01carlespera\x00"
+            + listFrame("alic", "bob_", "carl"),
+        )
+        self.assertFalse(bob.closed)
+        self.assertIsNotNone(self.presence.lookup("bob_"))
+        bob.send(encodeAck(b"f"))
+        self.assertEqual(bob.wire(), errorFrame(errNoSuchAck("f")))
+        self.assertEqual(carl.wire(), b"")
+        carl.send(encodeMessage(b"bob_", b"sigo"))
+        self.assertEqual(bob.wire(), b"\x00\x01carlsigo\x00")
+
+    def test_senderGoneMidFileSlowReader(self) -> None:
+        """
+        The completion goes out only as fast as the recipient reads: the
+        server holds about one piece beyond the transport's buffer.
+        """
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=1000)
+        size = 300_000
+        alic.send(header(b"bob_", b"big", size) + b"0123456789")
+        bob.send(encodeListRequest())
+        alic.disconnect()
+        received = b""
+        for _ in range(10):
+            received += bob.wire()
+        self.assertLessEqual(bob.transport.maxBuffered, 1000 + 65536)
+        self.assertEqual(
+            received,
+            header(b"alic", b"big", size)
+            + b"0123456789"
+            + bytes(size - 10)
+            + errorFrame(errRecipientGone("alic", "big"))
+            + listFrame("alic", "bob_"),  # answered when asked
+        )
 
     def test_senderGoneWhileFileWaits(self) -> None:
         """A file that never started is dropped; the recipient does not notice."""
@@ -436,7 +475,8 @@ class FailureTests(MsrpTestMixin, TestCase):
         for client in (alic, bob):
             client.disconnect()
         self.assertEqual(self.presence.users(), [])
-        self.assertEqual(bob.wire(), b"")
+        # bob was still there when alic's connection went: the sender-gone rule.
+        self.assertEqual(bob.wire(), b"\x00\x00\x00" + errorFrame(errRecipientGone("alic", "f")))
 
     def test_serverStopSaysGoodbye(self) -> None:
         """
@@ -491,6 +531,197 @@ class FailureTests(MsrpTestMixin, TestCase):
         self.assertEqual(
             carl.wire(), errorFrame(errQueueFull("bob_")) + listFrame("alic", "bob_", "carl")
         )
+
+
+class StalledFileTests(MsrpTestMixin, TestCase):
+    """
+    A file that makes no progress for --file-idle-timeout seconds (30 by
+    default) is abandoned: its sender and its recipient are told, and the
+    recipient gets what waited for it.
+    """
+
+    def test_stalledSender(self) -> None:
+        """
+        The attack: a file is announced and a few bytes sent, then nothing.
+        The recipient is held up for the timeout, not longer; what was
+        accepted for it meanwhile (others' messages, its own LIST answer)
+        follows the ERROR; the sender's rest is read and dropped.
+        """
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=1000)
+        carl = self.client(b"carl")
+        size = 200_000
+        alic.send(header(b"bob_", b"f.bin", size) + b"0123456789")
+        for i in range(17):
+            carl.send(encodeMessage(b"bob_", b"mensaje %d" % i))
+        bob.send(encodeListRequest())
+        self.clock.advance(29.9)
+        self.assertEqual(alic.wire(), b"")
+        self.assertEqual(carl.wire(), b"")  # all 17 accepted
+        received = bob.wire()
+        self.assertEqual(received, header(b"alic", b"f.bin", size) + b"0123456789")
+        self.clock.advance(0.1)
+        stalled = "Error al recibir el archivo. f.bin no avanzó en 30 s; no se entregó."
+        self.assertEqual(errFileStalled("f.bin", 30), stalled)
+        self.assertEqual(alic.wire(), errorFrame(stalled))
+        while not received.endswith(listFrame("alic", "bob_", "carl")):
+            more = bob.wire()
+            self.assertNotEqual(more, b"")
+            received += more
+        self.assertEqual(
+            received,
+            header(b"alic", b"f.bin", size)
+            + b"0123456789"
+            + bytes(size - 10)
+            + errorFrame(stalled)
+            + b"".join(b"\x00\x01carlmensaje %d\x00" % i for i in range(17))
+            + listFrame("alic", "bob_", "carl"),
+        )
+        self.assertLessEqual(bob.transport.maxBuffered, 1000 + 65536)
+        # The sender goes on: the rest of its content is read and dropped.
+        alic.send(b"x" * (size - 10) + encodeListRequest())
+        self.assertEqual(alic.wire(), listFrame("alic", "bob_", "carl"))
+        self.assertEqual(bob.wire(), b"")
+        # It leaving now changes nothing for bob.
+        alic.disconnect()
+        self.assertEqual(bob.wire(), b"")
+        self.assertFalse(bob.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_attackerLeaves(self) -> None:
+        """
+        The report's case: 10**9 bytes announced, 10 sent, 17 messages from
+        a third user and the recipient's own LIST accepted meanwhile, then
+        the sender leaves. The recipient is not reset: it gets the rest as
+        zero bytes (only as fast as it reads), the notice, then all 17
+        messages and its list.
+        """
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=65536)
+        carl = self.client(b"carl")
+        size = 10**9
+        alic.send(header(b"bob_", b"big.iso", size) + b"0123456789")
+        messages = [encodeMessage(b"bob_", b"mensaje %d" % i) for i in range(17)]
+        for frame in messages:
+            carl.send(frame)
+        bob.send(encodeListRequest())
+        self.clock.advance(10)
+        self.assertEqual(bob.wire(), header(b"alic", b"big.iso", size) + b"0123456789")
+        alic.disconnect()
+        self.assertFalse(bob.closed)
+        zeros = 0
+        tail = b""
+        while zeros < size - 10:
+            data = bob.wire()
+            self.assertNotEqual(data, b"")
+            self.assertLessEqual(len(data), 2 * 65536)  # written as bob reads
+            content = data[: size - 10 - zeros]
+            self.assertEqual(content.count(0), len(content))
+            zeros += len(content)
+            tail = data[len(content):]
+        tail += bob.wire()
+        self.assertEqual(
+            tail,
+            errorFrame(errRecipientGone("alic", "big.iso"))
+            + b"".join(b"\x00\x01carlmensaje %d\x00" % i for i in range(17))
+            + listFrame("alic", "bob_", "carl"),
+        )
+        self.assertEqual(carl.wire(), b"")  # no message was refused
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_progressKeepsItAlive(self) -> None:
+        """The timeout counts from the last content that arrived."""
+        alic, bob = self.client(b"alic"), self.client(b"bob_")
+        alic.send(header(b"bob_", b"f", 4) + b"a")
+        for part in (b"b", b"c"):
+            self.clock.advance(29)
+            alic.send(part)
+        self.clock.advance(29)
+        alic.send(b"d")
+        self.clock.advance(60)
+        self.assertEqual(bob.wire(), header(b"alic", b"f", 4) + b"abcd")
+        self.assertEqual(alic.wire(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_recipientNotReading(self) -> None:
+        """
+        A recipient that does not read holds the sender up for the timeout
+        only: then the sender is told, resumed, and its rest is dropped.
+        """
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=10)
+        alic.send(header(b"bob_", b"f", 100) + b"x" * 50)
+        self.assertTrue(alic.readingPaused)
+        self.clock.advance(30)
+        self.assertFalse(alic.readingPaused)
+        self.assertEqual(alic.wire(), errorFrame(errFileStalled("f", 30)))
+        alic.send(b"y" * 50 + encodeListRequest())
+        self.assertEqual(alic.wire(), listFrame("alic", "bob_"))
+        received = b""
+        for _ in range(3):
+            received += bob.wire()
+        self.assertEqual(
+            received,
+            header(b"alic", b"f", 100) + b"x" * 50 + bytes(50)
+            + errorFrame(errFileStalled("f", 30)),
+        )
+
+    def test_waitingFileNotTimed(self) -> None:
+        """
+        A file waiting its turn behind one that makes progress is not
+        abandoned; its own timeout starts when it goes out.
+        """
+        alic, bob, carl = self.client(b"alic"), self.client(b"bob_"), self.client(b"carl")
+        alic.send(header(b"bob_", b"a", 4) + b"1")
+        carl.send(header(b"bob_", b"c", 2) + b"x")
+        for part in (b"2", b"3", b"4"):
+            self.clock.advance(20)
+            alic.send(part)
+        self.assertEqual(
+            bob.wire(), header(b"alic", b"a", 4) + b"1234" + header(b"carl", b"c", 2) + b"x"
+        )
+        self.clock.advance(29)
+        carl.send(b"y")
+        self.assertEqual(bob.wire(), b"y")
+        self.assertEqual(alic.wire() + carl.wire(), b"")
+
+    def test_off(self) -> None:
+        """--file-idle-timeout 0: a stalled file waits as long as it likes."""
+        self.factory.limits = Limits(fileIdleTimeout=0)
+        alic, bob = self.client(b"alic"), self.client(b"bob_")
+        alic.send(header(b"bob_", b"f", 4) + b"ab")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10**6)
+        self.assertEqual(alic.wire(), b"")
+        alic.send(b"cd")
+        self.assertEqual(bob.wire(), header(b"alic", b"f", 4) + b"abcd")
+
+    def test_recipientLeavesAfterStall(self) -> None:
+        """The sender of an abandoned file is told once, not again."""
+        alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=10)
+        alic.send(header(b"bob_", b"f", 100_000) + b"x" * 50)
+        self.clock.advance(30)
+        self.assertEqual(alic.wire(), errorFrame(errFileStalled("f", 30)))
+        bob.disconnect()
+        self.assertEqual(alic.wire(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_wholeFileForOtherProtocol(self) -> None:
+        """
+        A file collected for another protocol that stops arriving is
+        dropped (its bytes freed) and its sender told.
+        """
+        alic = self.client(b"alic")
+        other = WholeFileSession(maxFileSize=1000)
+        self.presence.login(other, "eve_", "")
+        alic.send(header(b"eve_", b"f", 1000) + b"x" * 500)
+        self.clock.advance(29)
+        alic.send(b"x" * 100)
+        self.clock.advance(29)
+        self.assertEqual(alic.wire(), b"")
+        self.clock.advance(1)
+        self.assertEqual(alic.wire(), errorFrame(errFileStalled("f", 30)))
+        alic.send(b"x" * 400 + encodeListRequest())
+        self.assertEqual(alic.wire(), listFrame("alic", "eve_"))
+        self.assertEqual(other.files, [])
+        self.assertEqual(self.factory.filesInFlight(), 0)
 
 
 class OtherProtocolTests(MsrpTestMixin, TestCase):

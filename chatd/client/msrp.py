@@ -36,6 +36,16 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _cutNotice(text: str, filename: bytes) -> bool:
+    """Whether the server's ERROR C{text} says C{filename} was cut short."""
+    name = _text(filename)
+    prefix = "Error al recibir el archivo. "
+    return text.startswith(prefix) and (
+        text.endswith(f"; {name} no se entregó.")  # its sender left
+        or text.startswith(f"{prefix}{name} no avanzó en ")  # it stalled
+    )
+
+
 def senderName(slot: bytes) -> str:
     """The name in a 4-byte sender slot (a shorter name is padded with spaces)."""
     return _text(slot.rstrip(b" "))
@@ -78,6 +88,7 @@ class MsrpClientProtocol(Protocol):
         try:
             for frame in self.decoder.feed(data):
                 self.client.frameReceived(frame)
+            self.client.readDone()
         except codec.DecodeError as e:
             self.client.console.error(f"the server sent bytes that are not MSRP: {e}")
             self.transport.abortConnection()
@@ -112,6 +123,10 @@ class MsrpChatClient(ChatClient):
         self.errorCount = 0
         self._lists: deque[defer.Deferred] = deque()
         self._incoming: _Incoming | None = None
+        # A file whose content all arrived, kept unsaved until the next frame
+        # (or the end of the read) says whether it was cut short.
+        self._ended: _Incoming | None = None
+        self._lastSaved: tuple[bytes, str] | None = None
         self._incomingDone: list[defer.Deferred] = []
         self._awaitingAck: list[tuple[bytes, str]] = []
         self._ackWaiters: list[defer.Deferred] = []
@@ -174,6 +189,13 @@ class MsrpChatClient(ChatClient):
 
     def frameReceived(self, frame) -> None:
         kind = type(frame)
+        # Only the frame right after a file can say it was cut short.
+        justSaved, self._lastSaved = self._lastSaved, None
+        if self._ended is not None:
+            if kind is codec.Error and _cutNotice(_text(frame.text), self._ended.filename):
+                self._fileCut(_text(frame.text))
+                return
+            self._settle()
         if kind is codec.Message:
             self.console.arrival(senderName(frame.name), _text(frame.text))
         elif kind is codec.FileChunk:
@@ -190,14 +212,28 @@ class MsrpChatClient(ChatClient):
         elif kind is codec.Ack:
             self._acknowledged(frame.filename)
         elif kind is codec.Error:
-            self._error(_text(frame.text))
+            self._error(_text(frame.text), justSaved)
 
-    def _error(self, text: str) -> None:
+    def readDone(self) -> None:
+        """The frames of one read are handled: a file ended in it is whole."""
+        if self._ended is not None:
+            self._settle()
+
+    def _error(self, text: str, justSaved: tuple[bytes, str] | None = None) -> None:
         self.errorCount += 1
         if self._loginErrors is not None:
             self._loginErrors.append(text)
             return
         self.console.error(text)
+        saved = justSaved
+        if saved is not None and _cutNotice(text, saved[0]):
+            # The notice came in a read of its own: the file was saved already.
+            try:
+                os.unlink(saved[1])
+            except OSError:
+                pass
+            else:
+                self.console.error(f"{saved[1]} was removed: the file was cut short")
         # A failed transfer will never be acknowledged.
         for expected in list(self._awaitingAck):
             filename = _text(expected[0])
@@ -243,19 +279,44 @@ class MsrpChatClient(ChatClient):
     def _fileEnds(self) -> None:
         incoming, self._incoming = self._incoming, None
         if incoming is not None and incoming.file is not None:
-            try:
-                path = incoming.file.finish()
-            except OSError as e:
-                incoming.progress.finish(False)
-                self.console.error(f"cannot save {incoming.file.name}: {e.strerror}")
-            else:
-                incoming.progress.finish(True)
-                self.console.arrival(
-                    incoming.sender,
-                    f"file {_text(incoming.filename)} ({incoming.size} bytes) saved as {path}",
-                )
-                # The whole file is here: tell its sender.
-                self.outbound.write(codec.encodeAck(incoming.filename))
+            # A file cut short is completed with zero bytes and followed at
+            # once by an ERROR naming it (docs/msrp.md): wait for the next
+            # frame before saving and acknowledging it.
+            self._ended = incoming
+            return
+        self._settled()
+
+    def _fileCut(self, text: str) -> None:
+        """The file that just ended was cut short: drop it."""
+        incoming, self._ended = self._ended, None
+        incoming.file.discard()
+        incoming.progress.finish(False)
+        self.errorCount += 1
+        self.console.error(
+            f"the file {_text(incoming.filename)} from {incoming.sender} was cut short: {text}"
+        )
+        self._settled()
+
+    def _settle(self) -> None:
+        """Save the file that just ended, whole, and acknowledge it."""
+        incoming, self._ended = self._ended, None
+        try:
+            path = incoming.file.finish()
+        except OSError as e:
+            incoming.progress.finish(False)
+            self.console.error(f"cannot save {incoming.file.name}: {e.strerror}")
+        else:
+            incoming.progress.finish(True)
+            self.console.arrival(
+                incoming.sender,
+                f"file {_text(incoming.filename)} ({incoming.size} bytes) saved as {path}",
+            )
+            self._lastSaved = (incoming.filename, path)
+            # The whole file is here: tell its sender.
+            self.outbound.write(codec.encodeAck(incoming.filename))
+        self._settled()
+
+    def _settled(self) -> None:
         done, self._incomingDone = self._incomingDone, []
         for d in done:
             d.callback(None)
@@ -277,6 +338,8 @@ class MsrpChatClient(ChatClient):
                 d.callback(None)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._ended is not None:
+            self._settle()
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
             if incoming.file is not None:

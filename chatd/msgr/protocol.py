@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -119,6 +120,11 @@ class MsgrChatProtocol(Protocol):
     protocolName = "msgr"
     log = Logger()
 
+    #: Files from other users that wait for this client to read:
+    #: (line, Deferred for the sender's answer, idle timer or None). None
+    #: until there is one (an idle session should cost little memory).
+    _heldFiles: list | None = None
+
     def __init__(self, msgr: MsgrService, maxLine: int, maxFileSize: int) -> None:
         self.msgr = msgr
         self.presence = msgr.presence
@@ -200,6 +206,7 @@ class MsgrChatProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self._queue.clear()
+        self._dropHeldFiles()
         self._unbind()
         self.factory.release(self)
 
@@ -460,7 +467,7 @@ class MsgrChatProtocol(Protocol):
                 self._refuse(command, UPDATE_FAILED, "the file is too large")
                 return
             try:
-                target.deliverLine(command, self.user.name, filename, encoded)
+                held = target.deliverLine(command, self.user.name, filename, encoded)
             except RecipientBusy as e:
                 self.factory.metrics.refused(self.protocolName, BUSY)
                 self._refuse(command, UPDATE_FAILED, str(e))
@@ -468,14 +475,46 @@ class MsgrChatProtocol(Protocol):
             self.factory.metrics.fileRelayed("msgr", "msgr", len(content))
         else:
             try:
-                self.presence.sendFile(self, to, filename, content)
+                held = self.presence.sendFile(self, to, filename, content)
             except NoSuchUser as e:
                 self._refuse(command, NO_SUCH_USER, str(e))
                 return
             except (FilesNotAccepted, PresenceError) as e:
                 self._refuse(command, UPDATE_FAILED, str(e))
                 return
+        if held is not None:
+            # The receiver is not reading: answered when it takes the file,
+            # or 803 when the file was dropped.
+            self._answerWhenTaken(held, command, to, filename)
+            return
         self._answer(command, SENT_OK)
+
+    def _answerWhenTaken(
+        self, held: Deferred, command: str, to: str, filename: str
+    ) -> None:
+        lineId = self.lineNumber
+
+        def answer(taken: bool) -> None:
+            if self.user is None:
+                return
+            if not taken:
+                self.log.info(
+                    "MSGR {command} {filename!r} from {user} to {to} dropped:"
+                    " not taken within {timeout} s",
+                    command=command,
+                    filename=filename,
+                    user=self.user.name,
+                    to=to,
+                    timeout=self.factory.limits.fileIdleTimeout,
+                    protocol=self.protocolName,
+                    event="file-stalled",
+                )
+            self._answer(command, SENT_OK if taken else UPDATE_FAILED, lineId)
+
+        held.addCallback(answer)
+        held.addErrback(
+            lambda f: self.log.failure("MSGR {command} answer failed", f, command=command)
+        )
 
     def _meme(self, command: str, fields: list[str]) -> None:
         to, name = unescape(fields[3]), unescape(fields[4])
@@ -581,24 +620,88 @@ class MsgrChatProtocol(Protocol):
         """
         Put a C{#ARCHIVO}, C{#IMG} or C{#MEME} from another MSGR user on the
         wire (the last field of a file is its base64, written as it is).
+
+        @return: for a file that has to wait for this client to read, a
+            L{Deferred} saying whether it was taken (see L{_holdFile});
+            otherwise C{None}.
         """
         if self.user is None:
-            return
+            return None
         out = list(fields)
         if command in (ARCHIVO, IMG):
             out[-1] = RawField(out[-1])
+            outbound = self.outbound
+            if outbound is not None and outbound.paused and not self._closing:
+                return self._holdFile(command, sender, out)
         self._deliver(command, NO_TOKEN, sender, self.user.name, *out)
+        return None
+
+    def _holdFile(self, command: str, sender: str, fields: list) -> Deferred:
+        """
+        Queue a file line for this client, whose socket is not taking what
+        is written: the L{Deferred} fires C{True} when the socket takes it,
+        C{False} when it is dropped, after C{--file-idle-timeout} seconds
+        without being taken or with the connection. A file may hold up to
+        C{--msgr-max-line} bytes, so it is not kept for a client that does
+        not read.
+        """
+        line = buildLine(command, NO_TOKEN, sender, self.user.name, *fields)
+        if not self.outbound.write(line):
+            raise RecipientBusy(f"{self.user.name} is not reading; disconnected")
+        if self._heldFiles is None:
+            self._heldFiles = []
+            self.outbound.onDrained = self._heldFilesTaken
+        taken = Deferred()
+        timeout = self.factory.limits.fileIdleTimeout
+        timer = None
+        if timeout:
+            timer = self.factory.clock.callLater(timeout, self._heldFileStalled, line)
+        self._heldFiles.append((line, taken, timer))
+        return taken
+
+    def _heldFilesTaken(self) -> None:
+        """The socket took everything that waited."""
+        held, self._heldFiles = self._heldFiles, []
+        for line, taken, timer in held or ():
+            if timer is not None and timer.active():
+                timer.cancel()
+            taken.callback(True)
+
+    def _heldFileStalled(self, line: bytes) -> None:
+        """A file waited C{--file-idle-timeout} seconds: drop it."""
+        for index, (waiting, taken, timer) in enumerate(self._heldFiles or ()):
+            if waiting is line:
+                del self._heldFiles[index]
+                break
+        else:
+            return
+        outbound = self.outbound
+        if outbound is not None:
+            outbound.retract(line)
+        taken.callback(False)
+
+    def _dropHeldFiles(self) -> None:
+        """The connection is gone: what waited for it was not taken."""
+        held, self._heldFiles = self._heldFiles, None
+        for line, taken, timer in held or ():
+            if timer is not None and timer.active():
+                timer.cancel()
+            taken.callback(False)
 
     # IChatSession and IFileReceiver.
 
     def deliverMessage(self, message: ChatMessage) -> None:
         self._deliver(MSJ, NO_TOKEN, message.sender, message.receiver, message.text)
 
-    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+    def deliverFile(self, sender: str, filename: str, content: bytes):
         if self.user is None:
-            return
+            return None
         encoded = RawField(base64.b64encode(content).decode("ascii"))
+        outbound = self.outbound
+        if outbound is not None and outbound.paused and not self._closing:
+            return self._holdFile(ARCHIVO, sender, [filename, encoded])
         self._deliver(ARCHIVO, NO_TOKEN, sender, self.user.name, filename, encoded)
+        return None
 
     def disconnect(self, reason: str) -> None:
         self._endSession(UPDATE_FAILED, reason)

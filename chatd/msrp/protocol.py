@@ -217,8 +217,17 @@ def errAckSenderGone(filename: str) -> str:
     return f"El remitente de {filename} ya no está conectado."
 
 
+def errFileStalled(filename: str, seconds: float) -> str:
+    return f"{ERR_FILE} {filename} no avanzó en {seconds:g} s; no se entregó."
+
+
 def humanGreeting(name: str) -> str:
     return f"Hola, {name}. {ERR_USAGE}"
+
+
+#: What completes the content of a file cut short (see L{_FileStream}),
+#: written a piece at a time as the recipient's transport takes it.
+_PADDING = bytes(65536)
 
 
 def _show(data: bytes) -> str:
@@ -254,6 +263,12 @@ class _FileStream:
     is I{live}: its header is written and its content goes straight to the
     recipient's transport as it arrives. Until then, the content that arrives
     is held (the sender's transport is paused, so at most about one read).
+
+    A live file whose sender leaves, or that makes no progress for
+    C{--file-idle-timeout} seconds, is I{cut}: the recipient expects C{size}
+    bytes and cannot be told anything before them, so the rest is completed
+    with zero bytes, and an ERROR saying the file was not delivered follows
+    at once; then whatever waited for the recipient.
     """
 
     __slots__ = (
@@ -261,10 +276,15 @@ class _FileStream:
         "recipient",
         "header",
         "filename",
+        "size",
+        "sent",
         "live",
         "done",
         "held",
         "heldBytes",
+        "idle",
+        "lastProgress",
+        "cutText",
     )
 
     def __init__(
@@ -273,23 +293,33 @@ class _FileStream:
         recipient: MsrpProtocol,
         header: bytes,
         filename: bytes,
+        size: int,
     ) -> None:
         self.sender = sender
         self.recipient = recipient
         self.header = header
         self.filename = filename
+        self.size = size
+        self.sent = 0  # content bytes written to the recipient
         self.live = False
         self.done = False  # every byte of the content has arrived
         self.held: list[bytes] = []
         self.heldBytes = 0
+        self.idle = None  # the idle timer while live (None: no timeout)
+        self.lastProgress = 0.0
+        self.cutText: str | None = None  # the ERROR that follows a cut
 
     def queuedBytes(self) -> int:
         return len(self.header) + self.heldBytes
 
     def write(self, data: bytes) -> None:
         if self.live:
-            self.recipient.transport.write(data)
-            self.recipient.factory.metrics.bytesRelayed(MSRP, MSRP, len(data))
+            recipient = self.recipient
+            recipient.transport.write(data)
+            recipient.factory.metrics.bytesRelayed(MSRP, MSRP, len(data))
+            self.sent += len(data)
+            if self.idle is not None:
+                self.lastProgress = recipient.clock.seconds()
         else:
             self.held.append(data)
             self.heldBytes += len(data)
@@ -327,25 +357,39 @@ _DISCARD = _Discard()
 class _WholeFile:
     """
     Collects a file for a user of another protocol, who can only be handed
-    whole files; bounded by that user's file limit, checked on the header.
+    whole files; bounded by that user's file limit, checked on the header,
+    and abandoned when its content stops arriving for C{--file-idle-timeout}.
     """
 
-    __slots__ = ("sender", "receiver", "filename", "content")
+    __slots__ = ("sender", "receiver", "filename", "content", "idle", "lastProgress")
 
     def __init__(self, sender: MsrpProtocol, receiver: str, filename: str) -> None:
         self.sender = sender
         self.receiver = receiver
         self.filename = filename
         self.content = bytearray()
+        self.idle = None
+        self.lastProgress = 0.0
 
     def write(self, data: bytes) -> None:
         self.content += data
+        if self.idle is not None:
+            self.lastProgress = self.sender.clock.seconds()
 
     def finish(self) -> None:
+        _stopWatching(self)
         self.sender._wholeFileReceived(self)
 
     def cut(self) -> None:
+        _stopWatching(self)
         self.content = bytearray()
+
+
+def _stopWatching(transfer: _FileStream | _WholeFile) -> None:
+    """Cancel the idle timer of C{transfer}, if it has one."""
+    idle, transfer.idle = transfer.idle, None
+    if idle is not None and idle.active():
+        idle.cancel()
 
 
 @implementer(IChatSession, IFileReceiver)
@@ -681,6 +725,7 @@ class MsrpProtocol(Protocol):
             self._sendError(errFileTooLargeFor(receiver, size, limit))
         else:
             self._sink = _WholeFile(self, receiver, filename)
+            self._watch(self._sink, self._wholeFileStalled)
 
     def _streamTo(
         self, target: MsrpProtocol, receiver: str, frame: FileHeader, filename: str
@@ -695,7 +740,7 @@ class MsrpProtocol(Protocol):
             self.factory.metrics.refused(MSRP, BUSY)
             self._sendError(errQueueFull(receiver))
             return
-        stream = _FileStream(self, target, header, frame.filename)
+        stream = _FileStream(self, target, header, frame.filename, frame.size)
         self._sink = stream
         self.log.info(
             "msrp file {filename!r} ({size} bytes) from {sender} to {receiver}",
@@ -716,11 +761,18 @@ class MsrpProtocol(Protocol):
 
     def _wholeFileReceived(self, whole: _WholeFile) -> None:
         try:
-            self.presence.sendFile(
+            taken = self.presence.sendFile(
                 self, whole.receiver, whole.filename, bytes(whole.content)
             )
         except (NoSuchUser, FilesNotAccepted, RecipientBusy):
             self._sendError(errNotDelivered(whole.receiver, whole.filename))
+            return
+        if taken is not None:
+            # The receiver is not reading: the file waits for it, and may be
+            # dropped (--file-idle-timeout); then this sender is told.
+            notice = errNotDelivered(whole.receiver, whole.filename)
+            taken.addCallback(lambda ok: ok or self._sendError(notice))
+            taken.addErrback(self._failed)
 
     def _listRequest(self, frame: ListRequest) -> None:
         # Binary clients see each user's slot, by which they write to them.
@@ -863,6 +915,7 @@ class MsrpProtocol(Protocol):
         for data in stream.held:
             self.transport.write(data)
         self.factory.metrics.bytesRelayed(MSRP, MSRP, stream.heldBytes)
+        stream.sent = stream.heldBytes
         stream.held = []
         stream.heldBytes = 0
         stream.live = True
@@ -871,6 +924,7 @@ class MsrpProtocol(Protocol):
             # Held whole while it waited; whoever called drains on.
             self._finishLive(stream)
         else:
+            self._watch(stream, self._streamStalled)
             stream.sender._updateFlow(stream)
 
     def _liveStreamEnded(self, stream: _FileStream) -> None:
@@ -878,6 +932,7 @@ class MsrpProtocol(Protocol):
         self._drain()
 
     def _finishLive(self, stream: _FileStream) -> None:
+        _stopWatching(stream)
         self._live = None
         self._remember(stream.filename, stream.sender)
         self.factory.metrics.fileRelayed(MSRP, MSRP)
@@ -921,6 +976,9 @@ class MsrpProtocol(Protocol):
         if self._closing:
             return
         if self._live is not None:
+            if self._live.cutText is not None:
+                self._padLive()  # drains on once the file is complete
+                return
             self._live.sender._updateFlow(self._live)
         self._drain()
 
@@ -953,9 +1011,27 @@ class MsrpProtocol(Protocol):
 
     def _streamCut(self, stream: _FileStream) -> None:
         """The sender of C{stream} (to this session) is gone before its end."""
+        if stream.live and not self.factory.stopping:
+            # What waits for this session was accepted for it: complete the
+            # file so the stream is in step again, say it was not delivered,
+            # then deliver the rest.
+            sender = stream.sender.user.name if stream.sender.user else "?"
+            self.log.info(
+                "msrp {name}: the sender {sender} of {filename!r} left mid-file;"
+                " {missing} bytes are completed with zeros",
+                name=self.user.name if self.user else "?",
+                sender=sender,
+                filename=_show(stream.filename),
+                missing=stream.size - stream.sent,
+                protocol=self.protocolName,
+                event="file-cut",
+            )
+            self._cutLive(stream, errRecipientGone(sender, _show(stream.filename)))
+            return
         if stream.live:
-            # The recipient expects content; nothing else may be written, and
-            # it must not be handed a file that looks complete.
+            # The server is stopping and this session with it: nothing else
+            # may be written, and it must not be handed a file that looks
+            # complete.
             self.log.info(
                 "msrp {name}: the sender of {filename!r} left mid-file",
                 name=self.user.name if self.user else "?",
@@ -970,6 +1046,105 @@ class MsrpProtocol(Protocol):
             return
         self._waitingBytes -= stream.queuedBytes()
         self._drain()
+
+    def _cutLive(self, stream: _FileStream, text: str) -> None:
+        """
+        End the live C{stream} before its content is all here: complete it
+        with zero bytes (the recipient counts C{size} bytes and no frame can
+        be written before they are done), then ERROR C{text}, so that the
+        recipient knows to throw the file away, then what waited for it.
+        """
+        _stopWatching(stream)
+        stream.cutText = text
+        self._padLive()
+
+    def _padLive(self) -> None:
+        """Go on completing the cut live file while the transport takes it."""
+        stream = self._live
+        size = len(_PADDING)
+        while stream.sent < stream.size:
+            if self._transportFull or self._closing:
+                return  # resumed by _transportResumed
+            n = min(size, stream.size - stream.sent)
+            self.transport.write(_PADDING if n == size else _PADDING[:n])
+            stream.sent += n
+        self._live = None
+        self.transport.write(encodeError(wireText(stream.cutText)))
+        self._drain()
+
+    def _watch(self, transfer: _FileStream | _WholeFile, onStall) -> None:
+        """
+        Call C{onStall(transfer)} once C{transfer} has gone
+        C{--file-idle-timeout} seconds without progress (0: never).
+        """
+        timeout = self.factory.limits.fileIdleTimeout
+        if timeout:
+            transfer.lastProgress = self.clock.seconds()
+            transfer.idle = self.clock.callLater(
+                timeout, self._idleCheck, transfer, onStall
+            )
+
+    def _idleCheck(self, transfer: _FileStream | _WholeFile, onStall) -> None:
+        # Progress only stamps the time (no timer work for every read); the
+        # timer looks at the stamp and sleeps again for what is left.
+        left = (
+            transfer.lastProgress
+            + self.factory.limits.fileIdleTimeout
+            - self.clock.seconds()
+        )
+        if left > 0:
+            transfer.idle = self.clock.callLater(
+                left, self._idleCheck, transfer, onStall
+            )
+            return
+        transfer.idle = None
+        onStall(transfer)
+
+    def _streamStalled(self, stream: _FileStream) -> None:
+        """
+        The live C{stream} to this session made no progress for the idle
+        timeout (its sender stopped sending, or this session stopped
+        reading): both sides are told and the sender's rest is dropped.
+        """
+        timeout = self.factory.limits.fileIdleTimeout
+        text = errFileStalled(_show(stream.filename), timeout)
+        sender = stream.sender
+        self.log.info(
+            "msrp file {filename!r} from {sender} to {receiver} abandoned:"
+            " no progress for {timeout} s; {missing} bytes are completed with"
+            " zeros",
+            filename=_show(stream.filename),
+            sender=sender.user.name if sender.user else "?",
+            receiver=self.user.name if self.user else "?",
+            timeout=timeout,
+            missing=stream.size - stream.sent,
+            protocol=self.protocolName,
+            event="file-stalled",
+        )
+        if sender._sink is stream:
+            sender._sink = _DISCARD  # the rest of its content is read and dropped
+            sender._resumeReading(stream)
+            sender._sendError(text)
+        self._cutLive(stream, text)
+
+    def _wholeFileStalled(self, whole: _WholeFile) -> None:
+        """A file collected for another protocol stopped arriving: drop it."""
+        if self._sink is not whole:
+            return
+        timeout = self.factory.limits.fileIdleTimeout
+        self.log.info(
+            "msrp file {filename!r} from {sender} to {receiver} abandoned:"
+            " no progress for {timeout} s",
+            filename=whole.filename,
+            sender=self.user.name if self.user else "?",
+            receiver=whole.receiver,
+            timeout=timeout,
+            protocol=self.protocolName,
+            event="file-stalled",
+        )
+        self._sink = _DISCARD
+        whole.content = bytearray()
+        self._sendError(errFileStalled(whole.filename, timeout))
 
     def _recipientGone(self, stream: _FileStream) -> None:
         """The recipient of C{stream} (from this session) closed its connection."""
@@ -1010,8 +1185,11 @@ class MsrpProtocol(Protocol):
         waiting = list(self._waiting)
         self._waiting.clear()
         self._waitingBytes = 0
+        if live is not None:
+            _stopWatching(live)
         for item in ([live] if live is not None else []) + waiting:
-            if item.__class__ is _FileStream:
+            # A cut file's sender was told already (or is gone).
+            if item.__class__ is _FileStream and item.cutText is None:
                 item.sender._recipientGone(item)
         if transportGone:
             return
@@ -1096,6 +1274,10 @@ class MsrpFactory(SessionFactory):
     #: cannot be told in-band and is cut off instead.
     shutdownReason = ERR_SHUTDOWN
 
+    #: Set when the server stops: a file whose sender is closed then is not
+    #: completed for its recipient, who is being closed too.
+    stopping = False
+
     def __init__(
         self,
         presence: IPresenceService,
@@ -1117,6 +1299,10 @@ class MsrpFactory(SessionFactory):
         #: every connection.
         self.slots = SlotDirectory(presence)
         self.greetAfter = greetAfter
+
+    def shutDown(self):
+        self.stopping = True
+        return SessionFactory.shutDown(self)
 
     def filesInFlight(self) -> int:
         """

@@ -136,14 +136,8 @@ def checkName(name: str) -> None:
             raise InvalidName(f"the name has the reserved character {ch!r}")
     try:
         key = _precisKey(name)
-    except UnicodeError as e:
-        bad = name[e.start] if isinstance(e, UnicodeEncodeError) else ""
-        raise InvalidName(
-            f"the name has the character U+{ord(bad):04X}, which names may not"
-            " have (RFC 8265)"
-            if bad
-            else "the name breaks RFC 8265"
-        ) from None
+    except UnicodeEncodeError as e:
+        raise InvalidName(_precisReason(e)) from None
     if key == BROADCAST or nameSkeleton(name) == _BROADCAST_SKELETON:
         raise InvalidName(f"the name {BROADCAST!r} is reserved for broadcasts")
 
@@ -162,6 +156,19 @@ def checkStatus(status: str) -> None:
         )
     if not status.isprintable():
         raise InvalidStatus("the status has a control character")
+
+
+def _precisReason(error: UnicodeEncodeError) -> str:
+    # The error points into the string as the profile had mapped it so far
+    # (widths, case, NFC), which may not index the name as written.
+    if error.reason == "DISALLOWED/bidi_rule":
+        return "the name mixes right-to-left and left-to-right letters (RFC 8265)"
+    if error.end - error.start == 1:
+        return (
+            f"the name has the character U+{ord(error.object[error.start]):04X},"
+            " which names may not have (RFC 8265)"
+        )
+    return f"the name breaks RFC 8265 ({error.reason})"
 
 
 @functools.lru_cache(maxsize=_NAME_CACHE)

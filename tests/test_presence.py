@@ -84,6 +84,8 @@ class NameRuleTests(TestCase):
             (JOSE + "\u2800", "U+2800"),
             ("\U0001f600", "U+1F600"),
             ("\ufb01x", "U+FB01"),
+            (JOSE_NFD + "\u034f", "U+034F"),
+            ("abc\u05e9\u05dc\u05d5\u05dd", "right-to-left"),
             # 'all' in another width, or looking like it.
             ("\uff41\uff4c\uff4c", "reserved"),
             ("aII", "reserved"),

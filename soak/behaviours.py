@@ -74,7 +74,9 @@ _LIMIT_WORDS = (
     "cola de salida",
 )
 
-_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+# Base 33: no 'l', 'm' or 'o', which look like '1', 'rn' and '0' (chatd
+# refuses a name that looks like one online).
+_BASE33 = "0123456789abcdefghijknpqrstuvwxyz"
 
 #: MSGR names that never have an account: their failed logins exercise the
 #: lockout without growing its tables.
@@ -130,11 +132,11 @@ class Soak:
         self.online: dict[str, str] = {}
         self.tallies: dict[str, Tally] = {}
         self._pbCounter = 0
-        # MSRP names: 4 base-36 characters from a counter, never reused in a
-        # run. Every other name has a character outside base 36 (protobuf
+        # MSRP names: 4 base-33 characters from a counter, never reused in a
+        # run. Every other name has a character outside base 33 (protobuf
         # "pb-N", MSGR accounts "m-NN", the check clients a '#'), so no two
-        # kinds of client ever want the same name.
-        self._msrpCounter = self.rng.randrange(36**3)
+        # kinds of client ever want the same name, or look-alike ones.
+        self._msrpCounter = self.rng.randrange(33**3)
 
     # Names.
 
@@ -144,10 +146,10 @@ class Soak:
 
     def msrpName(self) -> str:
         self._msrpCounter += 1
-        n, out = self._msrpCounter % 36**4, []
+        n, out = self._msrpCounter % 33**4, []
         for _ in range(4):
-            n, digit = divmod(n, 36)
-            out.append(_BASE36[digit])
+            n, digit = divmod(n, 33)
+            out.append(_BASE33[digit])
         return "".join(reversed(out))
 
     def peer(self, me: str, fourBytes: bool = False) -> str | None:

@@ -397,6 +397,57 @@ async def pbDeaf(soak: Soak) -> None:
         client.connection.reset()
 
 
+# Cyrillic letters that look like Latin ones (UTS #39 confusables).
+_CYRILLIC = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e", "p": "\u0440", "x": "\u0445"}
+
+
+def _lookalike(name: str, rng: random.Random) -> str:
+    """C{name} with one character in another width or script."""
+    spots = [i for i, ch in enumerate(name) if ch in _CYRILLIC]
+    if spots and rng.random() < 0.5:
+        i = rng.choice(spots)
+        return name[:i] + _CYRILLIC[name[i]] + name[i + 1 :]
+    spots = [i for i, ch in enumerate(name) if "!" <= ch <= "~"]
+    i = rng.choice(spots)
+    return name[:i] + chr(ord(name[i]) + 0xFEE0) + name[i + 1 :]  # full width
+
+
+async def pbLookalike(soak: Soak) -> None:
+    """
+    Log in as a look-alike of someone online (a character in full width or
+    in Cyrillic), or as their name with an invisible suffix: refused, as in
+    use (or as an account's) or as breaking the name rule.
+    """
+    target = soak.peer("")
+    if target is None:
+        raise Skip()
+    rng = soak.rng
+    invisible = rng.random() < 0.3
+    name = target + rng.choice("\u034f\u3164\u2800") if invisible else _lookalike(target, rng)
+    client = await ProtobufClient.open(soak.ports["protobuf"], soak.timeout)
+    try:
+        response = await client.login(name)
+        text = response.response
+        if response.code == FAILED and isLimit(text):
+            raise Limited(text)
+        if invisible:
+            _expect(
+                response.code == FAILED and "which names may not have (RFC 8265)" in text,
+                f"protobuf: {name!a} answered {text!r}",
+            )
+        else:
+            # Let in only when the target left in the meantime.
+            _expect(
+                (response.code == FAILED and text.endswith(
+                    ("is already online", "who is online", "belongs to a registered account")
+                ))
+                or (response.code == SUCCESSFUL and target not in soak.online),
+                f"protobuf: a look-alike of {target!a}, {name!a}, answered {text!r}",
+            )
+    finally:
+        await client.connection.end(soak.abrupt())
+
+
 # MSRP.
 
 
@@ -1277,6 +1328,7 @@ BEHAVIOURS = [
     ("protobuf oversized", pbOversized, 3),
     ("protobuf login, cut, vanish", pbLoginThenCut, 5),
     ("protobuf deaf", pbDeaf, 2),
+    ("protobuf look-alike", pbLookalike, 2),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp partial", msrpPartial, 5),

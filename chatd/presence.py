@@ -134,11 +134,14 @@ def checkName(name: str) -> None:
             raise InvalidName("the name has a space or a control character")
         if ch in _NAME_FORBIDDEN:
             raise InvalidName(f"the name has the reserved character {ch!r}")
-    try:
-        key = _precisKey(name)
-    except UnicodeEncodeError as e:
-        raise InvalidName(_precisReason(e)) from None
-    if key == BROADCAST or nameSkeleton(name) == _BROADCAST_SKELETON:
+    # Printable ASCII without spaces is all the profile's (its ASCII7 class);
+    # anything else is checked, once per login.
+    if not name.isascii():
+        try:
+            _USERNAME.enforce(name)
+        except UnicodeEncodeError as e:
+            raise InvalidName(_precisReason(e)) from None
+    if nameKey(name) == BROADCAST or nameSkeleton(name) == _BROADCAST_SKELETON:
         raise InvalidName(f"the name {BROADCAST!r} is reserved for broadcasts")
 
 
@@ -172,9 +175,13 @@ def _precisReason(error: UnicodeEncodeError) -> str:
 
 
 @functools.lru_cache(maxsize=_NAME_CACHE)
-def _precisKey(name: str) -> str:
-    # Raises UnicodeError for a name the profile refuses (not cached).
-    return _USERNAME.enforce(name)
+def _slowKey(name: str) -> str:
+    # Cached whether valid or not: a receiver's name comes back with every
+    # message, and refusing it must not cost a profile run each time.
+    try:
+        return _USERNAME.enforce(name)
+    except UnicodeError:
+        return _INVALID_KEY_PREFIX + name.casefold()
 
 
 def nameKey(name: str) -> str:
@@ -189,10 +196,7 @@ def nameKey(name: str) -> str:
         # lowers the case (and refuses spaces and controls, which no valid
         # name has, so their lower case matches nobody either).
         return name.lower()
-    try:
-        return _precisKey(name)
-    except UnicodeError:
-        return _INVALID_KEY_PREFIX + name.casefold()
+    return _slowKey(name)
 
 
 def _tr39Skeleton(text: str) -> str:

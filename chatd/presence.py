@@ -19,13 +19,17 @@ See docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+from precis_i18n import get_profile
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from chatd.confusables import PROTOTYPES
 from chatd.metrics import BUSY, ChatdMetrics
 
 #: The receiver name that means "every online user but the sender".
@@ -48,6 +52,22 @@ DEFAULT_STATUS = "ACTIVO"
 # never needs escaping anywhere.
 _NAME_FORBIDDEN = frozenset("|&\\")
 
+# Names are compared by RFC 8265's UsernameCaseMapped profile (PRECIS): full-
+# and half-width forms mapped, lower case, NFC, and only letters, digits and
+# printable ASCII allowed. A standard instead of casefold() alone, so that the
+# NFD or full-width spelling of a name is that name, and invisible or blank
+# characters (U+034F, U+3164, U+2800) cannot make a new one.
+_USERNAME = get_profile("UsernameCaseMapped")
+
+# Keys and skeletons of names not seen lately are computed again; the cache
+# only saves the work for names that come back (receivers, logins).
+_NAME_CACHE = 4096
+
+# The key of a name the rule refuses starts with a space, which no valid
+# name's key has: looking such a name up finds nobody, and it never stands for
+# a valid name.
+_INVALID_KEY_PREFIX = " "
+
 
 class PresenceError(Exception):
     """
@@ -61,7 +81,10 @@ class InvalidName(PresenceError):
 
 
 class NameInUse(PresenceError):
-    """Someone is already online with this name (in any protocol)."""
+    """
+    Someone is already online with this name, or one that looks like it (in
+    any protocol).
+    """
 
 
 class NameProtected(PresenceError):
@@ -96,7 +119,9 @@ def checkName(name: str) -> None:
     Enforce the one name rule every protocol shares.
 
     A name is 1 to L{MAX_NAME_LENGTH} characters, each printable and none of
-    them white space, C{|}, C{&} or C{\\}; and it is not C{all} in any case.
+    them white space, C{|}, C{&} or C{\\}; RFC 8265's UsernameCaseMapped
+    profile accepts it; and it is not C{all}, nor looks like it (see
+    L{nameKey} and L{nameSkeleton}).
 
     @raise InvalidName: with the reason, when C{name} breaks the rule.
     """
@@ -104,13 +129,20 @@ def checkName(name: str) -> None:
         raise InvalidName("the name is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"the name is longer than {MAX_NAME_LENGTH} characters")
-    if name.casefold() == BROADCAST:
-        raise InvalidName(f"the name {BROADCAST!r} is reserved for broadcasts")
     for ch in name:
         if not ch.isprintable() or ch.isspace():
             raise InvalidName("the name has a space or a control character")
         if ch in _NAME_FORBIDDEN:
             raise InvalidName(f"the name has the reserved character {ch!r}")
+    # Printable ASCII without spaces is all the profile's (its ASCII7 class);
+    # anything else is checked, once per login.
+    if not name.isascii():
+        try:
+            _USERNAME.enforce(name)
+        except UnicodeEncodeError as e:
+            raise InvalidName(_precisReason(e)) from None
+    if nameKey(name) == BROADCAST or nameSkeleton(name) == _BROADCAST_SKELETON:
+        raise InvalidName(f"the name {BROADCAST!r} is reserved for broadcasts")
 
 
 def checkStatus(status: str) -> None:
@@ -129,17 +161,70 @@ def checkStatus(status: str) -> None:
         raise InvalidStatus("the status has a control character")
 
 
+def _precisReason(error: UnicodeEncodeError) -> str:
+    # The error points into the string as the profile had mapped it so far
+    # (widths, case, NFC), which may not index the name as written.
+    if error.reason == "DISALLOWED/bidi_rule":
+        return "the name mixes right-to-left and left-to-right letters (RFC 8265)"
+    if error.end - error.start == 1:
+        return (
+            f"the name has the character U+{ord(error.object[error.start]):04X},"
+            " which names may not have (RFC 8265)"
+        )
+    return f"the name breaks RFC 8265 ({error.reason})"
+
+
+@functools.lru_cache(maxsize=_NAME_CACHE)
+def _slowKey(name: str) -> str:
+    # Cached whether valid or not: a receiver's name comes back with every
+    # message, and refusing it must not cost a profile run each time.
+    try:
+        return _USERNAME.enforce(name)
+    except UnicodeError:
+        return _INVALID_KEY_PREFIX + name.casefold()
+
+
 def nameKey(name: str) -> str:
     """
     The key names are compared by: names are unique and looked up without
-    regard to case, and shown as their owner wrote them.
+    regard to case or width (RFC 8265 UsernameCaseMapped), and shown as their
+    owner wrote them. Any string has a key; a name the rule refuses has one
+    that no valid name has.
     """
-    return name.casefold()
+    if name.isascii():
+        # The fast path, for nearly every name: on ASCII the profile only
+        # lowers the case (and refuses spaces and controls, which no valid
+        # name has, so their lower case matches nobody either).
+        return name.lower()
+    return _slowKey(name)
+
+
+def _tr39Skeleton(text: str) -> str:
+    # UTS #39 section 4: NFD, each character to its prototype, NFD again.
+    return unicodedata.normalize(
+        "NFD", unicodedata.normalize("NFD", text).translate(PROTOTYPES)
+    )
+
+
+@functools.lru_cache(maxsize=_NAME_CACHE)
+def nameSkeleton(name: str) -> str:
+    """
+    What C{name} looks like: names with equal skeletons are confusable
+    (C{José87} and C{Jоsé87} with a Cyrillic C{о}; C{alice} and C{aIice}).
+
+    The Unicode TR39 skeleton, taken twice around a case fold: the first
+    skeleton maps C{I} to C{l} before the fold makes it C{i}, and the second
+    maps what the fold produced, so look-alikes match in any case.
+    """
+    return _tr39Skeleton(_tr39Skeleton(name).casefold())
+
+
+_BROADCAST_SKELETON = nameSkeleton(BROADCAST)
 
 
 def isBroadcast(receiver: str) -> bool:
-    """Whether C{receiver} names every user (C{all}, in any case)."""
-    return receiver.casefold() == BROADCAST
+    """Whether C{receiver} names every user (C{all}, in any case or width)."""
+    return nameKey(receiver) == BROADCAST
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +347,12 @@ class IPresenceService(Interface):
     def lookup(name: str) -> UserInfo | None:
         """The online user called C{name} (in any case), or C{None}."""
 
+    def lookalike(name: str) -> UserInfo | None:
+        """
+        The online user whose name is C{name} or looks like it (same
+        L{nameKey} or same L{nameSkeleton}), or C{None}.
+        """
+
     def users() -> list[UserInfo]:
         """Every online user, in the order they logged in."""
 
@@ -317,11 +408,22 @@ class IPresenceService(Interface):
 class _Entry:
     """The directory's mutable record of one online user."""
 
-    __slots__ = ("session", "info")
+    __slots__ = ("session", "info", "key", "skeleton", "authenticated")
 
-    def __init__(self, session: IChatSession, info: UserInfo) -> None:
+    def __init__(
+        self,
+        session: IChatSession,
+        info: UserInfo,
+        key: str,
+        skeleton: str,
+        authenticated: bool,
+    ) -> None:
         self.session = session
         self.info = info
+        # Computed once per login: logout and the look-alike index use them.
+        self.key = key
+        self.skeleton = skeleton
+        self.authenticated = authenticated
 
 
 @implementer(IPresenceService)
@@ -351,6 +453,9 @@ class InMemoryPresenceService:
         self._routed = self.metrics.routed
         # nameKey(name) -> _Entry, in login order (dicts keep insertion order).
         self._byName: dict[str, _Entry] = {}
+        # nameSkeleton(name) -> the entries with it: one, or the two accounts
+        # of a look-alike pair registered before skeletons were checked.
+        self._bySkeleton: dict[str, list[_Entry]] = {}
         self._bySession: dict[IChatSession, _Entry] = {}
         self._observers: list[Callable[[str, UserInfo], None]] = []
         self.metrics.watch(self)
@@ -407,13 +512,23 @@ class InMemoryPresenceService:
         key = nameKey(name)
         if key in self._byName:
             raise NameInUse(f"the name {name} is already online")
+        skeleton = nameSkeleton(name)
+        alike = self._bySkeleton.get(skeleton, ())
+        # Only two registered accounts that looked alike before skeletons
+        # were checked can both prove a password for look-alike names: both
+        # keep working. Anyone else is refused as for the same name.
+        if alike and not (authenticated and all(e.authenticated for e in alike)):
+            raise NameInUse(
+                f"the name {name} looks like {alike[0].info.name}, who is online"
+            )
         if not authenticated and self.isProtectedName(name):
             raise NameProtected(
                 f"the name {name} belongs to a registered account"
             )
         info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
-        entry = _Entry(session, info)
+        entry = _Entry(session, info, key, skeleton, authenticated)
         self._byName[key] = entry
+        self._bySkeleton.setdefault(skeleton, []).append(entry)
         self._bySession[session] = entry
         return info
 
@@ -421,7 +536,11 @@ class InMemoryPresenceService:
         entry = self._bySession.pop(session, None)
         if entry is None:
             return
-        del self._byName[nameKey(entry.info.name)]
+        del self._byName[entry.key]
+        alike = self._bySkeleton[entry.skeleton]
+        alike.remove(entry)
+        if not alike:
+            del self._bySkeleton[entry.skeleton]
         self.log.info(
             "{user} logged out ({protocol})",
             user=entry.info.name,
@@ -444,6 +563,13 @@ class InMemoryPresenceService:
         entry = self._byName.get(nameKey(name))
         return None if entry is None else entry.info
 
+    def lookalike(self, name: str) -> UserInfo | None:
+        entry = self._byName.get(nameKey(name))
+        if entry is None:
+            alike = self._bySkeleton.get(nameSkeleton(name))
+            entry = alike[0] if alike else None
+        return None if entry is None else entry.info
+
     def users(self) -> list[UserInfo]:
         return [entry.info for entry in self._byName.values()]
 
@@ -460,7 +586,8 @@ class InMemoryPresenceService:
         if source is None:
             raise NoSuchUser("not logged in")
         routed = self._routed[source.info.protocol]
-        key = receiver.casefold()  # nameKey; also what isBroadcast compares
+        # nameKey, with its fast path inlined; also what isBroadcast compares.
+        key = receiver.lower() if receiver.isascii() else nameKey(receiver)
         if key == BROADCAST:
             message = ChatMessage(source.info.name, BROADCAST, text)
             count = 0

@@ -75,7 +75,9 @@ _LIMIT_WORDS = (
     "cola de salida",
 )
 
-_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+# Base 33: no 'l', 'm' or 'o', which look like '1', 'rn' and '0' (chatd
+# refuses a name that looks like one online).
+_BASE33 = "0123456789abcdefghijknpqrstuvwxyz"
 
 #: MSGR names that never have an account: their failed logins exercise the
 #: lockout without growing its tables.
@@ -134,11 +136,11 @@ class Soak:
         # chatd), and the behaviours that need it are skipped.
         self.fileIdleTimeout: float | None = None
         self._pbCounter = 0
-        # MSRP names: 4 base-36 characters from a counter, never reused in a
-        # run. Every other name has a character outside base 36 (protobuf
+        # MSRP names: 4 base-33 characters from a counter, never reused in a
+        # run. Every other name has a character outside base 33 (protobuf
         # "pb-N", MSGR accounts "m-NN", the check clients a '#'), so no two
-        # kinds of client ever want the same name.
-        self._msrpCounter = self.rng.randrange(36**3)
+        # kinds of client ever want the same name, or look-alike ones.
+        self._msrpCounter = self.rng.randrange(33**3)
 
     # Names.
 
@@ -148,10 +150,10 @@ class Soak:
 
     def msrpName(self) -> str:
         self._msrpCounter += 1
-        n, out = self._msrpCounter % 36**4, []
+        n, out = self._msrpCounter % 33**4, []
         for _ in range(4):
-            n, digit = divmod(n, 36)
-            out.append(_BASE36[digit])
+            n, digit = divmod(n, 33)
+            out.append(_BASE33[digit])
         return "".join(reversed(out))
 
     def peer(self, me: str, fourBytes: bool = False) -> str | None:
@@ -397,6 +399,57 @@ async def pbDeaf(soak: Soak) -> None:
     finally:
         soak.online.pop(name, None)
         client.connection.reset()
+
+
+# Cyrillic letters that look like Latin ones (UTS #39 confusables).
+_CYRILLIC = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e", "p": "\u0440", "x": "\u0445"}
+
+
+def _lookalike(name: str, rng: random.Random) -> str:
+    """C{name} with one character in another width or script."""
+    spots = [i for i, ch in enumerate(name) if ch in _CYRILLIC]
+    if spots and rng.random() < 0.5:
+        i = rng.choice(spots)
+        return name[:i] + _CYRILLIC[name[i]] + name[i + 1 :]
+    spots = [i for i, ch in enumerate(name) if "!" <= ch <= "~"]
+    i = rng.choice(spots)
+    return name[:i] + chr(ord(name[i]) + 0xFEE0) + name[i + 1 :]  # full width
+
+
+async def pbLookalike(soak: Soak) -> None:
+    """
+    Log in as a look-alike of someone online (a character in full width or
+    in Cyrillic), or as their name with an invisible suffix: refused, as in
+    use (or as an account's) or as breaking the name rule.
+    """
+    target = soak.peer("")
+    if target is None:
+        raise Skip()
+    rng = soak.rng
+    invisible = rng.random() < 0.3
+    name = target + rng.choice("\u034f\u3164\u2800") if invisible else _lookalike(target, rng)
+    client = await ProtobufClient.open(soak.ports["protobuf"], soak.timeout)
+    try:
+        response = await client.login(name)
+        text = response.response
+        if response.code == FAILED and isLimit(text):
+            raise Limited(text)
+        if invisible:
+            _expect(
+                response.code == FAILED and "which names may not have (RFC 8265)" in text,
+                f"protobuf: {name!a} answered {text!r}",
+            )
+        else:
+            # Let in only when the target left in the meantime.
+            _expect(
+                (response.code == FAILED and text.endswith(
+                    ("is already online", "who is online", "belongs to a registered account")
+                ))
+                or (response.code == SUCCESSFUL and target not in soak.online),
+                f"protobuf: a look-alike of {target!a}, {name!a}, answered {text!r}",
+            )
+    finally:
+        await client.connection.end(soak.abrupt())
 
 
 # MSRP.
@@ -1636,6 +1689,7 @@ BEHAVIOURS = [
     ("protobuf oversized", pbOversized, 3),
     ("protobuf login, cut, vanish", pbLoginThenCut, 5),
     ("protobuf deaf", pbDeaf, 2),
+    ("protobuf look-alike", pbLookalike, 2),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),

@@ -18,6 +18,7 @@ from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
 from chatd.loadgen.server import ServerProcess, chatdCommand, chatdOptions
 from chatd.msgr import codec as msgr
 from chatd.msrp import codec as msrp
+from chatd.presence import nameSkeleton
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import DelimitedFramer, RawRequestFramer
 
@@ -168,9 +169,15 @@ class DialectTests(SynchronousTestCase):
 
     def test_shortNames(self) -> None:
         self.assertEqual(
-            [scenarios.shortName("m", i) for i in (0, 35, 36, 46655)],
+            [scenarios.shortName("m", i) for i in (0, 32, 33, 33**3 - 1)],
             ["m000", "m00z", "m010", "mzzz"],
         )
+        self.assertRaises(ValueError, scenarios.shortName, "m", 33**3)
+
+    def test_shortNamesNeverLookAlike(self) -> None:
+        """Scenario 4 logs in thousands at once: no name may look like another."""
+        names = [scenarios.shortName("r", i) for i in range(5000)]
+        self.assertEqual(len({nameSkeleton(n) for n in names}), len(names))
 
     def test_limitsTurnedOff(self) -> None:
         """The limits this chatd has are given 0 (no limit), and no others."""

@@ -319,6 +319,17 @@ class AdminCreateDeleteTests(unittest.TestCase):
         self.assertEqual((status, err), (1, "chatd-admin: the name ANA is taken (by the account 'Ana')\n"))
         status, _, err = self.run_admin("create", "Cy", "--password-stdin", stdin="\n")
         self.assertEqual((status, err), (1, "chatd-admin: the password is empty\n"))
+        # A look-alike of an account (Cyrillic о), refused as registration
+        # refuses it; and the account created is protected in every spelling.
+        status, _, err = self.run_admin("create", "An\u0430", "--password-stdin", stdin="x\n")
+        self.assertEqual((status, err), (1, "chatd-admin: the name An\u0430 looks like the account 'Ana'\n"))
+        self.assertEqual(self.run_admin("create", "Bea", "--password-stdin", stdin="x\n")[0], 0)
+        connection = accounts.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(
+            connection.execute("SELECT skeleton FROM accounts WHERE name = 'Bea'").fetchone(),
+            (accounts.nameSkeleton("Bea"),),
+        )
         status, _, err = self.run_admin("create", "a b", "--password-stdin", stdin="x\n")
         self.assertEqual(status, 1)
         self.assertTrue(err.startswith("chatd-admin: "), err)
@@ -397,3 +408,183 @@ class AdminOnlineTests(unittest.TestCase):
         self.assertEqual(status, 1)
         self.assertIn("is chatd running with --metrics?", err.getvalue())
         self.assertIn("Connection refused", err.getvalue())
+
+
+# Look-alike names (issue 11 item 5).
+JOSE = "Jos\u00e987"
+JOSE_NFD = "Jose\u030187"
+JOSE_FULLWIDTH = "\uff2aos\u00e987"
+JOSE_CYRILLIC_O = "J\u043es\u00e987"
+JOSE_GREEK_O = "J\u03bfs\u00e987"
+
+
+class LookalikeStoreTests(unittest.TestCase):
+    def setUp(self):
+        self.path = self.mktemp() + ".sqlite3"
+        self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
+        self.addCleanup(self.store.close)
+        return self.store.register(JOSE, "pw", {})
+
+    @defer.inlineCallbacks
+    def test_registerRefused(self):
+        """
+        Another spelling of a registered name, or a name that looks like it,
+        is taken; a name with an invisible or blank character is invalid.
+        """
+        for name in (JOSE_NFD, JOSE_FULLWIDTH, JOSE_CYRILLIC_O, JOSE_GREEK_O):
+            yield self.assertFailure(self.store.register(name, "pw", {}), NameTaken)
+        for suffix in ("\u034f", "\u3164", "\u2800"):
+            yield self.assertFailure(
+                self.store.register(JOSE + suffix, "pw", {}), InvalidName
+            )
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(
+            connection.execute("SELECT name FROM accounts").fetchall(), [(JOSE,)]
+        )
+
+    def test_lookalikesAreProtected(self):
+        for name in (JOSE_NFD, JOSE_FULLWIDTH, JOSE_CYRILLIC_O, "JOS\u00c987"):
+            self.assertTrue(self.store.isProtectedName(name), ascii(name))
+        self.assertFalse(self.store.isProtectedName("Jose87"))
+
+    @defer.inlineCallbacks
+    def test_authenticateAnySpelling(self):
+        for name in (JOSE_NFD, JOSE_FULLWIDTH):
+            account = yield self.store.authenticate(name, "pw")
+            self.assertEqual(account.name, JOSE)
+        self.assertIsNone((yield self.store.authenticate(JOSE_CYRILLIC_O, "pw")))
+
+    @defer.inlineCallbacks
+    def test_databaseRefusesLookalike(self):
+        """
+        A look-alike written to the database by another process since the
+        names were loaded is found when registering.
+        """
+        connection = sqlite3.connect(self.path)
+        connection.execute(
+            "INSERT INTO accounts (name_key, name, password, skeleton)"
+            " VALUES ('bob', 'Bob', 'x', ?)",
+            (accounts.nameSkeleton("Bob"),),
+        )
+        connection.commit()
+        connection.close()
+        yield self.assertFailure(self.store.register("B\u043eb", "pw", {}), NameTaken)
+        self.assertFalse(self.store.isProtectedName("B\u043eb"))
+
+
+def _stepVersion(step) -> int:
+    # Not a fixed number: steps of parallel branches are renumbered at merge.
+    return next(v for v, f in accounts.MIGRATIONS.items() if f is step)
+
+
+def databaseBefore(path: str, step) -> sqlite3.Connection:
+    """A database at the schema version just before C{step}."""
+    version = _stepVersion(step)
+    connection = accounts.connect(path)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (?)", (version - 1,))
+    cursor = connection.cursor()
+    for earlier in range(1, version):
+        accounts.MIGRATIONS[earlier](cursor)
+    return connection
+
+
+class SkeletonMigrationTests(unittest.TestCase):
+    """
+    The step that adds skeletons (L{accounts._addSkeletons}) on a database
+    written by the code before it, where keys were C{casefold()} alone and
+    look-alikes could register.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp() + ".sqlite3"
+        connection = databaseBefore(self.path, accounts._addSkeletons)
+        # In registration order; keys as the old code wrote them.
+        self.old = [
+            (JOSE, "pw-jose"),
+            (JOSE_NFD, "pw-nfd"),
+            (JOSE_FULLWIDTH, "pw-wide"),
+            (JOSE_CYRILLIC_O, "pw-cyr"),
+            ("Ana", "pw-ana"),
+            ("\uff22ea", "pw-bea"),
+            ("Zoe\u034f", "pw-zoe"),
+        ]
+        for name, password in self.old:
+            connection.execute(
+                "INSERT INTO accounts (name_key, name, password) VALUES (?, ?, ?)",
+                (name.casefold(), name, hashPassword(password, FAST_SCRYPT)),
+            )
+        ana, bea = "ana", "\uff22ea".casefold()
+        connection.execute("INSERT INTO friendships VALUES (?, ?)", (ana, bea))
+        connection.execute("INSERT INTO friendships VALUES (?, ?)", (bea, ana))
+        connection.execute(
+            "INSERT INTO friend_requests VALUES (?, ?)", (JOSE.casefold(), bea)
+        )
+        connection.close()
+
+    def open(self) -> AccountStore:
+        store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
+        self.addCleanup(store.close)
+        return store
+
+    def test_noAccountLost(self):
+        names = prepareDatabase(self.path)
+        self.assertEqual(sorted(names), sorted(name for name, _ in self.old))
+        connection = accounts.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(accounts.schemaVersion(connection), SCHEMA_VERSION)
+        skeletons = dict(connection.execute("SELECT name, skeleton FROM accounts"))
+        for name, _ in self.old:
+            self.assertEqual(skeletons[name], accounts.nameSkeleton(name), ascii(name))
+        self.assertIn(
+            "accounts_skeleton",
+            [row[1] for row in connection.execute("PRAGMA index_list(accounts)")],
+        )
+        plan = " ".join(
+            str(row)
+            for row in connection.execute(
+                "EXPLAIN QUERY PLAN SELECT 1 FROM accounts WHERE skeleton = 'x'"
+            )
+        )
+        self.assertIn("accounts_skeleton", plan)
+        self.assertEqual(connection.execute("PRAGMA foreign_key_check").fetchall(), [])
+
+    @defer.inlineCallbacks
+    def test_lookalikeAccountsKeepWorking(self):
+        """
+        José87 and its old Cyrillic look-alike both log in with their own
+        passwords; José87 keeps its key, so its other spellings now find it.
+        """
+        store = self.open()
+        for name, password in [(JOSE, "pw-jose"), (JOSE_CYRILLIC_O, "pw-cyr")]:
+            account = yield store.authenticate(name, password)
+            self.assertEqual(account.name, name)
+        account = yield store.authenticate(JOSE_NFD, "pw-jose")
+        self.assertEqual(account.name, JOSE)
+        # The later NFD and full-width accounts are kept but not found.
+        self.assertIsNone((yield store.authenticate(JOSE_NFD, "pw-nfd")))
+        self.assertIsNone((yield store.authenticate(JOSE_FULLWIDTH, "pw-wide")))
+        yield self.assertFailure(store.register(JOSE_GREEK_O, "pw", {}), NameTaken)
+
+    @defer.inlineCallbacks
+    def test_friendsFollowNewKeys(self):
+        """Ｂea's key became 'bea': her friendship and request followed."""
+        store = self.open()
+        self.assertEqual((yield store.friends("Bea")), ["Ana"])
+        self.assertEqual((yield store.friends("Ana")), ["\uff22ea"])
+        self.assertEqual((yield store.pendingRequests("bea")), [JOSE])
+        account = yield store.authenticate("BEA", "pw-bea")
+        self.assertEqual(account.name, "\uff22ea")
+
+    @defer.inlineCallbacks
+    def test_invalidNameKept(self):
+        """An account the rule refuses now is kept, and chatd-admin finds it."""
+        store = self.open()
+        self.assertTrue(store.isProtectedName("Zoe\u034f"))
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(admin.setBlocked(connection, "zoe\u034f", True), "Zoe\u034f")
+        connection.commit()
+        account = yield store.authenticate("Zoe\u034f", "pw-zoe")
+        self.assertTrue(account.bloqueado)

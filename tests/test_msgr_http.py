@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from chatd.msgr import admin
+from chatd.presence import NameProtected
 
 from tests.test_msgr_helpers import TOKEN_IDLE, MsgrHarness, RecordingSession
 
@@ -197,6 +198,39 @@ class RegisterTests(unittest.TestCase):
         response = yield self.register(usr="zoe", **{"pass": "x"})
         self.assertEqual(response.body, "803||the name is online\n")
         self.assertFalse(self.h.store.isProtectedName("Zoe"))
+
+    @defer.inlineCallbacks
+    def test_lookalikeOfOnlineNameRefused(self):
+        """
+        While José87 chats on protobuf, its other spellings and look-alikes
+        cannot be registered (803), nor names with invisible characters.
+        """
+        yield self.h.presence.login(
+            RecordingSession("protobuf"), "Jos\u00e987", "1.2.3.4"
+        )
+        for name in (
+            "Jose\u030187",  # NFD
+            "\uff2aos\u00e987",  # full-width J
+            "J\u043es\u00e987",  # Cyrillic o
+            "Jos\u00e987\u034f",
+            "Jos\u00e987\u3164",
+            "Jos\u00e987\u2800",
+        ):
+            response = yield self.register(usr=name, **{"pass": "x"})
+            self.assertEqual((response.status, response.body), (200, "803"), ascii(name))
+            self.assertFalse(self.h.store.isProtectedName(name), ascii(name))
+
+    @defer.inlineCallbacks
+    def test_lookalikeOfAccountRefused(self):
+        yield self.h.register("Jos\u00e987")
+        for name in ("Jose\u030187", "\uff2aos\u00e987", "J\u043es\u00e987"):
+            response = yield self.register(usr=name, **{"pass": "x"})
+            self.assertEqual((response.status, response.body), (200, "803"), ascii(name))
+            # Nor may a client without its password chat under it.
+            self.failureResultOf(
+                self.h.presence.login(RecordingSession("protobuf"), name, "1.2.3.4"),
+                NameProtected,
+            )
 
     @defer.inlineCallbacks
     def test_clientCannotBlock(self):

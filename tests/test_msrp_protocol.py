@@ -237,6 +237,28 @@ class NameTests(MsrpTestMixin, TestCase):
         third = self.client(b"bob_")
         self.assertClosedWith(third, errorFrame(errNameInUse("bob_")))
 
+    def test_lookalikeNames(self) -> None:
+        """
+        Names are the same in any width or normal form, look-alikes are in
+        use, and invisible or blank characters break the rule; in 4 bytes:
+        'éx' online on protobuf refuses its NFD form, 'Jos' refuses 'Jоs'
+        (Cyrillic о) and 'Ｊo' is 'Jo'.
+        """
+        self.protobuf("\u00e9x")
+        self.protobuf("Jos")
+        self.protobuf("Jo")
+        for name in ["e\u0301x", "J\u043es", "\uff2ao"]:
+            wire = name.encode("utf-8")
+            self.assertEqual(len(wire), 4)
+            client = self.client(wire)
+            self.assertClosedWith(client, errorFrame(errNameInUse(name)))
+        for name in ["ab\u034f", "a\u3164", "a\u2800"]:
+            client = self.client(name.encode("utf-8"))
+            self.assertClosedWith(client, errorFrame(ERR_NAME_RULE))
+        self.assertEqual(
+            [u.protocol for u in self.presence.users()], ["protobuf"] * 3
+        )
+
     def test_protectedName(self) -> None:
         """An account's name needs its password, which MSRP cannot carry."""
         client = self.client(b"acct")

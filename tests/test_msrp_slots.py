@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from chatd.msrp.codec import encodeFileHeader, encodeListRequest, encodeMessage
 from chatd.msrp.protocol import ERR_NOT_FOUND, MsrpFactory, errNoFiles
 from chatd.msrp.slots import slotCandidates
-from chatd.presence import InMemoryPresenceService
+from chatd.presence import InMemoryPresenceService, NameInUse
 from chatd.protobuf import chat_pb2
 from tests.support import RecordingSession, message
 from tests.test_msrp_files import WholeFileSession
@@ -59,14 +59,14 @@ class SpoofTests(MsrpTestMixin, TestCase):
         pb.send(message("bea1", "hola"))
         self.assertEqual(pb.response().code, R.SUCCESSFUL_OPERATION)
         # Not r53l's slot: the first free one.
-        self.assertEqual(bea1.wire(), b"\x00\x01r531r53l_: hola\x00")
+        self.assertEqual(bea1.wire(), b"\x00\x01r532r53l_: hola\x00")
         bea1.send(encodeListRequest())
-        self.assertEqual(bea1.wire(), listFrame("r53l", "bea1", "r53l_ (r531)"))
-        # A reply to r53l reaches the MSRP user, one to r531 the protobuf one.
+        self.assertEqual(bea1.wire(), listFrame("r53l", "bea1", "r53l_ (r532)"))
+        # A reply to r53l reaches the MSRP user, one to r532 the protobuf one (r531 looks like r53l).
         bea1.send(encodeMessage(b"r53l", b"para r53l"))
         self.assertEqual(r53l.wire(), b"\x00\x01bea1para r53l\x00")
         self.assertEqual(pb.responses(), [])
-        bea1.send(encodeMessage(b"r531", b"para r53l_"))
+        bea1.send(encodeMessage(b"r532", b"para r53l_"))
         messg = pb.response().messg
         self.assertEqual(
             (messg.sender, messg.receiver, messg.text), ("bea1", "r53l_", "para r53l_")
@@ -85,24 +85,43 @@ class SpoofTests(MsrpTestMixin, TestCase):
         self.assertEqual(bea1.wire(), b"\x00\x01r53lr53l_: uno\x00")
         r53l = self.client(b"r53l")
         pb.send(message("bea1", "dos"))
-        self.assertEqual(bea1.wire(), b"\x00\x01r531r53l_: dos\x00")
+        self.assertEqual(bea1.wire(), b"\x00\x01r532r53l_: dos\x00")
         pb.responses()
         bea1.send(encodeListRequest())
-        self.assertEqual(bea1.wire(), listFrame("bea1", "r53l_ (r531)", "r53l"))
+        self.assertEqual(bea1.wire(), listFrame("bea1", "r53l_ (r532)", "r53l"))
         bea1.send(encodeMessage(b"r53l", b"hola"))
         self.assertEqual(r53l.wire(), b"\x00\x01bea1hola\x00")
         self.assertEqual(pb.responses(), [])
-        bea1.send(encodeMessage(b"r531", b"hola"))
+        bea1.send(encodeMessage(b"r532", b"hola"))
         self.assertEqual(pb.response().messg.receiver, "r53l_")
 
     def test_anyCaseAndAnyProtocol(self) -> None:
-        """A slot is never an online name, in any case and any protocol."""
+        """
+        A slot is never an online name, nor looks like one, in any case and
+        any protocol: with CARL and car2 online, car1 (which looks like
+        carl) is skipped too.
+        """
         bea1 = self.client(b"bea1")
         self.client(b"CARL")
-        self.protobuf("car1")
+        self.protobuf("car2")
         carla = self.protobuf("carla")
         carla.send(message("bea1", "hola"))
-        self.assertEqual(bea1.wire(), b"\x00\x01car2carla: hola\x00")
+        self.assertEqual(bea1.wire(), b"\x00\x01car3carla: hola\x00")
+
+    def test_slotsDoNotLookAlike(self) -> None:
+        """
+        Two long names with one head: the second gets car2, not car1, which
+        looks like the first one's carl; and a user whose name looks like a
+        slot (carI, capital i) wins it, its holder moving on.
+        """
+        bea1 = self.client(b"bea1")
+        carla, carlos = self.protobuf("carla"), self.protobuf("carlos")
+        carla.send(message("bea1", "a"))
+        carlos.send(message("bea1", "b"))
+        self.assertEqual(bea1.wire(), b"\x00\x01carlcarla: a\x00\x00\x01car2carlos: b\x00")
+        self.client(b"carI")
+        carla.send(message("bea1", "c"))
+        self.assertEqual(bea1.wire(), b"\x00\x01car3carla: c\x00")
 
 
 class AddressingTests(MsrpTestMixin, TestCase):
@@ -140,10 +159,10 @@ class AddressingTests(MsrpTestMixin, TestCase):
         bea1.send(encodeListRequest())
         self.assertEqual(
             bea1.wire(),
-            listFrame("bea1", "carla (carl)", "carlos (car1)", "CARLITO (CAR2)"),
+            listFrame("bea1", "carla (carl)", "carlos (car2)", "CARLITO (CAR3)"),
         )
         for slot, user, name in (
-            (b"carl", carla, "carla"), (b"car1", carlos, "carlos"), (b"car2", carlito, "CARLITO"),
+            (b"carl", carla, "carla"), (b"car2", carlos, "carlos"), (b"car3", carlito, "CARLITO"),
         ):
             bea1.send(encodeMessage(slot, b"hola"))
             self.assertEqual(user.response().messg.receiver, name)
@@ -153,7 +172,7 @@ class AddressingTests(MsrpTestMixin, TestCase):
         bea1.send(encodeListRequest())
         self.assertEqual(
             bea1.wire(),
-            listFrame("bea1", "carlos (car1)", "CARLITO (CAR2)", "carlota (carl)"),
+            listFrame("bea1", "carlos (car2)", "CARLITO (CAR3)", "carlota (carl)"),
         )
         bea1.send(encodeMessage(b"carl", b"hola"))
         self.assertEqual(carlota.response().messg.receiver, "carlota")
@@ -221,7 +240,11 @@ class AddressingTests(MsrpTestMixin, TestCase):
         binary client can write to, and the name alone in LIST.
         """
         for candidate in slotCandidates("carla"):
-            self.presence.login(RecordingSession("other"), candidate, "")
+            # One that looks like a candidate online already is refused; it
+            # is not free either.
+            self.presence.login(RecordingSession("other"), candidate, "").addErrback(
+                lambda f: f.trap(NameInUse)
+            )
         bea1 = self.client(b"bea1")
         carla = self.protobuf("carla")
         carla.send(message("bea1", "hola"))

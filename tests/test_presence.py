@@ -25,8 +25,18 @@ from chatd.presence import (
     NoSuchUser,
     RecipientBusy,
     checkName,
+    nameKey,
 )
 from tests.support import RecordingSession
+
+#: The look-alikes of issue 11 item 5, for a registered or online José87.
+JOSE = "Jos\u00e987"
+JOSE_NFD = "Jose\u030187"
+JOSE_FULLWIDTH = "\uff2aos\u00e987"
+JOSE_CYRILLIC_O = "J\u043es\u00e987"
+#: Invisible or blank suffixes: combining grapheme joiner, Hangul filler,
+#: Braille blank.
+JOSE_SUFFIXED = [JOSE + "\u034f", JOSE + "\u3164", JOSE + "\u2800"]
 
 
 @implementer(IFileReceiver)
@@ -48,7 +58,10 @@ class BrokenSession(RecordingSession):
 
 class NameRuleTests(TestCase):
     def test_valid(self) -> None:
-        for name in ["a", "clt1", "Ñandú", "x" * 32, "user.name-1_2", "alli", "ballot"]:
+        for name in [
+            "a", "clt1", "Ñandú", "x" * 32, "user.name-1_2", "alli", "ballot",
+            JOSE, JOSE_NFD, JOSE_FULLWIDTH, JOSE_CYRILLIC_O, "ñab", "\u674e\u56db",
+        ]:
             checkName(name)
 
     def test_invalid(self) -> None:
@@ -64,6 +77,19 @@ class NameRuleTests(TestCase):
             ("a|b", "'|'"),
             ("a&b", "'&'"),
             ("a\\b", "'\\\\'"),
+            # RFC 8265 refuses them: ignorable, blank or symbol characters,
+            # compatibility forms.
+            (JOSE + "\u034f", "U+034F"),
+            (JOSE + "\u3164", "U+3164"),
+            (JOSE + "\u2800", "U+2800"),
+            ("\U0001f600", "U+1F600"),
+            ("\ufb01x", "U+FB01"),
+            (JOSE_NFD + "\u034f", "U+034F"),
+            ("abc\u05e9\u05dc\u05d5\u05dd", "right-to-left"),
+            # 'all' in another width, or looking like it.
+            ("\uff41\uff4c\uff4c", "reserved"),
+            ("aII", "reserved"),
+            ("\u0430ll", "reserved"),
         ]:
             with self.assertRaises(InvalidName, msg=repr(name)) as cm:
                 checkName(name)
@@ -204,6 +230,92 @@ class PresenceTests(TestCase):
             FilesNotAccepted, self.presence.sendFile, alice, "carl", "c", b"x"
         )
         self.assertRaises(NoSuchUser, self.presence.sendFile, alice, "zed", "d", b"x")
+
+
+class LookalikeTests(TestCase):
+    """
+    Names are compared by RFC 8265 (one key for the NFD and full-width
+    spellings) and by their TR39 skeleton (one for look-alike letters).
+    """
+
+    def setUp(self) -> None:
+        self.presence = InMemoryPresenceService()
+        self.jose = RecordingSession()
+        self.successResultOf(self.presence.login(self.jose, JOSE, "10.0.0.1"))
+
+    def refused(self, name: str, error=NameInUse, **kw) -> str:
+        failure = self.failureResultOf(
+            self.presence.login(RecordingSession(), name, "10.0.0.2", **kw), error
+        )
+        return str(failure.value)
+
+    def test_sameKeyIsInUse(self) -> None:
+        for name in [JOSE_NFD, JOSE_FULLWIDTH, JOSE.upper()]:
+            self.assertEqual(nameKey(name), nameKey(JOSE), ascii(name))
+            self.assertIn("is already online", self.refused(name))
+
+    def test_lookalikeIsInUse(self) -> None:
+        self.assertEqual(
+            self.refused(JOSE_CYRILLIC_O),
+            f"the name {JOSE_CYRILLIC_O} looks like {JOSE}, who is online",
+        )
+        self.assertEqual(self.presence.lookalike(JOSE_CYRILLIC_O).name, JOSE)
+        self.assertEqual([u.name for u in self.presence.users()], [JOSE])
+
+    def test_invisibleSuffixIsInvalid(self) -> None:
+        for name in JOSE_SUFFIXED:
+            self.assertIn("which names may not have", self.refused(name, InvalidName))
+
+    def test_lookalikeInAnyCase(self) -> None:
+        self.successResultOf(self.presence.login(RecordingSession(), "alice", "x"))
+        for name in ["aIice", "ALICE", "\u0430lice"]:
+            self.refused(name)
+
+    def test_freedByLogout(self) -> None:
+        self.presence.logout(self.jose)
+        self.assertIsNone(self.presence.lookalike(JOSE_CYRILLIC_O))
+        self.successResultOf(
+            self.presence.login(RecordingSession(), JOSE_CYRILLIC_O, "x")
+        )
+        self.refused(JOSE)
+
+    def test_lookupByAnySpelling(self) -> None:
+        for name in [JOSE_NFD, JOSE_FULLWIDTH, "jos\u00c987"]:
+            self.assertIs(self.presence.sessionFor(name), self.jose)
+        self.assertIsNone(self.presence.lookup(JOSE_CYRILLIC_O))
+        self.assertIsNone(self.presence.lookup(JOSE + "\u034f"))
+
+    def test_messageToAnySpelling(self) -> None:
+        alice = RecordingSession()
+        self.successResultOf(self.presence.login(alice, "alice", "x"))
+        self.assertEqual(self.presence.sendMessage(alice, JOSE_NFD, "hola"), 1)
+        self.assertEqual(self.jose.messages, [ChatMessage("alice", JOSE, "hola")])
+        self.assertRaises(
+            NoSuchUser, self.presence.sendMessage, alice, JOSE_CYRILLIC_O, "x"
+        )
+
+    def test_authenticatedLookalikePair(self) -> None:
+        """
+        Two registered accounts that already looked alike both keep working:
+        with their passwords, both may be online at once; nobody else may
+        take a third look-alike.
+        """
+        presence = InMemoryPresenceService()
+        self.successResultOf(
+            presence.login(RecordingSession(), JOSE, "x", authenticated=True)
+        )
+        self.successResultOf(
+            presence.login(
+                RecordingSession(), JOSE_CYRILLIC_O, "x", authenticated=True
+            )
+        )
+        self.failureResultOf(
+            presence.login(RecordingSession(), "J\u03bfs\u00e987", "x"), NameInUse
+        )
+
+    def test_unauthenticatedLookalikeOfAccount(self) -> None:
+        """An account's password does not open a look-alike of a guest."""
+        self.refused(JOSE_CYRILLIC_O, authenticated=True)
 
 
 class BusySession(RecordingSession):

@@ -135,6 +135,33 @@ class LoginTests(ProtobufTestMixin, TestCase):
         client.send(login("bobo"))
         self.assertEqual(client.response().code, FAILED)
 
+    def test_lookalikesRefusedWhileOnline(self) -> None:
+        """
+        While José87 is online, its NFD and full-width spellings are the same
+        name, a Cyrillic look-alike is taken, and invisible or blank suffixes
+        break the name rule (issue 11 item 5).
+        """
+        self.loggedIn("Jos\u00e987")
+        for name, answer in [
+            ("Jose\u030187", "the name Jose\u030187 is already online"),
+            ("\uff2aos\u00e987", "the name \uff2aos\u00e987 is already online"),
+            (
+                "J\u043es\u00e987",
+                "the name J\u043es\u00e987 looks like Jos\u00e987, who is online",
+            ),
+            ("Jos\u00e987\u034f", "the name has the character U+034F, which names may not have (RFC 8265)"),
+            ("Jos\u00e987\u3164", "the name has the character U+3164, which names may not have (RFC 8265)"),
+            ("Jos\u00e987\u2800", "the name has the character U+2800, which names may not have (RFC 8265)"),
+        ]:
+            client = self.client()
+            client.send(login(name))
+            response = client.response()
+            self.assertEqual(
+                (response.option, response.code, response.response),
+                (Q.USER_LOGIN, FAILED, "login refused: " + answer),
+            )
+        self.assertEqual([u.name for u in self.presence.users()], ["Jos\u00e987"])
+
     def test_protectedNameIsRefused(self) -> None:
         """Names of registered accounts need a password; protobuf has none."""
         self.presence.isProtectedName = lambda name: name == "carol"

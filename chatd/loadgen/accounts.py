@@ -80,7 +80,7 @@ def seedDatabase(path: str, names: list[str], password: str) -> None:
     registration. Existing accounts of those names are replaced.
     """
     from chatd.msgr.accounts import connect, hashPassword, prepareDatabase
-    from chatd.presence import nameKey
+    from chatd.presence import nameKey, nameSkeleton
 
     prepareDatabase(path)
     hashed = hashPassword(password)
@@ -88,8 +88,9 @@ def seedDatabase(path: str, names: list[str], password: str) -> None:
     try:
         connection.execute("BEGIN")
         connection.executemany(
-            "INSERT OR REPLACE INTO accounts (name_key, name, password) VALUES (?, ?, ?)",
-            [(nameKey(name), name, hashed) for name in names],
+            "INSERT OR REPLACE INTO accounts (name_key, name, password, skeleton)"
+            " VALUES (?, ?, ?, ?)",
+            [(nameKey(name), name, hashed, nameSkeleton(name)) for name in names],
         )
         connection.execute("COMMIT")
     finally:

@@ -24,7 +24,9 @@ from chatd.loadgen.server import Watch, readStats, resetPeak
 from chatd.loadgen.worker import WorkerPool
 
 _NS = 1_000_000_000
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+# Base 33: digits and lower-case letters but 'l', 'm' and 'o', which look like
+# '1', 'rn' and '0' (chatd refuses a name that looks like one online).
+_DIGITS = "0123456789abcdefghijknpqrstuvwxyz"
 
 
 @dataclass
@@ -48,12 +50,16 @@ class Target:
 
 
 def shortName(letter: str, index: int) -> str:
-    """A 4-character name: C{letter} and C{index} in 3 base-36 digits."""
-    if not 0 <= index < 36**3:
+    """
+    A 4-character name: C{letter} and C{index} in 3 base-33 digits, none of
+    which looks like another.
+    """
+    base = len(_DIGITS)
+    if not 0 <= index < base**3:
         raise ValueError("index out of range for a 4-byte name")
     digits = ""
     for _ in range(3):
-        index, digit = divmod(index, 36)
+        index, digit = divmod(index, base)
         digits = _DIGITS[digit] + digits
     return letter + digits
 

@@ -22,6 +22,7 @@ committed.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import secrets
@@ -34,7 +35,14 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from chatd.presence import InvalidName, InvalidStatus, checkName, checkStatus, nameKey
+from chatd.presence import (
+    InvalidName,
+    InvalidStatus,
+    checkName,
+    checkStatus,
+    nameKey,
+    nameSkeleton,
+)
 
 log = Logger()
 
@@ -128,7 +136,7 @@ def verifyPassword(password: str, stored: str) -> bool:
 # Schema.
 
 #: The schema version this code writes; older databases are migrated.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _schemaV1(cursor: sqlite3.Cursor) -> None:
@@ -184,8 +192,83 @@ def _revocationLog(cursor: sqlite3.Cursor) -> None:
     )
 
 
+def _addSkeletons(cursor: sqlite3.Cursor) -> None:
+    """
+    Names are compared by RFC 8265 and by their TR39 skeleton (see
+    L{chatd.presence.nameKey}, L{chatd.presence.nameSkeleton}): give every
+    account its skeleton, indexed, and its new key.
+
+    No account is dropped, and friendships and requests follow the new keys.
+    Of two accounts whose names are now one (the NFC and NFD spellings of a
+    name), the one registered first takes the key and the other keeps its old
+    one, which no login finds any more. An account whose name the rule now
+    refuses (U+034F, U+3164, U+2800, symbols) gets the key L{nameKey} gives
+    it, so chatd-admin still finds it, but its chat socket is refused as for
+    any invalid name. Accounts that share a skeleton all keep working; only
+    new names are refused for looking like another. Each case is logged.
+    """
+    cursor.execute("ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT ''")
+    # A key is changed in the accounts and in the rows that point at them,
+    # so the foreign keys hold again only at the end of the transaction.
+    cursor.execute("PRAGMA defer_foreign_keys = ON")
+    cursor.execute("SELECT name_key, name FROM accounts ORDER BY rowid")
+    rows = cursor.fetchall()
+    keys = {oldKey for oldKey, _ in rows}
+    for oldKey, name in rows:
+        try:
+            checkName(name)
+        except InvalidName as e:
+            log.warn(
+                "account {user!r} breaks the name rule now ({reason}); it is kept",
+                user=name,
+                reason=str(e),
+                event="account-name-invalid",
+            )
+        newKey = nameKey(name)
+        if newKey != oldKey:
+            if newKey in keys:
+                log.warn(
+                    "account {user!r} keeps its key {key!r}: another account"
+                    " has the same name in RFC 8265 terms; it cannot log in"
+                    " under this spelling",
+                    user=name,
+                    key=oldKey,
+                    event="account-key-kept",
+                )
+                newKey = oldKey
+            else:
+                keys.discard(oldKey)
+                keys.add(newKey)
+                for table, column in [
+                    ("accounts", "name_key"),
+                    ("friendships", "a_key"),
+                    ("friendships", "b_key"),
+                    ("friend_requests", "from_key"),
+                    ("friend_requests", "to_key"),
+                ]:
+                    cursor.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
+                        (newKey, oldKey),
+                    )
+        cursor.execute(
+            "UPDATE accounts SET skeleton = ? WHERE name_key = ?",
+            (nameSkeleton(name), newKey),
+        )
+    cursor.execute("CREATE INDEX accounts_skeleton ON accounts (skeleton)")
+    cursor.execute(
+        "SELECT group_concat(name, ' ') FROM accounts GROUP BY skeleton"
+        " HAVING COUNT(*) > 1"
+    )
+    for (names,) in cursor.fetchall():
+        log.warn(
+            "accounts look alike (one skeleton); each keeps working: {users}",
+            users=names,
+            event="accounts-look-alike",
+        )
+
+
 #: version -> the step that brings a database from version - 1 to it.
-MIGRATIONS = {1: _schemaV1, 2: _revocationLog}
+MIGRATIONS = {1: _schemaV1, 2: _revocationLog, 3: _addSkeletons}
 
 #: The kinds of row in the revocations table.
 REVOKE = "revoke"
@@ -452,7 +535,10 @@ class AccountStore:
         self.path = path
         self.reactor = reactor
         self.scrypt = scrypt
+        names = list(names)
         self._names = {nameKey(name) for name in names}
+        # skeleton -> how many accounts have it (old look-alike pairs share).
+        self._skeletons = collections.Counter(nameSkeleton(name) for name in names)
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
             path,
@@ -492,8 +578,11 @@ class AccountStore:
     # Names, from memory.
 
     def isProtectedName(self, name: str) -> bool:
-        """Whether an account has C{name} (in any case). Never waits."""
-        return nameKey(name) in self._names
+        """
+        Whether an account has C{name} (in any case or width) or a name that
+        looks like it (the same skeleton). Never waits.
+        """
+        return nameKey(name) in self._names or nameSkeleton(name) in self._skeletons
 
     def _run(self, interaction, *args) -> defer.Deferred:
         return self._pool.runInteraction(interaction, *args)
@@ -525,18 +614,27 @@ class AccountStore:
             checkNewAccount(name, password, profile)
         except (InvalidName, AccountError) as e:
             return defer.fail(e)
-        key = nameKey(name)
+        key, skeleton = nameKey(name), nameSkeleton(name)
         if key in self._names:
             return defer.fail(NameTaken(f"the name {name} is taken"))
+        if skeleton in self._skeletons:
+            return defer.fail(NameTaken(f"the name {name} looks like an account's"))
         self._names.add(key)
+        self._skeletons[skeleton] += 1
         fields = {f: profile.get(f, "") for f in PROFILE_FIELDS}
 
         def insert(cursor, hashed: str) -> Account:
+            # Another process (chatd-admin, a second chatd) may have written
+            # since the names were loaded: the database has the last word.
+            cursor.execute("SELECT 1 FROM accounts WHERE skeleton = ?", (skeleton,))
+            if cursor.fetchone() is not None:
+                raise NameTaken(f"the name {name} looks like an account's")
             try:
                 cursor.execute(
                     "INSERT INTO accounts (name_key, name, password, nombres,"
-                    " apellidos, email, estado) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (key, name, hashed, *(fields[f] for f in PROFILE_FIELDS)),
+                    " apellidos, email, estado, skeleton)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, name, hashed, *(fields[f] for f in PROFILE_FIELDS), skeleton),
                 )
             except sqlite3.IntegrityError:
                 raise NameTaken(f"the name {name} is taken") from None
@@ -544,6 +642,9 @@ class AccountStore:
 
         def failed(failure):
             self._names.discard(key)
+            self._skeletons[skeleton] -= 1
+            if not self._skeletons[skeleton]:
+                del self._skeletons[skeleton]
             return failure
 
         d = self._hash(password)

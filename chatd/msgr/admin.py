@@ -48,7 +48,7 @@ from chatd.msgr.accounts import (
     hashPassword,
     migrate,
 )
-from chatd.presence import InvalidName, checkName, nameKey
+from chatd.presence import InvalidName, checkName, nameKey, nameSkeleton
 
 DEFAULT_DB = "chatd.sqlite3"
 
@@ -185,18 +185,26 @@ def createAccount(
         checkProfile(profile)
     except (InvalidName, AccountError) as e:
         raise AdminError(str(e)) from None
-    key = nameKey(name)
-    row = connection.execute(
-        "SELECT name FROM accounts WHERE name_key = ?", (key,)
-    ).fetchone()
-    if row is not None:
-        raise AdminError(f"the name {name} is taken (by the account {row[0]!r})")
+    key, skeleton = nameKey(name), nameSkeleton(name)
+    hashed = hashPassword(password, scrypt)
     fields = [profile.get(field, "") for field in PROFILE_FIELDS]
-    connection.execute(
-        "INSERT INTO accounts (name_key, name, password, nombres, apellidos,"
-        " email, estado) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (key, name, hashPassword(password, scrypt), *fields),
-    )
+    with _transaction(connection):
+        row = connection.execute(
+            "SELECT name FROM accounts WHERE name_key = ?", (key,)
+        ).fetchone()
+        if row is not None:
+            raise AdminError(f"the name {name} is taken (by the account {row[0]!r})")
+        # The rule of registration: no name that looks like an account's.
+        row = connection.execute(
+            "SELECT name FROM accounts WHERE skeleton = ?", (skeleton,)
+        ).fetchone()
+        if row is not None:
+            raise AdminError(f"the name {name} looks like the account {row[0]!r}")
+        connection.execute(
+            "INSERT INTO accounts (name_key, name, password, skeleton, nombres,"
+            " apellidos, email, estado) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, name, hashed, skeleton, *fields),
+        )
     return name
 
 

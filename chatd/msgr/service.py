@@ -293,8 +293,9 @@ class MsgrService(service.Service):
         name, password = fields.get("usr"), fields.get("pass")
         if not name or not password:
             return defer.succeed(Outcome(UPDATE_MISSING))
-        if self.presence.lookup(name) is not None:
-            # Someone is chatting under this name on another protocol.
+        if self.presence.lookalike(name) is not None:
+            # Someone is chatting under this name, or one that looks like it,
+            # on another protocol.
             return defer.succeed(Outcome(UPDATE_FAILED, {"reason": "the name is online"}))
         profile = {f: fields[f] for f in accounts.PROFILE_FIELDS if f in fields}
         # The cheap refusals first, so that they cost no registration of the

@@ -14,12 +14,13 @@ under a 4-byte I{slot}, and binary clients address them by it. docs/msrp.md
     (C{"ca01"} to C{"ca99"}), its first byte and three digits, four digits
     (C{"0001"} to C{"9999"}); "first n bytes" means the whole characters
     that fit in them, and the digits fill the rest;
-  - I{free} means, without regard to case, neither the name of an online
-    user (of any protocol) nor another user's slot; so a slot never lets
-    anyone pass for someone else (issue 11 item 9);
+  - I{free} means neither the name of an online user (of any protocol) nor
+    another user's slot, nor anything that looks like one (the same
+    skeleton, L{chatd.presence.nameSkeleton}: C{car1} looks like C{carl});
+    so a slot never lets anyone pass for someone else (issue 11 item 9);
   - a slot is kept for the whole session and freed at logout. When a user
-    logs in whose name is someone's slot, the real name wins: the other user
-    gets their next free slot.
+    logs in whose name is, or looks like, someone's slot, the real name
+    wins: the other user gets their next free slot.
 
 One L{SlotDirectory} is fed by the presence service's login and logout
 events and shared by every MSRP connection of a factory.
@@ -32,7 +33,14 @@ from typing import Iterator
 from twisted.logger import Logger
 
 from chatd.msrp.codec import NAME_LENGTH, clientListEntry
-from chatd.presence import LOGIN, LOGOUT, IPresenceService, UserInfo, nameKey
+from chatd.presence import (
+    LOGIN,
+    LOGOUT,
+    IPresenceService,
+    UserInfo,
+    nameKey,
+    nameSkeleton,
+)
 
 #: The slot of a user who has none (every candidate taken): 4 spaces, which
 #: no name and no slot is, so that no binary client can address it.
@@ -103,6 +111,8 @@ class SlotDirectory:
         self._slots: dict[str, bytes] = {}
         # casefolded slot text -> the owner's name as written
         self._owners: dict[str, str] = {}
+        # the slot's skeleton -> the owner's name as written
+        self._lookalikes: dict[str, str] = {}
         for info in presence.users():
             self._loggedIn(info.name)
         presence.addObserver(self._presenceChanged)
@@ -115,7 +125,7 @@ class SlotDirectory:
 
     def _loggedIn(self, name: str) -> None:
         key = nameKey(name)
-        displaced = self._owners.get(key)
+        displaced = self._owners.get(key) or self._lookalikes.get(nameSkeleton(name))
         if displaced is not None and nameKey(displaced) != key:
             # The real name wins over a slot that spells it.
             old = self._release(displaced)
@@ -134,7 +144,8 @@ class SlotDirectory:
     def _free(self, candidate: str) -> bool:
         return (
             candidate.casefold() not in self._owners
-            and self.presence.lookup(candidate) is None
+            and nameSkeleton(candidate) not in self._lookalikes
+            and self.presence.lookalike(candidate) is None
         )
 
     def _assign(self, name: str) -> bytes:
@@ -143,6 +154,7 @@ class SlotDirectory:
                 slot = candidate.encode("utf-8")
                 self._slots[nameKey(name)] = slot
                 self._owners[candidate.casefold()] = name
+                self._lookalikes[nameSkeleton(candidate)] = name
                 return slot
         self.log.warn(
             "msrp: no free 4-byte slot for {user}; MSRP binary clients cannot"
@@ -155,7 +167,9 @@ class SlotDirectory:
         slot = self._slots.pop(nameKey(name), None)
         if slot is None:
             return NO_SLOT
-        del self._owners[slot.decode("utf-8").casefold()]
+        text = slot.decode("utf-8")
+        del self._owners[text.casefold()]
+        del self._lookalikes[nameSkeleton(text)]
         return slot
 
     def slotFor(self, name: str) -> bytes:

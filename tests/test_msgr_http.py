@@ -217,7 +217,9 @@ class RegisterTests(unittest.TestCase):
             "Jos\u00e987\u2800",
         ):
             response = yield self.register(usr=name, **{"pass": "x"})
-            self.assertEqual((response.status, response.body), (200, "803"), ascii(name))
+            self.assertEqual(
+                (response.status, response.body.split("||")[0]), (200, "803"), ascii(name)
+            )
             self.assertFalse(self.h.store.isProtectedName(name), ascii(name))
 
     @defer.inlineCallbacks
@@ -225,7 +227,9 @@ class RegisterTests(unittest.TestCase):
         yield self.h.register("Jos\u00e987")
         for name in ("Jose\u030187", "\uff2aos\u00e987", "J\u043es\u00e987"):
             response = yield self.register(usr=name, **{"pass": "x"})
-            self.assertEqual((response.status, response.body), (200, "803"), ascii(name))
+            self.assertEqual(
+                (response.status, response.body.split("||")[0]), (200, "803"), ascii(name)
+            )
             # Nor may a client without its password chat under it.
             self.failureResultOf(
                 self.h.presence.login(RecordingSession("protobuf"), name, "1.2.3.4"),

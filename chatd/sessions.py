@@ -137,6 +137,8 @@ class Allowance:
 
     def _refusedByRate(self) -> None:
         factory, session = self.factory, self.session
+        if session is None:
+            return  # the connection is closed (see end)
         factory.metrics.refused(session.protocolName, RATE)
         self._rateRefused += 1
         now = factory.clock.seconds()
@@ -168,11 +170,17 @@ class Allowance:
             )
 
     def end(self) -> None:
-        """The connection is closed: stop its timers and free its count."""
+        """
+        The connection is closed: stop its timers, free its count, and let go
+        of the session, which holds this allowance: a closed connection must
+        be freed by reference counting alone, not wait (with its write
+        buffers) for a full garbage collection.
+        """
         for timer in (self._loginTimer, self._abortTimer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._loginTimer = self._abortTimer = None
+        self.session = None
         if self.refusal is None:
             self.refusal = "closed"
             self.factory.limiter.release(self.address)
@@ -358,6 +366,10 @@ class _CountedHTTPConnection(ProtocolWrapper):
         self.allowance.end()
         if not refused:
             ProtocolWrapper.connectionLost(self, reason)
+            # The channel registered itself as the transport's producer, and
+            # a TLS transport keeps it after the connection is lost: a cycle
+            # through the channel back to this wrapper, unless undone.
+            self.transport.unregisterProducer()
 
 
 class CountedHTTPFactory(WrappingFactory):

@@ -197,6 +197,11 @@ class MsgrChatProtocol(Protocol):
         self._closing = True
         self._queue.clear()
         self._unbind()
+        # Break the cycle through the queue's overflow callback, so the
+        # connection and its buffers go by reference counting alone.
+        outbound, self.outbound = self.outbound, None
+        if outbound is not None:
+            outbound.detach()
         self.factory.release(self)
 
     @property

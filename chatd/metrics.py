@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from twisted.web import resource, server
 
-from chatd.web import Directory, NotFound
+from chatd.web import Directory, NotFound, freedChannelProtocol
 
 #: The wire formats, whose series are exported even while still at zero.
 PROTOCOLS = ("protobuf", "msrp", "msgr")
@@ -333,7 +333,12 @@ def addResources(root: resource.Resource, metrics: ChatdMetrics) -> None:
 
 
 class CountingSite(server.Site):
-    """A twisted.web site that counts its responses by status code."""
+    """
+    A twisted.web site that counts its responses by status code, and whose
+    closed connections are freed by reference counting alone.
+    """
+
+    protocol = freedChannelProtocol
 
     def __init__(self, root, metrics: ChatdMetrics, listener: str, **kwargs) -> None:
         super().__init__(root, **kwargs)

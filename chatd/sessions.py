@@ -366,10 +366,6 @@ class _CountedHTTPConnection(ProtocolWrapper):
         self.allowance.end()
         if not refused:
             ProtocolWrapper.connectionLost(self, reason)
-            # The channel registered itself as the transport's producer, and
-            # a TLS transport keeps it after the connection is lost: a cycle
-            # through the channel back to this wrapper, unless undone.
-            self.transport.unregisterProducer()
 
 
 class CountedHTTPFactory(WrappingFactory):

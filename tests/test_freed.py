@@ -42,7 +42,13 @@ from tests.tls import LOOPBACK, clientOptions, makePKI, serverDescription
 from tests.twistd import ByteCollector
 
 #: The command line option of each listener, by its service name.
-OPTION = {"protobuf": "protobuf", "msrp": "msrp", "msgr": "msgr", "msgr-http": "http"}
+OPTION = {
+    "protobuf": "protobuf",
+    "msrp": "msrp",
+    "msgr": "msgr",
+    "msgr-http": "http",
+    "metrics": "metrics",
+}
 
 
 def collectorOff(testCase: TestCase) -> None:
@@ -151,7 +157,6 @@ class ServerMixin:
             else:
                 value = f"tcp:0:interface={LOOPBACK}"
             argv += [f"--{option}", value]
-        argv += ["--metrics", "none"]
         if {"msgr", "msgr-http"} & set(labels):
             argv += ["--db", os.path.abspath(self.mktemp()) + ".sqlite3"]
         else:
@@ -232,6 +237,25 @@ class ServerMixin:
             f"Content-Type: application/x-www-form-urlencoded\r\n"
             f"Content-Length: {len(data)}\r\n\r\n"
         ).encode("ascii") + data
+
+    def recordBuilt(self, label: str, watched: Watched) -> None:
+        """Watch every protocol C{label}'s factory builds from now on."""
+        factory = self.top.getServiceNamed(label).factory
+        build = factory.buildProtocol
+
+        def buildProtocol(addr):
+            protocol = build(addr)
+            watched.add(f"{label} protocol", protocol)
+            return protocol
+
+        factory.buildProtocol = buildProtocol
+        self.addCleanup(delattr, factory, "buildProtocol")
+
+    @staticmethod
+    def channel(counted):
+        """The L{HTTPChannel} in a counted HTTP connection."""
+        generic = counted.wrappedProtocol  # twisted.web's HTTP/1.1-or-2 switch
+        return getattr(generic, "_channel", generic)
 
     def assertFreed(self, watched: Watched) -> None:
         alive = watched.alive()
@@ -320,6 +344,13 @@ class FreedOnEveryListener(ServerMixin):
         yield self.connect("msgr")  # never binds
         while len(self.sessions("msgr")) < 2:
             yield deferLater(reactor, 0.01, lambda: None)
+        # A request whose body is cut short, left hanging.
+        cut = yield self.connect("msgr-http")
+        cut.transport.write(self.form("/status", "usr=Ana&pass=secreto" + "x" * 100)[:-50])
+        while not any(
+            channel.requests for channel in map(self.channel, self.httpConnections())
+        ):
+            yield deferLater(reactor, 0.01, lambda: None)
         watched = Watched()
         for session in self.sessions("msgr"):
             watched.connection("msgr", session)
@@ -327,13 +358,88 @@ class FreedOnEveryListener(ServerMixin):
         for counted in self.httpConnections():
             watched.connection("http", counted)
             watched.add("http channel", counted.wrappedProtocol)
-        del session, counted
+            channel = self.channel(counted)
+            watched.add("http channel inside", channel)
+            for request in channel.requests:
+                watched.add("http request", request)
+        del session, counted, channel, request
         yield self.closeAll(["msgr", "msgr-http"])
+        self.assertFreed(watched)
+
+
+    @defer.inlineCallbacks
+    def test_metrics(self):
+        """
+        The metrics listener: a scrape on a kept-alive connection, and a
+        request whose body is cut short; both cut, both freed.
+        """
+        self.startServer(["metrics"])
+        built = Watched()
+        self.recordBuilt("metrics", built)
+        scraper = yield self.connect("metrics")
+        scraper.transport.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        yield scraper.waitFor(containing(b"chatd_"))
+        cut = yield self.connect("metrics")
+        cut.transport.write(
+            b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"
+        )
+        watched = Watched()
+        while len(watched.refs) < 6:
+            watched = Watched()
+            for label, ref in built.refs:
+                generic = ref()
+                channel = getattr(generic, "_channel", generic)
+                if channel is not None and channel.transport is not None:
+                    watched.add("http protocol", generic)
+                    watched.connection("http channel", channel)
+                    for request in channel.requests:
+                        watched.add("http request", request)
+                generic = channel = request = None
+            yield deferLater(reactor, 0.01, lambda: None)
+        for client in self.clients:
+            client.transport.abortConnection()
+            yield client.closed
+        self.clients = []
+        # The server sees each close on its next read of the socket.
+        for _ in range(100):
+            if not watched.alive():
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
         self.assertFreed(watched)
 
 
 class PlainTests(FreedOnEveryListener, TestCase):
     """Plain TCP listeners."""
+
+    @defer.inlineCallbacks
+    def test_refused(self):
+        """
+        Connections refused by the connection limit, on every listener, are
+        told so in their protocol's terms and freed once closed.
+        """
+        labels = ["protobuf", "msrp", "msgr", "msgr-http"]
+        self.startServer(labels, ["--max-conns", "1"])
+        first = yield self.connect("msrp")
+        first.transport.write(b"uno1")
+        while not self.sessions("msrp"):
+            yield deferLater(reactor, 0.01, lambda: None)
+        watched = Watched()
+        watched.connection("msrp", self.sessions("msrp")[0])
+        for label in labels:
+            self.recordBuilt(label, watched)
+        expected = {
+            "protobuf": b"connection refused",
+            "msrp": "El servidor tiene demasiadas conexiones".encode("utf-8"),
+            "msgr": b"#RESPUESTA||-||0||#HOLA||-||803",
+            "msgr-http": b"503 Service Unavailable",
+        }
+        for label in labels:
+            client = yield self.connect(label)
+            yield client.closed
+            self.assertIn(expected[label], client.received)
+        self.assertEqual(len(watched.refs), 2 + len(labels), "each refused one was seen")
+        yield self.closeAll(["protobuf", "msrp", "msgr"])
+        self.assertFreed(watched)
 
 
 class TLSTests(FreedOnEveryListener, TestCase):

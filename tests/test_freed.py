@@ -383,8 +383,13 @@ class FreedOnEveryListener(ServerMixin):
         cut.transport.write(
             b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab"
         )
+        def seen(kind: str) -> int:
+            return sum(1 for label, _ in watched.refs if label == kind)
+
         watched = Watched()
-        while len(watched.refs) < 6:
+        for _ in range(500):
+            if seen("http channel protocol") == 2 and seen("http request") == 1:
+                break
             watched = Watched()
             for label, ref in built.refs:
                 generic = ref()
@@ -396,6 +401,11 @@ class FreedOnEveryListener(ServerMixin):
                         watched.add("http request", request)
                 generic = channel = request = None
             yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(
+            (seen("http channel protocol"), seen("http request")),
+            (2, 1),
+            "two connections, the request cut short under way",
+        )
         for client in self.clients:
             client.transport.abortConnection()
             yield client.closed

@@ -238,6 +238,10 @@ class ConnectionLimiter:
         return self._perAddress.get(address, 0)
 
 
+def _closed() -> None:
+    """The overflow callback of a detached L{OutboundQueue}: nothing to do."""
+
+
 @implementer(IPushProducer)
 class OutboundQueue:
     """
@@ -314,6 +318,23 @@ class OutboundQueue:
                 self.queued -= len(data)
                 return True
         return False
+
+    def detach(self) -> None:
+        """
+        The connection is closed: drop what waits and the protocol's
+        overflow callback, so that the protocol (which holds this queue) and
+        its transport are freed by reference counting alone.
+        """
+        self._waiting = []
+        self.queued = 0
+        self.overflowed = True  # nothing more is taken
+        self.onOverflow = _closed
+        # A TLS transport keeps its producer after the connection is lost,
+        # and this queue refers to the transport: a cycle, unless undone.
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # none is registered any more (an in-memory test transport)
 
     @property
     def paused(self) -> bool:

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 from twisted.web import resource, server
 
 from chatd import __version__
-from chatd.web import DeadlineHTTPChannel, Directory, NotFound
+from chatd.web import DeadlineHTTPChannel, Directory, NotFound, freedChannelProtocol
 
 #: The wire formats, whose series are exported even while still at zero.
 PROTOCOLS = ("protobuf", "msrp", "msgr")
@@ -384,10 +384,11 @@ class CountingSite(server.Site):
     """
     A twisted.web site that counts its responses by status code, and whose
     connections must send each request whole within C{requestTimeout}
-    seconds (L{DeadlineHTTPChannel}; C{0}, the default here, is no deadline).
+    seconds (L{DeadlineHTTPChannel}; C{0}, the default here, is no deadline),
+    and whose closed connections are freed by reference counting alone.
     """
 
-    protocol = DeadlineHTTPChannel
+    protocol = freedChannelProtocol
     requestTimeout = 0.0
     #: The body of a C{408}, for a request that did not arrive in time.
     requestTimeoutBody = b"408"

@@ -154,6 +154,8 @@ class Allowance:
 
     def _refusedByRate(self) -> None:
         factory, session = self.factory, self.session
+        if session is None:
+            return  # the connection is closed (see end)
         factory.metrics.refused(session.protocolName, RATE)
         self._rateRefused += 1
         now = factory.clock.seconds()
@@ -197,7 +199,12 @@ class Allowance:
             )
 
     def end(self) -> None:
-        """The connection is closed: stop its timers and free its count."""
+        """
+        The connection is closed: stop its timers, free its count, and let go
+        of the session, which holds this allowance: a closed connection must
+        be freed by reference counting alone, not wait (with its write
+        buffers) for a full garbage collection.
+        """
         for timer in (self._loginTimer, self._abortTimer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -205,6 +212,7 @@ class Allowance:
         if self._errorLog is not None:
             self._errorLog.close()
             self._errorLog = None
+        self.session = None
         if self.refusal is None:
             self.refusal = "closed"
             self.factory.limiter.release(self.address)

@@ -160,3 +160,37 @@ class DeadlineHTTPChannel(http.HTTPChannel):
         self.setTimeout(None)
         self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
+
+
+class FreedHTTPChannel(DeadlineHTTPChannel):
+    """
+    L{DeadlineHTTPChannel}, freed by reference counting alone once its
+    connection is lost.
+
+    Two reference cycles are broken when the connection is lost, each of
+    which kept the channel, its transport and their buffers until a full
+    garbage collection:
+      - a request whose body was still arriving leaves the channel's body
+        decoder, which holds a bound method of the channel: channel ->
+        decoder -> channel. The decoder is dropped (C{_transferDecoder} is
+        twisted.web's own attribute; C{None} is its value between requests);
+      - the channel registers itself as its transport's producer, and a TLS
+        transport keeps its producer after the connection is lost: channel
+        -> transport -> channel. It is unregistered.
+    """
+
+    def connectionLost(self, reason) -> None:
+        DeadlineHTTPChannel.connectionLost(self, reason)
+        self._transferDecoder = None
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # none is registered any more (an in-memory test transport)
+
+
+def freedChannelProtocol(site) -> http._GenericHTTPChannelProtocol:
+    """
+    What twisted.web's C{HTTPFactory.protocol} builds, with a
+    L{FreedHTTPChannel} inside: set as a site's C{protocol}.
+    """
+    return http._GenericHTTPChannelProtocol(FreedHTTPChannel())

@@ -452,6 +452,52 @@ async def pbLookalike(soak: Soak) -> None:
         await client.connection.end(soak.abrupt())
 
 
+async def pbSlowReadersVanish(soak: Soak) -> None:
+    """
+    Slow readers that disconnect: 2 to 4 clients log in and never read
+    again, one writer feeds them 10 to 30 messages of 16 KiB (as fast as
+    the rate lets it), more than their socket buffers take, so the server
+    holds bytes for them; then they vanish (RST) and the writer leaves. What the server held for them must go with them,
+    without waiting for the garbage collector (check (h)).
+    """
+    rng = soak.rng
+    writerName = soak.pbName()
+    writer = await ProtobufClient.open(soak.ports["protobuf"], soak.timeout)
+    readers: list[tuple[str, ProtobufClient]] = []
+    try:
+        _expectPb(
+            await writer.login(writerName), Request.USER_LOGIN, SUCCESSFUL,
+            f"welcome, {writerName}",
+        )
+        for _ in range(rng.randint(2, 4)):
+            name = soak.pbName()
+            reader = ProtobufClient(
+                await Connection.open(soak.ports["protobuf"], soak.timeout, receiveBuffer=4096),
+                soak.timeout,
+            )
+            readers.append((name, reader))
+            _expectPb(await reader.login(name), Request.USER_LOGIN, SUCCESSFUL, f"welcome, {name}")
+        # The readers are not in soak.online: nobody else counts on them.
+        text = "s" * (16 * 1024)
+        for _ in range(rng.randint(10, 30)):
+            name = rng.choice(readers)[0]
+            response = await writer.request(messageRequest(name, text))
+            if response.code == SUCCESSFUL:
+                _expectPb(response, Request.SEND_MESSAGE, SUCCESSFUL, f"delivered to {name}")
+            elif isLimit(response.response):
+                await soak.pause(0.05, 0.1)  # the rate: slow down
+            else:
+                # Past --max-sendq the reader is cut off: "not delivered".
+                _expect(
+                    response.response.startswith("not delivered:"),
+                    f"protobuf: a message to a slow reader answered {response.response!r}",
+                )
+    finally:
+        for _, reader in readers:
+            reader.connection.reset()
+        await writer.connection.end(soak.abrupt(0.5))
+
+
 # MSRP.
 
 
@@ -1690,6 +1736,9 @@ BEHAVIOURS = [
     ("protobuf login, cut, vanish", pbLoginThenCut, 5),
     ("protobuf deaf", pbDeaf, 2),
     ("protobuf look-alike", pbLookalike, 2),
+
+
+    ("protobuf slow readers vanish", pbSlowReadersVanish, 1),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),

@@ -258,15 +258,18 @@ def growth(base: dict[str, int], now: dict[str, int], top: int = 8) -> list[tupl
 
 
 async def waitForCensus(
-    server: ServerProcess, base: dict[str, int], seconds: float
+    server: ServerProcess, base: dict[str, int], seconds: float, mode: str = "collect"
 ) -> tuple[dict[str, int], dict[str, int]]:
     """
     Census the server until no per-connection object outlives the baseline,
-    for at most C{seconds}; the last census and what outlived it.
+    for at most C{seconds}; the last census and what outlived it. C{mode}:
+    see L{ServerProcess.census}.
     """
     deadline = time.monotonic() + seconds
     while True:
-        census = await asyncio.get_running_loop().run_in_executor(None, server.census)
+        census = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: server.census(mode=mode)
+        )
         extra = outlived(base, census)
         if not extra or time.monotonic() >= deadline:
             return census, extra

@@ -93,6 +93,11 @@ def _options() -> argparse.Namespace:
         "--settle", type=float, default=30.0,
         help="seconds the server gets to forget every name and close every socket (default 30)",
     )
+    parser.add_argument(
+        "--refcount-seconds", type=float, default=10.0,
+        help="seconds of the same load with the server's garbage collector off, after"
+        " which no per-connection object may be left (check (h); 0 skips it; default 10)",
+    )
     parser.add_argument("--rss-slack-mib", type=float, default=10.0,
                         help="memory growth always allowed, in MiB (default 10)")
     parser.add_argument("--rss-slack-percent", type=float, default=20.0,
@@ -354,6 +359,27 @@ async def main(options: argparse.Namespace) -> int:
                 f"memory did not come back: rss {rss / MiB:.1f} MiB against a baseline of"
                 f" {baseRss / MiB:.1f} MiB (allowed {slack / MiB:.1f} MiB more)"
             )
+        # (h) closed connections are freed by reference counting alone: the
+        # same load with the server's collector off, then a census without
+        # collecting; what only the collector would free (reference cycles)
+        # still counts. The collector is turned back on after.
+        uncollected: dict[str, int] = {}
+        if options.refcount_seconds > 0:
+            offCensus = server.census(mode="off")  # collected first
+            say(f"collector off: {options.clients} clients for {options.refcount_seconds:g}s")
+            await load(soak, server, options.refcount_seconds, options.clients,
+                       "collector off", sampler)
+            stuck = await checks.settle(server, ports, options.timeout, options.settle)
+            await checks.waitForFiles(server, baseFiles, options.settle)
+            uncollected, extra = await checks.waitForCensus(
+                server, offCensus, 10, mode="uncollected"
+            )
+            server.census()  # the collector on again
+            if extra and not stuck:
+                failures.append(
+                    "closed connections wait for the garbage collector (reference cycles): "
+                    + ", ".join(f"{n} x {name}" for name, n in sorted(extra.items()))
+                )
         # (e) the clients' own findings.
         anomalies = sum(t.anomalies for t in soak.tallies.values())
         if anomalies:
@@ -402,6 +428,10 @@ async def main(options: argparse.Namespace) -> int:
             f"residents {sorted(staying)}: objects with them {sum(residentCensus.values())} before"
             f" the soak, {sum(held.values())} after it; grew most:"
             f" {checks.growth(residentCensus, held) or 'none'}",
+            f"collector off for {options.refcount_seconds:g}s: objects"
+            f" {sum(uncollected.values())} uncollected at the end; per-connection objects"
+            f" in cycles: {checks.outlived(offCensus, uncollected) or 'none'}"
+            if uncollected else "collector off: skipped (--refcount-seconds 0)",
             f"server fds: start-up {startFiles}, baseline {baseFiles},"
             f" peak {sampler.peakFiles}, end {files}",
             f"settled (no name online, fds back) in {settled:.1f}s",

@@ -175,15 +175,18 @@ class ServerProcess:
         """How many file descriptors the server has open."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def census(self, timeout: float = 30.0) -> dict[str, int]:
+    def census(self, timeout: float = 30.0, mode: str = "collect") -> dict[str, int]:
         """
-        The server's live objects by type, after a garbage collection (see
-        soak/hook/sitecustomize.py).
+        The server's live objects by type, after a garbage collection; or,
+        with C{mode} C{"off"}, after one that turns the collector off, or with
+        C{"uncollected"}, without one (see soak/hook/sitecustomize.py).
         """
         try:
             os.unlink(self.censusPath)
         except FileNotFoundError:
             pass
+        with open(self.censusPath + ".mode", "w") as f:
+            f.write(mode)
         os.kill(self.pid, signal.SIGUSR2)
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.censusPath):

@@ -22,6 +22,7 @@ from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.sessions import CountedHTTPFactory, _CountedHTTPConnection
 from chatd.tap import Options
+from chatd.web import DeadlineHTTPChannel
 
 from tests.support import ProtobufClient
 from tests.test_limits_protocols import LIMITS, protobufFactory
@@ -108,7 +109,7 @@ class HttpRequestDeadlineTests(TestCase):
         self.assert408(slow)
         self.assertEqual(self.h.msgr.metrics.httpRequests["msgr-http", "408"], 1)
         # The client that does not take its 408 is cut off.
-        self.clock.advance(slow.channel.abortTimeout)
+        self.clock.advance(DeadlineHTTPChannel.abortTimeout)
         self.assertTrue(slow.transport.disconnected)
 
     def test_tricklingBody(self) -> None:

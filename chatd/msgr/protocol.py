@@ -208,6 +208,11 @@ class MsgrChatProtocol(Protocol):
         self._queue.clear()
         self._dropHeldFiles()
         self._unbind()
+        # Break the cycle through the queue's overflow callback, so the
+        # connection and its buffers go by reference counting alone.
+        outbound, self.outbound = self.outbound, None
+        if outbound is not None:
+            outbound.detach()
         self.factory.release(self)
 
     @property

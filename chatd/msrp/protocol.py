@@ -491,6 +491,11 @@ class MsrpProtocol(Protocol):
         if not self._closing:
             self._shutdown(None, transportGone=True)
         self.presence.logout(self)
+        # Break the cycles through the valve and through the file streams
+        # this session paused its reading for, so that the connection and its
+        # buffers go by reference counting alone.
+        self._valve.session = None
+        self._pauseReasons.clear()
         self.factory.release(self)
 
     @property

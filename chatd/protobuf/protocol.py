@@ -236,6 +236,12 @@ class ProtobufChatProtocol(Protocol):
         self._pending = None
         self.presence.logout(self)
         self.user = None
+        # Break the cycle through the queue's overflow callback, so the
+        # connection and its buffers go by reference counting alone.
+        outbound, self.outbound = self.outbound, None
+        if outbound is not None:
+            outbound.detach()
+            self._out = self.transport.write
         self.factory.release(self)
 
     @property

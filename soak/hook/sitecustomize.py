@@ -6,6 +6,12 @@ On SIGUSR2 the server collects its garbage and writes a census of its live
 objects (how many of each type) to that file, so the soak can tell objects
 that outlive their connections from memory the allocator merely keeps.
 chatd's own code is not changed.
+
+The soak may first write a mode into the file of the same name plus
+C{.mode}: C{collect} (the default) collects and turns the collector on;
+C{off} collects, then turns the collector off; C{uncollected} counts without
+collecting, so that what only the collector would free (reference cycles) is
+still counted.
 """
 
 import os
@@ -19,7 +25,17 @@ def _census(signum, frame) -> None:
     import gc
     import json
 
-    gc.collect()
+    try:
+        with open(_PATH + ".mode") as f:
+            mode = f.read().strip()
+    except OSError:
+        mode = "collect"
+    if mode != "uncollected":
+        gc.collect()
+        if mode == "off":
+            gc.disable()
+        else:
+            gc.enable()
     counts = collections.Counter(
         f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects()
     )

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from chatd.msgr import admin
 from chatd.msgr.codec import splitFields, unescape
 from chatd.msrp.codec import encodeFileHeader
-from chatd.msrp.protocol import MsrpFactory, errNotDelivered
+from chatd.msrp.protocol import FILL_MAX, MsrpFactory, errNotDelivered
 from chatd.presence import NameProtected, RecipientBusy
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import DelimitedFramer, encodeDelimited
@@ -374,6 +374,41 @@ class BoundTests(unittest.TestCase):
         self.bea.lose()
         self.assertEqual(self.ana.lines(), ["#RESPUESTA||-||2||#ARCHIVO||Ana||803"])
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_msrpReceiverOfLargeFile(self):
+        """
+        An MSRP user to which a file streams with more than FILL_MAX still
+        to arrive takes nothing from others meanwhile: #MSJ and #ARCHIVO to
+        it are answered 803 at once; once FILL_MAX or less is to come, they
+        are taken again (704) and follow the file.
+        """
+        factory = MsrpFactory(self.h.presence, self.h.clock)
+        alic, bob = MsrpClient(factory, b"alic"), MsrpClient(factory, b"bob_")
+        self.addCleanup(alic.disconnect)
+        self.addCleanup(bob.disconnect)
+        alic.send(encodeFileHeader(b"bob_", b"f", FILL_MAX + 1, 0, b""))
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||bob_||hola")
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||bob_||a.txt||{b64(b'a')}")
+        self.assertEqual(
+            self.ana.lines(),
+            ["#RESPUESTA||-||2||#MSJ||Ana||803", "#RESPUESTA||-||3||#ARCHIVO||Ana||803"],
+        )
+        alic.send(b"x")
+        self.ana.sendLine(f"#MSJ||{self.anaToken}||Ana||bob_||hola")
+        self.ana.sendLine(f"#ARCHIVO||{self.anaToken}||Ana||bob_||a.txt||{b64(b'a')}")
+        self.assertEqual(
+            self.ana.lines(),
+            ["#RESPUESTA||-||4||#MSJ||Ana||704", "#RESPUESTA||-||5||#ARCHIVO||Ana||704"],
+        )
+        self.assertEqual(bob.wire(), encodeFileHeader(b"alic", b"f", FILL_MAX + 1, 0, b"") + b"x")
+        alic.send(b"y" * FILL_MAX)
+        self.assertEqual(
+            bob.wire(),
+            b"y" * FILL_MAX
+            + b"\x00\x01Ana Ana: hola\x00"
+            + encodeFileHeader(b"Ana ", b"a.txt", 1, 0, b"")
+            + b"a",
+        )
 
     @defer.inlineCallbacks
     def test_fileFromMsrpForReceiverThatDoesNotRead(self):

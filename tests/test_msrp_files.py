@@ -15,7 +15,7 @@ import weakref
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPullProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -31,7 +31,9 @@ from chatd.msrp.codec import (
     encodeListRequest,
     encodeMessage,
 )
+from chatd.metrics import FILE_CUT
 from chatd.msrp.protocol import (
+    FILL_MAX,
     MsrpFactory,
     MsrpProtocol,
     errAckSenderGone,
@@ -42,6 +44,7 @@ from chatd.msrp.protocol import (
     errNoSuchAck,
     errNotDelivered,
     errQueueFull,
+    errReceivingFile,
     errRecipientGone,
 )
 from chatd.presence import (
@@ -50,8 +53,10 @@ from chatd.presence import (
     IChatSession,
     IFileReceiver,
     InMemoryPresenceService,
+    RecipientBusy,
 )
 from tests.support import message
+from tests.test_limits_logs import LogCapture
 from tests.test_msrp_protocol import MsrpTestMixin, errorFrame, listFrame
 
 
@@ -589,43 +594,177 @@ class StalledFileTests(MsrpTestMixin, TestCase):
 
     def test_attackerLeaves(self) -> None:
         """
-        The report's case: 10**9 bytes announced, 10 sent, 17 messages from
-        a third user and the recipient's own LIST accepted meanwhile, then
-        the sender leaves. The recipient is not reset: it gets the rest as
-        zero bytes (only as fast as it reads), the notice, then all 17
-        messages and its list.
+        The report's case: 10**9 bytes announced, 10 sent, then the sender
+        leaves. Completing that with zero bytes would cost the recipient
+        10**9 bytes for 10: instead, while the file streams, a third user's
+        17 messages are refused at once, each with an ERROR; the
+        recipient's own LIST waits behind the file; when the sender leaves,
+        the recipient is disconnected (its LIST answer goes with its
+        connection), and nothing any other user sent was taken for it.
         """
+        logs = LogCapture(self)
         alic, bob = self.client(b"alic"), self.client(b"bob_", bufferSize=65536)
         carl = self.client(b"carl")
         size = 10**9
         alic.send(header(b"bob_", b"big.iso", size) + b"0123456789")
-        messages = [encodeMessage(b"bob_", b"mensaje %d" % i) for i in range(17)]
-        for frame in messages:
-            carl.send(frame)
+        for i in range(17):
+            carl.send(encodeMessage(b"bob_", b"mensaje %d" % i))
+        busy = "No se pudo entregar a bob_: está recibiendo un archivo grande."
+        self.assertEqual(errReceivingFile("bob_"), busy)
+        self.assertEqual(carl.wire(), errorFrame(busy) * 17)
         bob.send(encodeListRequest())
         self.clock.advance(10)
         self.assertEqual(bob.wire(), header(b"alic", b"big.iso", size) + b"0123456789")
         alic.disconnect()
-        self.assertFalse(bob.closed)
-        zeros = 0
-        tail = b""
-        while zeros < size - 10:
-            data = bob.wire()
-            self.assertNotEqual(data, b"")
-            self.assertLessEqual(len(data), 2 * 65536)  # written as bob reads
-            content = data[: size - 10 - zeros]
-            self.assertEqual(content.count(0), len(content))
-            zeros += len(content)
-            tail = data[len(content):]
-        tail += bob.wire()
+        self.assertTrue(bob.closed)
+        self.assertTrue(bob.transport.disconnected)  # aborted: nothing passes for content
+        self.assertEqual(bob.wire(), b"")
+        self.assertIsNone(self.presence.lookup("bob_"))
+        self.assertEqual(bob.protocol.closeReason, FILE_CUT)
+        (cut,) = logs.take("file-cut")
         self.assertEqual(
-            tail,
-            errorFrame(errRecipientGone("alic", "big.iso"))
-            + b"".join(b"\x00\x01carlmensaje %d\x00" % i for i in range(17))
-            + listFrame("alic", "bob_", "carl"),
+            (cut["name"], cut["sender"], cut["missing"], cut["disconnected"]),
+            ("bob_", "alic", size - 10, True),
         )
-        self.assertEqual(carl.wire(), b"")  # no message was refused
+        self.assertEqual(
+            formatEvent(cut),
+            "msrp bob_: the sender alic of 'big.iso' left mid-file; 999999990"
+            " bytes are missing: more than can be completed, so it is disconnected",
+        )
+        self.assertEqual(carl.wire(), b"")
+        carl.send(encodeListRequest())
+        self.assertEqual(carl.wire(), listFrame("carl"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_largeStalledFile(self) -> None:
+        """
+        A file that stalls with one byte more than FILL_MAX missing: its
+        sender gets the ERROR and goes on; its recipient, to which nothing
+        from others was let wait, is disconnected instead of completed.
+        """
+        logs = LogCapture(self)
+        alic, bob, carl = self.client(b"alic"), self.client(b"bob_"), self.client(b"carl")
+        size = FILL_MAX + 11
+        alic.send(header(b"bob_", b"f.bin", size) + b"0123456789")
+        carl.send(encodeMessage(b"bob_", b"hola"))
+        self.assertEqual(carl.wire(), errorFrame(errReceivingFile("bob_")))
+        bob.send(encodeListRequest())
+        self.assertEqual(bob.wire(), header(b"alic", b"f.bin", size) + b"0123456789")
+        self.clock.advance(30)
+        self.assertEqual(alic.wire(), errorFrame(errFileStalled("f.bin", 30)))
+        self.assertTrue(bob.closed)
+        self.assertTrue(bob.transport.disconnected)
+        self.assertEqual(bob.protocol.closeReason, FILE_CUT)
+        (stalled,) = logs.take("file-stalled")
+        self.assertEqual((stalled["missing"], stalled["disconnected"]), (FILL_MAX + 1, True))
+        self.assertEqual(
+            formatEvent(stalled),
+            "msrp file 'f.bin' from alic to bob_ abandoned: no progress for 30.0 s;"
+            " 1048577 bytes are missing: more than can be completed, so the"
+            " receiver is disconnected",
+        )
+        self.assertEqual(bob.wire(), b"")
+        self.assertIsNone(self.presence.lookup("bob_"))
+        # The sender is told once; its rest is read and dropped.
+        alic.send(b"x" * (size - 10) + encodeListRequest())
+        self.assertEqual(alic.wire(), listFrame("alic", "carl"))
+        self.assertEqual(carl.wire(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refusedUntilTheRestFits(self) -> None:
+        """
+        While more than FILL_MAX of a file for a user is still to arrive,
+        messages and files for that user are refused at once, in each
+        sender's terms; once FILL_MAX or less is to come they wait behind
+        the file again, and a cut then completes it with zeros, the ERROR,
+        then all of them.
+        """
+        alic, bob, carl = self.client(b"alic"), self.client(b"bob_"), self.client(b"carl")
+        pb = self.protobuf("dave")
+        hugo = self.human(b"hugo")
+        other = WholeFileSession(maxFileSize=0)
+        self.presence.login(other, "everest", "")
+        size = FILL_MAX + 100
+        alic.send(header(b"bob_", b"f", size) + b"a" * 99)  # FILL_MAX + 1 to come
+        busy = errReceivingFile("bob_")
+        carl.send(encodeMessage(b"bob_", b"uno"))
+        carl.send(header(b"bob_", b"g", 1) + b"x" + encodeListRequest())
+        self.assertEqual(
+            carl.wire(),
+            errorFrame(busy) * 2 + listFrame("alic", "bob_", "carl", "dave", "hugo", "everest (ever)"),
+        )
+        pb.send(message("bob_", "dos"))
+        refusal = pb.response()
+        self.assertEqual(refusal.code, refusal.FAILED_OPERATION)
+        self.assertEqual(
+            refusal.response, "not delivered: bob_ is receiving a large file; try again later"
+        )
+        pb.send(message("all", "a todos"))
+        self.assertEqual(pb.response().response, "delivered to 4 users")  # not bob_
+        for client in (alic, carl):
+            self.assertEqual(client.wire(), b"\x00\x01davea todos\x00")
+        self.assertEqual(hugo.wire(), b"[dave -> all]: a todos\n")
+        self.assertEqual(other.messages, [ChatMessage("dave", "all", "a todos")])
+        hugo.send(b"bob_ hola\n")
+        self.assertEqual(hugo.wire(), f"ERROR: {busy}\n".encode())
+        with self.assertRaises(RecipientBusy):
+            self.presence.sendFile(other, "bob_", "foto.png", b"PNG")
+        self.assertEqual(bob.wire(), header(b"alic", b"f", size) + b"a" * 99)
+        # One more byte: FILL_MAX to come, which a cut can complete.
+        alic.send(b"a")
+        carl.send(encodeMessage(b"bob_", b"tres"))
+        carl.send(header(b"bob_", b"g", 1) + b"x")
+        pb.send(message("bob_", "cuatro"))
+        self.assertEqual(pb.response().response, "delivered to bob_")
+        hugo.send(b"bob_ cinco\n")
+        self.presence.sendFile(other, "bob_", "foto.png", b"PNG")
+        self.assertEqual(carl.wire() + hugo.wire(), b"")
+        logs = LogCapture(self)
+        alic.disconnect()
+        self.assertFalse(bob.closed)
+        (cut,) = logs.take("file-cut")
+        self.assertEqual((cut["missing"], cut["disconnected"]), (FILL_MAX, False))
+        self.assertEqual(
+            formatEvent(cut),
+            "msrp bob_: the sender alic of 'f' left mid-file; 1048576 bytes are"
+            " missing: completed with zeros",
+        )
+        self.assertEqual(
+            bob.wire(),
+            b"a"
+            + bytes(FILL_MAX)
+            + errorFrame(errRecipientGone("alic", "f"))
+            + b"\x00\x01carltres\x00"
+            + header(b"carl", b"g", 1)
+            + b"x"
+            + b"\x00\x01davecuatro\x00"
+            + b"\x00\x01hugocinco\x00"
+            + header(b"ever", b"foto.png", 3)
+            + b"PNG",
+        )
+        bob.send(encodeAck(b"g"))
+        self.assertEqual(carl.wire(), encodeAck(b"g"))
+
+    def test_largeFileWaitingItsTurn(self) -> None:
+        """
+        A large file that waits behind another has others' frames refused
+        already: once it starts, nothing of theirs may be behind it.
+        """
+        alic, bob, carl = self.client(b"alic"), self.client(b"bob_"), self.client(b"carl")
+        dave = self.client(b"dave")
+        alic.send(header(b"bob_", b"a", 2) + b"1")
+        carl.send(header(b"bob_", b"c", FILL_MAX + 2) + b"x")
+        self.assertTrue(carl.readingPaused)
+        dave.send(encodeMessage(b"bob_", b"hola"))
+        self.assertEqual(dave.wire(), errorFrame(errReceivingFile("bob_")))
+        alic.send(b"2")
+        self.assertEqual(
+            bob.wire(), header(b"alic", b"a", 2) + b"12" + header(b"carl", b"c", FILL_MAX + 2) + b"x"
+        )
+        carl.disconnect()
+        self.assertTrue(bob.closed)
+        self.assertEqual(bob.wire(), b"")
+        self.assertEqual(alic.wire() + dave.wire(), b"")
 
     def test_progressKeepsItAlive(self) -> None:
         """The timeout counts from the last content that arrived."""

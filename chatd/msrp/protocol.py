@@ -102,6 +102,14 @@ DEFAULT_NAME_TIMEOUT = DEFAULT_LOGIN_TIMEOUT
 #: matching; the oldest are forgotten first.
 MAX_UNACKED = 256
 
+#: The most content of a file cut short that chatd completes with zero bytes
+#: (1 MiB). A file that may need more (more than this of it is still to
+#: arrive) is relayed with nothing queued behind it but its recipient's own
+#: answers: others' messages and files are refused meanwhile, and if it is
+#: cut with more than this missing its recipient is disconnected instead. So
+#: one byte of an attacker's never costs its victim more than this.
+FILL_MAX = 1024**2
+
 BINARY = "binary"
 HUMAN = "human"
 
@@ -186,6 +194,10 @@ def errQueueFull(name: str) -> str:
     return f"No se pudo entregar a {name}: su cola de salida está llena."
 
 
+def errReceivingFile(name: str) -> str:
+    return f"No se pudo entregar a {name}: está recibiendo un archivo grande."
+
+
 def errFileTooLarge(size: int, maximum: int) -> str:
     return f"Archivo demasiado grande: {size} bytes (máximo {maximum})."
 
@@ -230,6 +242,14 @@ def humanGreeting(name: str) -> str:
 _PADDING = bytes(65536)
 
 
+class RecipientReceivingFile(RecipientBusy):
+    """
+    The receiver is an MSRP session to which a file streams with more than
+    L{FILL_MAX} of it still to arrive: nothing from others may wait behind
+    it, since such a file cut short ends the session (docs/msrp.md).
+    """
+
+
 def _show(data: bytes) -> str:
     """Bytes from the wire, for an error text or a log line."""
     return data.decode("utf-8", "replace")
@@ -268,7 +288,10 @@ class _FileStream:
     C{--file-idle-timeout} seconds, is I{cut}: the recipient expects C{size}
     bytes and cannot be told anything before them, so the rest is completed
     with zero bytes, and an ERROR saying the file was not delivered follows
-    at once; then whatever waited for the recipient.
+    at once; then whatever waited for the recipient. When more than
+    L{FILL_MAX} bytes are missing the recipient is disconnected instead;
+    nothing from others waited behind such a file (see
+    L{MsrpProtocol._largeStream}).
     """
 
     __slots__ = (
@@ -324,6 +347,12 @@ class _FileStream:
             self.held.append(data)
             self.heldBytes += len(data)
             self.recipient._waitingBytes += len(data)
+        if (
+            self.recipient._largeStream is self
+            and self.size - self.sent - self.heldBytes <= FILL_MAX
+        ):
+            # A cut could be completed now: others' frames may wait again.
+            self.recipient._largeStream = None
 
     def finish(self) -> None:
         self.done = True
@@ -441,6 +470,10 @@ class MsrpProtocol(Protocol):
         self._live: _FileStream | None = None
         self._waiting: deque[bytes | _FileStream] = deque()
         self._waitingBytes = 0
+        # The file for this session, live or waiting, with more than FILL_MAX
+        # still to arrive (at most one: while there is one, others' messages
+        # and files are refused, so nothing of theirs waits behind it).
+        self._largeStream: _FileStream | None = None
         # (file name, weak reference to its MSRP sender, or None when it came
         # from another protocol): weak, so that a recipient that never ACKs
         # does not keep its senders' connections alive after they leave.
@@ -677,6 +710,8 @@ class MsrpProtocol(Protocol):
                 self.presence.sendMessage(self, receiver, text)
         except NoSuchUser:
             self._sendError(ERR_NOT_FOUND)
+        except RecipientReceivingFile:
+            self._sendError(errReceivingFile(receiver))
         except RecipientBusy:
             self._sendError(errQueueFull(receiver))
 
@@ -741,12 +776,18 @@ class MsrpProtocol(Protocol):
         header = encodeFileHeader(
             self.wireName, frame.filename, frame.size, frame.port, frame.ip
         )
+        if target._largeStream is not None:
+            self.factory.metrics.refused(MSRP, BUSY)
+            self._sendError(errReceivingFile(receiver))
+            return
         if not target._hasRoom(len(header)):
             self.factory.metrics.refused(MSRP, BUSY)
             self._sendError(errQueueFull(receiver))
             return
         stream = _FileStream(self, target, header, frame.filename, frame.size)
         self._sink = stream
+        if frame.size > FILL_MAX:
+            target._largeStream = stream
         self.log.info(
             "msrp file {filename!r} ({size} bytes) from {sender} to {receiver}",
             filename=filename,
@@ -939,6 +980,8 @@ class MsrpProtocol(Protocol):
     def _finishLive(self, stream: _FileStream) -> None:
         _stopWatching(stream)
         self._live = None
+        if self._largeStream is stream:
+            self._largeStream = None
         self._remember(stream.filename, stream.sender)
         self.factory.metrics.fileRelayed(MSRP, MSRP)
         self.log.info(
@@ -1017,21 +1060,30 @@ class MsrpProtocol(Protocol):
     def _streamCut(self, stream: _FileStream) -> None:
         """The sender of C{stream} (to this session) is gone before its end."""
         if stream.live and not self.factory.stopping:
-            # What waits for this session was accepted for it: complete the
-            # file so the stream is in step again, say it was not delivered,
-            # then deliver the rest.
             sender = stream.sender.user.name if stream.sender.user else "?"
+            missing = stream.size - stream.sent
+            large = missing > FILL_MAX
             self.log.info(
                 "msrp {name}: the sender {sender} of {filename!r} left mid-file;"
-                " {missing} bytes are completed with zeros",
+                " {missing} bytes are missing: "
+                + ("more than can be completed, so it is disconnected"
+                   if large else "completed with zeros"),
                 name=self.user.name if self.user else "?",
                 sender=sender,
                 filename=_show(stream.filename),
-                missing=stream.size - stream.sent,
+                missing=missing,
+                disconnected=large,
                 protocol=self.protocolName,
                 event="file-cut",
             )
-            self._cutLive(stream, errRecipientGone(sender, _show(stream.filename)))
+            text = errRecipientGone(sender, _show(stream.filename))
+            if large:
+                self._cutLarge(stream, text)
+            else:
+                # What waits for this session was accepted for it: complete
+                # the file so the stream is in step again, say it was not
+                # delivered, then deliver the rest.
+                self._cutLive(stream, text)
             return
         if stream.live:
             # The server is stopping and this session with it: nothing else
@@ -1045,12 +1097,27 @@ class MsrpProtocol(Protocol):
             self.factory.disconnecting(self, FILE_CUT)
             self._shutdown(None, abort=True)
             return
+        if self._largeStream is stream:
+            self._largeStream = None
         try:
             self._waiting.remove(stream)
         except ValueError:
             return
         self._waitingBytes -= stream.queuedBytes()
         self._drain()
+
+    def _cutLarge(self, stream: _FileStream, text: str) -> None:
+        """
+        End the live C{stream} with more than L{FILL_MAX} bytes missing: the
+        recipient cannot be told in band without being sent them, so it is
+        disconnected (a connection closed before C{size} bytes says the file
+        is incomplete). Only its own answers waited behind the file; they
+        go with the connection.
+        """
+        _stopWatching(stream)
+        stream.cutText = text  # its sender was told, or is gone
+        self.factory.disconnecting(self, FILE_CUT)
+        self._shutdown(None, abort=True)
 
     def _cutLive(self, stream: _FileStream, text: str) -> None:
         """
@@ -1114,15 +1181,19 @@ class MsrpProtocol(Protocol):
         timeout = self.factory.limits.fileIdleTimeout
         text = errFileStalled(_show(stream.filename), timeout)
         sender = stream.sender
+        missing = stream.size - stream.sent
+        large = missing > FILL_MAX
         self.log.info(
             "msrp file {filename!r} from {sender} to {receiver} abandoned:"
-            " no progress for {timeout} s; {missing} bytes are completed with"
-            " zeros",
+            " no progress for {timeout} s; {missing} bytes are missing: "
+            + ("more than can be completed, so the receiver is disconnected"
+               if large else "completed with zeros"),
             filename=_show(stream.filename),
             sender=sender.user.name if sender.user else "?",
             receiver=self.user.name if self.user else "?",
             timeout=timeout,
-            missing=stream.size - stream.sent,
+            missing=missing,
+            disconnected=large,
             protocol=self.protocolName,
             event="file-stalled",
         )
@@ -1130,7 +1201,10 @@ class MsrpProtocol(Protocol):
             sender._sink = _DISCARD  # the rest of its content is read and dropped
             sender._resumeReading(stream)
             sender._sendError(text)
-        self._cutLive(stream, text)
+        if large:
+            self._cutLarge(stream, text)
+        else:
+            self._cutLive(stream, text)
 
     def _wholeFileStalled(self, whole: _WholeFile) -> None:
         """A file collected for another protocol stopped arriving: drop it."""
@@ -1187,6 +1261,7 @@ class MsrpProtocol(Protocol):
         # As a recipient: whatever waits is dropped; senders of files learn
         # that their file was not delivered.
         live, self._live = self._live, None
+        self._largeStream = None
         waiting = list(self._waiting)
         self._waiting.clear()
         self._waitingBytes = 0
@@ -1218,6 +1293,10 @@ class MsrpProtocol(Protocol):
     # IChatSession.
 
     def deliverMessage(self, message: ChatMessage) -> None:
+        if self._largeStream is not None:
+            raise RecipientReceivingFile(
+                f"{message.receiver} is receiving a large file; try again later"
+            )
         frame = self._render(message)
         if not self._hasRoom(len(frame)):
             raise RecipientBusy(
@@ -1238,6 +1317,10 @@ class MsrpProtocol(Protocol):
                 sender=sender,
             )
             return
+        if self._largeStream is not None:
+            raise RecipientReceivingFile(
+                f"{self.user.name} is receiving a large file; try again later"
+            )
         name = wireText(filename, maximum=255)
         self._send(encodeFileHeader(self.factory.slots.slotFor(sender), name, len(content)))
         if content:

@@ -9,10 +9,15 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
 
 from chatd.limits import ConnectionLimiter, Limits, OutboundQueue, enableKeepAlive
 from chatd.metrics import CLIENT, CONN_LIMIT, LOGIN_TIMEOUT, RATE, SHUTDOWN, ChatdMetrics
@@ -360,11 +365,15 @@ class _CountedHTTPConnection(ProtocolWrapper):
             ProtocolWrapper.connectionLost(self, reason)
 
 
+@implementer(IProtocolNegotiationFactory)
 class CountedHTTPFactory(WrappingFactory):
     """
     Wraps a twisted.web site so that its connections count against the
     server's connection limits (shared with every other listener), get TCP
     keepalive, and are refused in HTTP's terms past a limit.
+
+    Over TLS it offers the site's protocols in ALPN (C{http/1.1}), as the
+    site would unwrapped: TLS asks the factory it wraps, which is this one.
     """
 
     protocol = _CountedHTTPConnection
@@ -388,3 +397,9 @@ class CountedHTTPFactory(WrappingFactory):
             metrics = getattr(site, "metrics", None) or ChatdMetrics()
         self.metrics = metrics
         self.label = label
+
+    def acceptableProtocols(self) -> list[bytes]:
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        if negotiation is None:
+            return []
+        return negotiation.acceptableProtocols()

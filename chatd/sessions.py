@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
     IReactorTime,
 )
@@ -317,10 +318,14 @@ class SessionFactory(Factory):
         return self.connections.whenEmpty()
 
 
+@implementer(IHalfCloseableProtocol)
 class _CountedHTTPConnection(ProtocolWrapper):
     """
     An HTTP connection counted against the connection limits; over a limit
     it is answered C{503} with the MSGR code C{803} and closed unread.
+
+    A client that half-closes after a request gets its response, then the
+    connection closes (twisted.web's channel does not handle half-closes).
     """
 
     protocolName = "http"
@@ -353,6 +358,20 @@ class _CountedHTTPConnection(ProtocolWrapper):
         )
         transport.loseConnection()
         self.allowance.closing(transport)
+
+    def readConnectionLost(self) -> None:
+        channel = getattr(self.wrappedProtocol, "_channel", self.wrappedProtocol)
+        if self.allowance.refusal is None and getattr(channel, "_handlingRequest", False):
+            # A request is being answered: close once it is (requestDone).
+            channel.persistent = False
+        else:
+            # Nothing asked, or a request that can never be whole now. (The
+            # channel's own close unregisters it as the transport's
+            # producer, without which a TLS transport never closes.)
+            getattr(channel, "loseConnection", self.transport.loseConnection)()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.allowance.refusal is None:

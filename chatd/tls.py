@@ -106,9 +106,9 @@ class HandshakeFailureLog:
             self._unlogged += 1
             return
         self.log.info(
-            "chatd {label}: TLS handshake with {peer} failed: {reason}"
+            "chatd {protocol}: TLS handshake with {peer} failed: {reason}"
             " ({unlogged} more not logged since the last such line)",
-            label=self.label,
+            protocol=self.label,
             peer=peer,
             reason=reason,
             unlogged=self._unlogged,

@@ -660,7 +660,7 @@ class NegotiationTests(TLSServerMixin, TestCase):
         failed = [e for e in events if e.get("event") == "tls-handshake-failed"]
         self.assertEqual(len(failed), 1, failed)
         self.assertEqual(
-            (failed[0]["label"], failed[0]["peer"], failed[0]["reason"]),
+            (failed[0]["protocol"], failed[0]["peer"], failed[0]["reason"]),
             ("protobuf", LOOPBACK, "http request"),
         )
         self.assertIn(

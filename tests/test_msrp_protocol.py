@@ -841,3 +841,25 @@ class HalfCloseTests(MsrpTestMixin, TestCase):
             encodeFileHeader(b"clt2", b"a.txt", 10, 0, b"10.0.0.1") + b"hola mundo",
         )
         self.assertEqual(sender.wire(), b"")
+
+    def test_stalledFileToAHalfClosedClientIsCut(self) -> None:
+        """
+        A file whose sender stalls does not keep a half-closed recipient
+        (and its name) forever: after the close grace the connection is
+        aborted, the name is free, and the sender learns the file was not
+        delivered.
+        """
+        receiver = MsrpClient(self.factory, b"clt1")
+        sender = MsrpClient(self.factory, b"clt2")
+        sender.send(encodeFileHeader(b"clt1", b"a.txt", 10, 0, b"10.0.0.1") + b"hola ")
+        receiver.protocol.readConnectionLost()
+        self.clock.advance(self.factory.limits.closeGrace - 0.1)
+        self.assertFalse(receiver.closed)
+        self.clock.advance(0.1)
+        self.assertTrue(receiver.transport.disconnected)  # aborted
+        receiver.disconnect()
+        self.assertIsNone(self.presence.lookup("clt1"))
+        self.assertEqual(
+            [f.text for f in sender.frames()],
+            [b"Error al recibir el archivo. clt1 se desconect\xc3\xb3; a.txt no se entreg\xc3\xb3."],
+        )

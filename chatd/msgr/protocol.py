@@ -550,9 +550,14 @@ class MsgrChatProtocol(Protocol):
         self.transport.loseConnection()
 
     def _closeIfHalfClosed(self) -> None:
-        if self._readLost and not self._binding and not self._answersDue:
-            self._close()
-            self._unbind()
+        if not self._readLost or self._closing:
+            return
+        if self._binding or self._answersDue:
+            # The close grace bounds the wait for the database.
+            self.allowance.closing(self.transport)
+            return
+        self._close()
+        self._unbind()
 
     def _logout(self, command: str, fields: list[str]) -> None:
         self.log.info(

@@ -912,6 +912,7 @@ class MsrpProtocol(Protocol):
             return
         self._waitingBytes -= stream.queuedBytes()
         self._drain()
+        self._closeIfHalfClosed()
 
     def _recipientGone(self, stream: _FileStream) -> None:
         """The recipient of C{stream} (from this session) closed its connection."""
@@ -955,7 +956,11 @@ class MsrpProtocol(Protocol):
         if self._live is not None or any(
             item.__class__ is _FileStream for item in self._waiting
         ):
-            return  # a file to this client is under way; its end calls again
+            # A file to this client is under way; its end calls again. Its
+            # sender may stall: the close grace bounds the wait, as for any
+            # close (then the connection is aborted and the file cut).
+            self.allowance.closing(self.transport)
+            return
         self._shutdown(None)
 
     # Closing.

@@ -527,8 +527,13 @@ class ProtobufChatProtocol(Protocol):
         self.transport.loseConnection()
 
     def _closeIfHalfClosed(self) -> None:
-        if self._readLost and not self._loggingIn:
-            self.disconnect(None)
+        if not self._readLost:
+            return
+        if self._loggingIn:
+            # The close grace bounds the wait for the login's answer.
+            self.allowance.closing(self.transport)
+            return
+        self.disconnect(None)
 
     def disconnect(self, reason: str | None) -> None:
         """

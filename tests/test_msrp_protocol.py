@@ -29,6 +29,7 @@ from chatd.msrp.codec import (
 from chatd.msrp.protocol import (
     BINARY,
     DEFAULT_NAME_TIMEOUT,
+    ERR_CUT_SHORT,
     ERR_EMPTY,
     ERR_INTERNAL,
     ERR_LINE_TOO_LONG,
@@ -798,6 +799,30 @@ class HalfCloseTests(MsrpTestMixin, TestCase):
             b"Lista de clientes:\nCliente 1: alic\n",
         )
         self.assertTrue(client.closed)
+
+    def test_frameCutShort(self) -> None:
+        """
+        An MSJE whose text never gets its 0x00: the half-close makes it an
+        error the client is told, not silence.
+        """
+        client = MsrpClient(self.factory, b"clt1")
+        client.send(b"\x00\x01clt1Hol")
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.wire(), errorFrame(ERR_CUT_SHORT))
+        self.assertTrue(client.closed)
+
+    def test_fileCutShort(self) -> None:
+        """
+        A file whose content stops at the half-close: its sender is told,
+        and its recipient never gets it whole (it is cut off).
+        """
+        receiver = MsrpClient(self.factory, b"clt1")
+        sender = MsrpClient(self.factory, b"clt2")
+        sender.send(encodeFileHeader(b"clt1", b"a.txt", 10, 0, b"10.0.0.1") + b"hola ")
+        sender.protocol.readConnectionLost()
+        self.assertEqual(sender.wire(), errorFrame(ERR_CUT_SHORT))
+        self.assertTrue(sender.closed)
+        self.assertTrue(receiver.transport.disconnected)  # aborted mid-file
 
     def test_nameCutShort(self) -> None:
         """Three bytes of a name and the half-close: the name is refused."""

@@ -132,6 +132,7 @@ ERR_EMPTY = f"{ERR_FORMAT} El texto está vacío."
 ERR_BAD_FILENAME = (
     f"{ERR_FORMAT} El nombre de archivo está vacío o no es UTF-8 válido."
 )
+ERR_CUT_SHORT = f"{ERR_FORMAT} La conexión terminó a mitad de una trama."
 ERR_USAGE = "Escribe: <nombre> <texto>, all <texto>, clientes o salir."
 ERR_LINE_TOO_LONG = f"Línea demasiado larga (máximo {MAX_LINE} bytes)."
 
@@ -945,6 +946,10 @@ class MsrpProtocol(Protocol):
         if self.mode == HUMAN and self._lines is not None:
             # The last line needs no Enter: nothing else can follow it.
             self._linesReceived(b"\n")
+        decoder = self._decoder
+        if decoder is not None and (decoder.buffered() or decoder.inContent):
+            # A frame (or a file's content) that can never be whole.
+            self._sendError(ERR_CUT_SHORT)
         self._closeIfHalfClosed()
 
     def writeConnectionLost(self) -> None:

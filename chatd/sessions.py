@@ -360,8 +360,10 @@ class _CountedHTTPConnection(ProtocolWrapper):
         self.allowance.closing(transport)
 
     def readConnectionLost(self) -> None:
+        if self.allowance.refusal is not None:
+            return  # answered 503 and closing already
         channel = getattr(self.wrappedProtocol, "_channel", self.wrappedProtocol)
-        if self.allowance.refusal is None and getattr(channel, "_handlingRequest", False):
+        if getattr(channel, "_handlingRequest", False):
             # A request is being answered: close once it is (requestDone).
             channel.persistent = False
         else:

@@ -11,11 +11,18 @@ import os
 import ssl
 
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from chatd import tap
+from chatd.limits import ConnectionLimiter, Limits
+from chatd.sessions import CountedHTTPFactory
 from tests.test_msgr_helpers import FAST_SCRYPT
 from tests.test_tls import OPTION, ServerConnections, listFrame
 from tests.tls import LOOPBACK, PKI, makePKI, serverDescription
@@ -193,3 +200,27 @@ class PlainHalfCloseTests(HalfCloseMixin, TestCase):
 
 class TLSHalfCloseTests(HalfCloseMixin, TestCase):
     secure = True
+
+
+class RefusedHTTPHalfCloseTests(TestCase):
+    """An HTTP connection refused by a limit, then half-closed."""
+
+    def test_refusedThenHalfClosed(self):
+        """
+        The 503 is all it gets; its half-close changes nothing (twisted.web
+        never saw the connection).
+        """
+        clock = Clock()
+        factory = CountedHTTPFactory(
+            Site(Resource(), reactor=clock), clock, Limits(), ConnectionLimiter(1, 0)
+        )
+        peer = IPv4Address("TCP", "192.0.2.1", 40000)
+        first = StringTransport(peerAddress=peer)
+        factory.buildProtocol(peer).makeConnection(first)
+        second = StringTransport(peerAddress=peer)
+        refused = factory.buildProtocol(peer)
+        refused.makeConnection(second)
+        refused.readConnectionLost()
+        self.assertTrue(second.value().startswith(b"HTTP/1.1 503 "), second.value())
+        self.assertTrue(second.value().endswith(b"\r\n\r\n803"))
+        self.assertTrue(second.disconnecting)

@@ -12,7 +12,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 
 ARGS ?=
 
-.PHONY: run test trial proto clean bench soak
+.PHONY: run test trial proto clean bench soak test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,26 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Programs some tests run as a user would (the nc recipes of docs/*.md, curl
+# and openssl against TLS listeners), as COMMAND:DEBIAN-PACKAGE. On Debian as
+# root (the CI machine) the missing ones are installed; elsewhere the tests
+# that need them are skipped, and this says which.
+TEST_TOOLS := nc:netcat-openbsd xxd:xxd curl:curl openssl:openssl
+test-tools:
+	@missing=; for pair in $(TEST_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y --no-install-recommends $$missing \
+	      || { apt-get update && apt-get install -y --no-install-recommends $$missing; }; \
+	  else \
+	    echo "make test: not installed:$$missing (the tests that run them are skipped)"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) '.[bench]'

@@ -15,7 +15,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 
@@ -82,42 +81,6 @@ def _reason(error: BaseException) -> str:
     if errno:
         return os.strerror(errno).lower()
     return str(cause) or type(cause).__name__
-
-
-class FreedTLSTransport(BufferingTLSTransport):
-    """
-    Twisted's TLS layer, whose failures do not keep a closed connection
-    alive.
-
-    When a peer vanishes (a reset, a client cut off mid-record), the TLS layer
-    makes a L{Failure} in a frame that also holds it as a local variable:
-    failure -> traceback -> that frame -> failure, a reference cycle holding
-    this layer, the TCP transport under it and its write buffer until a full
-    garbage collection. Each failure is cleaned as it is made (its traceback
-    turned into text, as a L{defer.Deferred} does with the failures it
-    keeps), so a closed connection goes by reference counting alone.
-    (C{_tlsShutdownFinished} is where every such failure passes; it is
-    private to Twisted, hence the check in L{useFreedTLSTransport}.)
-    """
-
-    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
-        if reason is not None:
-            reason.cleanFailure()
-        BufferingTLSTransport._tlsShutdownFinished(self, reason)
-
-
-def useFreedTLSTransport(port) -> None:
-    """
-    If C{port} listens with Twisted's TLS layer (an C{ssl:} endpoint), make
-    its connections L{FreedTLSTransport}s.
-    """
-    factory = getattr(port, "factory", None)
-    if (
-        isinstance(factory, TLSMemoryBIOFactory)
-        and factory.protocol is BufferingTLSTransport
-        and hasattr(BufferingTLSTransport, "_tlsShutdownFinished")
-    ):
-        factory.protocol = FreedTLSTransport
 
 
 class ListenerService(service.Service):
@@ -191,7 +154,6 @@ class ListenerService(service.Service):
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
-        useFreedTLSTransport(port)
         self.log.info(
             "chatd {label} listening on {address}",
             label=self.label,

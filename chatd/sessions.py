@@ -9,10 +9,16 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
 
 from chatd.limits import (
     ConnectionLimiter,
@@ -354,10 +360,14 @@ class SessionFactory(Factory):
         return self.connections.whenEmpty()
 
 
+@implementer(IHalfCloseableProtocol)
 class _CountedHTTPConnection(ProtocolWrapper):
     """
     An HTTP connection counted against the connection limits; over a limit
     it is answered C{503} with the MSGR code C{803} and closed unread.
+
+    A client that half-closes after a request gets its response, then the
+    connection closes (twisted.web's channel does not handle half-closes).
     """
 
     protocolName = "http"
@@ -391,6 +401,22 @@ class _CountedHTTPConnection(ProtocolWrapper):
         transport.loseConnection()
         self.allowance.closing(transport)
 
+    def readConnectionLost(self) -> None:
+        if self.allowance.refusal is not None:
+            return  # answered 503 and closing already
+        channel = getattr(self.wrappedProtocol, "_channel", self.wrappedProtocol)
+        if getattr(channel, "_handlingRequest", False):
+            # A request is being answered: close once it is (requestDone).
+            channel.persistent = False
+        else:
+            # Nothing asked, or a request that can never be whole now. (The
+            # channel's own close unregisters it as the transport's
+            # producer, without which a TLS transport never closes.)
+            getattr(channel, "loseConnection", self.transport.loseConnection)()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         if self.allowance.refusal is None:
             ProtocolWrapper.dataReceived(self, data)
@@ -402,11 +428,15 @@ class _CountedHTTPConnection(ProtocolWrapper):
             ProtocolWrapper.connectionLost(self, reason)
 
 
+@implementer(IProtocolNegotiationFactory)
 class CountedHTTPFactory(WrappingFactory):
     """
     Wraps a twisted.web site so that its connections count against the
     server's connection limits (shared with every other listener), get TCP
     keepalive, and are refused in HTTP's terms past a limit.
+
+    Over TLS it offers the site's protocols in ALPN (C{http/1.1}), as the
+    site would unwrapped: TLS asks the factory it wraps, which is this one.
     """
 
     protocol = _CountedHTTPConnection
@@ -430,3 +460,9 @@ class CountedHTTPFactory(WrappingFactory):
             metrics = getattr(site, "metrics", None) or ChatdMetrics()
         self.metrics = metrics
         self.label = label
+
+    def acceptableProtocols(self) -> list[bytes]:
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        if negotiation is None:
+            return []
+        return negotiation.acceptableProtocols()

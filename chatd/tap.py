@@ -38,6 +38,7 @@ from chatd.msgr.protocol import base64Length
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
 from chatd.sessions import CountedHTTPFactory
 from chatd.web import DEFAULT_REQUEST_TIMEOUT
+from chatd.tls import tlsEndpoint
 
 DISABLED = "none"
 
@@ -464,7 +465,11 @@ def _listener(
     grace: float,
     metrics: ChatdMetrics | None = None,
 ) -> ListenerService:
-    endpoint = endpoints.serverFromString(reactor, description)
+    # An ssl: endpoint gets chatd's TLS layer (chatd/tls.py: ALPN, failed
+    # handshakes logged, half-closes passed on).
+    endpoint = tlsEndpoint(
+        reactor, endpoints.serverFromString(reactor, description), label
+    )
     listener = ListenerService(label, endpoint, factory, reactor, grace)
     listener.secure = description.split(":", 1)[0].lower() == "ssl"
     option = "http" if label == "msgr-http" else label

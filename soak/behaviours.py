@@ -293,6 +293,36 @@ async def pbSession(soak: Soak) -> None:
         await client.connection.end(soak.abrupt(0.4))
 
 
+async def pbHalfClose(soak: Soak) -> None:
+    """
+    Log in and ask for the list with no 0x00 after it, then shut down the
+    sending side (as `nc -q 1` does): both answers come, at once (no
+    request is left waiting for bytes that cannot come), then the server
+    closes.
+    """
+    name = soak.pbName()
+    client = await ProtobufClient.open(soak.ports["protobuf"], soak.timeout)
+    try:
+        last = listRequest()
+        if wire.protobufFraming != "raw":
+            last = protobufFrame(last)
+        client.connection.write(protobufFrame(loginRequest(name)) + last)
+        client.connection.writer.write_eof()
+        login = await client.response()
+        if login.code == FAILED and isLimit(login.response):
+            raise Limited(login.response)
+        _expectPb(login, Request.USER_LOGIN, SUCCESSFUL, f"welcome, {name}")
+        users = await client.response()
+        _expectPb(users, Request.CONNECTED_USERS, SUCCESSFUL)
+        _expect(
+            name in [u.username for u in users.users.users],
+            f"protobuf: {name} is not in the list it asked for before half-closing",
+        )
+        await client.connection.readUntilClosed(soak.timeout)
+    finally:
+        await client.connection.end(True)
+
+
 async def pbPartial(soak: Soak) -> None:
     """A valid login cut at a random point, left hanging, then closed."""
     connection = await Connection.open(soak.ports["protobuf"], soak.timeout)
@@ -792,6 +822,32 @@ async def msrpPersonWaits(soak: Soak) -> None:
         await connection.readUntilClosed(soak.timeout)
     finally:
         soak.online.pop(name, None)
+        await connection.end(True)
+
+
+async def msrpHalfClose(soak: Soak) -> None:
+    """
+    A person's name and `clientes` without its Enter, then the sending side
+    shut down (as `nc -q 1` does): the greeting and the list come, then the
+    server closes.
+    """
+    name = soak.msrpName()
+    connection = await Connection.open(soak.ports["msrp"], soak.timeout)
+    try:
+        connection.write(name.encode() + b"\nclientes")
+        connection.writer.write_eof()
+        text = (await connection.readUntilClosed(soak.timeout)).decode("utf-8", "replace")
+        if text.startswith("ERROR:") and isLimit(text):
+            raise Limited(text)
+        lines = text.split("\n")
+        _expect(lines[0].startswith(f"Hola, {name}."), f"msrp: half-close greeting {text[:80]!r}")
+        _expect(
+            "Lista de clientes:" in lines and any(
+                line.startswith("Cliente ") and line.endswith(f": {name}") for line in lines
+            ),
+            f"msrp: no list before the close after a half-close: {text[:200]!r}",
+        )
+    finally:
         await connection.end(True)
 
 
@@ -1847,15 +1903,13 @@ BEHAVIOURS = [
     ("protobuf login, cut, vanish", pbLoginThenCut, 5),
     ("protobuf deaf", pbDeaf, 2),
     ("protobuf look-alike", pbLookalike, 2),
-
-
     ("protobuf slow readers vanish", pbSlowReadersVanish, 1),
+    ("protobuf half-close", pbHalfClose, 3),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),
-
-
     ("msrp person waits for the prompt", msrpPersonWaits, 1),
+    ("msrp half-close (nc -q 1)", msrpHalfClose, 3),
     ("msrp partial", msrpPartial, 5),
     ("msrp garbage", msrpGarbage, 5),
     ("msrp oversized", msrpOversized, 2),

@@ -745,3 +745,58 @@ class RestartTests(unittest.TestCase):
         self.assertEqual(response.body, "704||Bea online ACTIVO")
         ana.lose()
         bea.lose()
+
+
+class HalfCloseTests(unittest.TestCase):
+    """
+    A client that shuts down its sending side after its lines gets every
+    answer, including those that wait for the database, then the close.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.h = MsgrHarness(self)
+        yield self.h.register("Ana")
+        yield self.h.register("Bea")
+        self.token = yield self.h.login("Ana")
+
+    @defer.inlineCallbacks
+    def test_holaThenHalfClose(self):
+        """
+        `#HOLA` (without its line end) and the half-close: the bind waits
+        for the database, is answered with the lists, and then the socket
+        closes and the name is free.
+        """
+        client = self.h.connect()
+        client.send(f"#HOLA||{self.token}||Ana")
+        client.protocol.readConnectionLost()
+        self.assertFalse(client.closed)
+        yield self.h.settle()
+        self.assertEqual(
+            client.lines(),
+            [
+                "#RESPUESTA||-||1||#HOLA||Ana||701",
+                "#LISTA_USUARIOS||-||Ana||",
+                "#SOLICITUDES||-||Ana||",
+            ],
+        )
+        self.assertTrue(client.closed)
+        self.assertIsNone(self.h.presence.lookup("Ana"))
+
+    @defer.inlineCallbacks
+    def test_friendRequestAnsweredBeforeTheClose(self):
+        """A #SOLICITUD answered by the database is written before the close."""
+        client, token = yield self.h.bound("Ana")
+        client.lines()
+        client.sendLine(f"#SOLICITUD||{token}||Ana||Bea")
+        client.protocol.readConnectionLost()
+        self.assertFalse(client.closed)
+        yield self.h.settle()
+        self.assertEqual(client.lines(), ["#RESPUESTA||-||2||#SOLICITUD||Ana||704"])
+        self.assertTrue(client.closed)
+
+    def test_nothingSent(self):
+        client = self.h.connect()
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.lines(), [])
+        self.assertTrue(client.closed)

@@ -29,6 +29,7 @@ from chatd.msrp.codec import (
 from chatd.msrp.protocol import (
     BINARY,
     DEFAULT_NAME_TIMEOUT,
+    ERR_CUT_SHORT,
     ERR_EMPTY,
     ERR_INTERNAL,
     ERR_LINE_TOO_LONG,
@@ -43,6 +44,7 @@ from chatd.msrp.protocol import (
     MsrpFactory,
     MsrpProtocol,
     errNameInUse,
+    errRecipientGone,
     errNameProtected,
     errNoFiles,
     humanGreeting,
@@ -787,3 +789,134 @@ class CrossProtocolTests(MsrpTestMixin, TestCase):
         alic.disconnect()
         pb.send(message("alic", "hola"))
         self.assertEqual(pb.response().code, R.FAILED_OPERATION)
+
+
+class HalfCloseTests(MsrpTestMixin, TestCase):
+    """
+    A client that shuts down its sending side after what it sent (`nc -q 1`
+    does) gets every answer, then the server closes.
+    """
+
+    def test_docRecipeUnknownRecipient(self) -> None:
+        """
+        docs/msrp.md's recipe: a name, an MSJE to nobody, the half-close:
+        the ERROR frame, then the close.
+        """
+        client = MsrpClient(self.factory)
+        client.send(b"clt3\x00\x01zzzzHola\x00")
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.wire(), errorFrame(ERR_NOT_FOUND))
+        self.assertTrue(client.closed)
+        self.assertIsNone(self.presence.lookup("clt3"))
+
+    def test_lastTypedLineWithoutEnter(self) -> None:
+        """
+        A person's last line needs no Enter: `clientes` then the half-close
+        is answered with the list.
+        """
+        client = MsrpClient(self.factory)
+        client.send(b"alic\nclientes")
+        client.protocol.readConnectionLost()
+        self.assertEqual(
+            client.wire(),
+            humanGreeting("alic").encode("utf-8") + b"\n"
+            b"Lista de clientes:\nCliente 1: alic\n",
+        )
+        self.assertTrue(client.closed)
+
+    def test_frameCutShort(self) -> None:
+        """
+        An MSJE whose text never gets its 0x00: the half-close makes it an
+        error the client is told, not silence.
+        """
+        client = MsrpClient(self.factory, b"clt1")
+        client.send(b"\x00\x01clt1Hol")
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.wire(), errorFrame(ERR_CUT_SHORT))
+        self.assertTrue(client.closed)
+
+    def test_fileCutShort(self) -> None:
+        """
+        A file whose content stops at the half-close: its sender is told,
+        and its recipient gets the rest as zero bytes (under 1 MiB missing)
+        and the ERROR that says it was not delivered, and stays.
+        """
+        receiver = MsrpClient(self.factory, b"clt1")
+        sender = MsrpClient(self.factory, b"clt2")
+        sender.send(encodeFileHeader(b"clt1", b"a.txt", 10, 0, b"10.0.0.1") + b"hola ")
+        sender.protocol.readConnectionLost()
+        self.assertEqual(sender.wire(), errorFrame(ERR_CUT_SHORT))
+        self.assertTrue(sender.closed)
+        self.assertEqual(
+            receiver.wire(),
+            encodeFileHeader(b"clt2", b"a.txt", 10, 0, b"10.0.0.1")
+            + b"hola "
+            + b"\x00" * 5
+            + errorFrame(errRecipientGone("clt2", "a.txt")),
+        )
+        self.assertFalse(receiver.transport.disconnected)
+
+    def test_nameCutShort(self) -> None:
+        """Three bytes of a name and the half-close: the name is refused."""
+        client = MsrpClient(self.factory)
+        client.send(b"clt")
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.wire(), errorFrame(ERR_NAME_LENGTH))
+        self.assertTrue(client.closed)
+
+    def test_waitingMessagesGoFirst(self) -> None:
+        """
+        What waits for a client whose buffer is full is written before the
+        close: a half-close loses nothing sent to it.
+        """
+        reader = MsrpClient(self.factory, bufferSize=8)
+        reader.send(b"clt1\x00\x03")
+        sender = MsrpClient(self.factory, b"clt2")
+        sender.send(b"\x00\x01clt1uno\x00\x00\x01clt1dos\x00")
+        reader.protocol.readConnectionLost()
+        self.assertEqual(
+            reader.wire(),
+            listFrame("clt1") + b"\x00\x01clt2uno\x00\x00\x01clt2dos\x00",
+        )
+        self.assertTrue(reader.closed)
+
+    def test_fileToAHalfClosedClientIsFinished(self) -> None:
+        """
+        A file streaming to a client that half-closed is written to its end
+        before the close (and its sender is not told of a failure).
+        """
+        receiver = MsrpClient(self.factory, b"clt1")
+        sender = MsrpClient(self.factory, b"clt2")
+        header = encodeFileHeader(b"clt1", b"a.txt", 10, 0, b"10.0.0.1")
+        sender.send(header + b"hola ")
+        receiver.protocol.readConnectionLost()
+        self.assertFalse(receiver.closed)
+        sender.send(b"mundo")
+        self.assertTrue(receiver.closed)
+        self.assertEqual(
+            receiver.wire(),
+            encodeFileHeader(b"clt2", b"a.txt", 10, 0, b"10.0.0.1") + b"hola mundo",
+        )
+        self.assertEqual(sender.wire(), b"")
+
+    def test_stalledFileToAHalfClosedClientIsCut(self) -> None:
+        """
+        A file whose sender stalls does not keep a half-closed recipient
+        (and its name) forever: after the close grace the connection is
+        aborted, the name is free, and the sender learns the file was not
+        delivered.
+        """
+        receiver = MsrpClient(self.factory, b"clt1")
+        sender = MsrpClient(self.factory, b"clt2")
+        sender.send(encodeFileHeader(b"clt1", b"a.txt", 10, 0, b"10.0.0.1") + b"hola ")
+        receiver.protocol.readConnectionLost()
+        self.clock.advance(self.factory.limits.closeGrace - 0.1)
+        self.assertFalse(receiver.closed)
+        self.clock.advance(0.1)
+        self.assertTrue(receiver.transport.disconnected)  # aborted
+        receiver.disconnect()
+        self.assertIsNone(self.presence.lookup("clt1"))
+        self.assertEqual(
+            [f.text for f in sender.frames()],
+            [b"Error al recibir el archivo. clt1 se desconect\xc3\xb3; a.txt no se entreg\xc3\xb3."],
+        )

@@ -625,3 +625,89 @@ class DelimitedFramingTests(ProtobufTestMixin, TestCase):
             response.response, "malformed request: not a chat.ClientRequest"
         )
         self.assertFalse(alice.transport.disconnecting)
+
+
+class HalfCloseTests(ProtobufTestMixin, TestCase):
+    """
+    A client that shuts down its sending side after its requests (`nc -q 1`
+    does) gets every answer, then the server closes.
+    """
+
+    def test_waitingRawRequestIsAnsweredAtOnce(self) -> None:
+        """
+        A raw CONNECTED_USERS request waits for more bytes; once the client
+        half-closes none can come, so it is answered without the wait, and
+        the connection closes after it.
+        """
+        client = self.loggedIn("alice")
+        client.send(request(option=Q.CONNECTED_USERS))
+        self.assertEqual(client.wire(), b"")
+        client.protocol.readConnectionLost()
+        [response] = client.responses()
+        self.assertEqual((response.option, response.code), (Q.CONNECTED_USERS, OK))
+        self.assertEqual([u.username for u in response.users.users], ["alice"])
+        self.assertTrue(client.transport.disconnecting)
+        self.assertIsNone(self.presence.lookup("alice"))
+        # (Only the close grace's abort waits, until the transport closes.)
+        client.protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_docRecipe(self) -> None:
+        """
+        The bytes of docs/protobuf.md's recipe, then a half-close: both
+        answers, and nothing after them.
+        """
+        client = self.client()
+        client.sendBytes(b"\x08\x00\x12\x07\x0a\x05alice\x00\x08\x01\x00")
+        client.protocol.readConnectionLost()
+        responses = client.responses()
+        self.assertEqual(
+            [(r.option, r.code) for r in responses],
+            [(Q.USER_LOGIN, OK), (Q.CONNECTED_USERS, OK)],
+        )
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_requestCutShort(self) -> None:
+        """
+        A request that the half-close cuts in the middle of a field cannot
+        be read: it gets an error, not silence.
+        """
+        client = self.loggedIn("alice")
+        client.sendBytes(b"\x08\x04\x12\x10\x0a\x03bob")
+        client.protocol.readConnectionLost()
+        [response] = client.responses()
+        self.assertEqual(
+            (response.code, response.response),
+            (FAILED, "malformed request: the connection ended inside a request"),
+        )
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_nothingSent(self) -> None:
+        """A client that sends nothing and half-closes is closed quietly."""
+        client = self.client()
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.wire(), b"")
+        self.assertTrue(client.transport.disconnecting)
+
+
+class DelimitedHalfCloseTests(ProtobufTestMixin, TestCase):
+    framing = DELIMITED
+
+    def test_answersThenCloses(self) -> None:
+        """
+        Delimited framing: the requests received whole are answered; one
+        cut short by the half-close gets an error; then the server closes.
+        """
+        client = self.client()
+        client.send(login("alice"))
+        client.sendBytes(client.encode(request(option=Q.CONNECTED_USERS))[:-1])
+        client.protocol.readConnectionLost()
+        responses = client.responses()
+        self.assertEqual(
+            [(r.code, r.response) for r in responses],
+            [
+                (OK, "welcome, alice"),
+                (FAILED, "malformed request: the connection ended inside a request"),
+            ],
+        )
+        self.assertTrue(client.transport.disconnecting)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+from unittest import SkipTest
 from io import BytesIO
 from urllib.parse import urlencode
 
@@ -30,7 +32,9 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.ssl import Certificate
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -44,6 +48,7 @@ from zope.interface import implementer
 
 from chatd import tap
 from chatd.protobuf import chat_pb2
+from chatd.tls import HANDSHAKE_LOG_INTERVAL, HandshakeFailureLog
 from tests.support import login, message
 from tests.test_msgr_helpers import FAST_SCRYPT
 from tests.tls import LOOPBACK, PKI, clientOptions, makePKI, serverDescription
@@ -52,8 +57,16 @@ from tests.twistd import ByteCollector
 
 R = chat_pb2.ServerResponse
 
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
 #: The command line option of each listener, by its service name.
-OPTION = {"protobuf": "protobuf", "msrp": "msrp", "msgr": "msgr", "msgr-http": "http"}
+OPTION = {
+    "protobuf": "protobuf",
+    "msrp": "msrp",
+    "msgr": "msgr",
+    "msgr-http": "http",
+    "metrics": "metrics",
+}
 
 
 def listFrame(*names: str) -> bytes:
@@ -193,6 +206,7 @@ class TLSServerMixin:
         """
         argv = []
         for label, option in OPTION.items():
+            # (every listener is off unless asked for; --metrics is by default)
             value = serverDescription(pki, chain=chain) if label in labels else "none"
             argv += [f"--{option}", value]
         if {"msgr", "msgr-http"} & set(labels):
@@ -534,3 +548,206 @@ class VerificationTests(TLSServerMixin, TestCase):
             (response.code, response.user.username), (R.SUCCESSFUL_OPERATION, "alice")
         )
         self.assertServerCertificate(client, pki)
+
+
+def tool(name: str) -> str:
+    """The path of command line tool C{name}; the test is skipped without it."""
+    path = shutil.which(name)
+    if path is None:
+        raise SkipTest(f"{name} is not installed (make test installs it on Debian)")
+    return path
+
+
+class NegotiationTests(TLSServerMixin, TestCase):
+    """
+    Clients that offer ALPN (curl and browsers always do; `openssl s_client
+    -alpn`) are served on every TLS listener, whether or not the listener
+    speaks a protocol they offer; failed handshakes are logged.
+    """
+
+    @defer.inlineCallbacks
+    def runTool(self, argv: list[str], stdin: bytes = b"", path: str | None = None):
+        """Run a real client; (output with stderr, exit code)."""
+        process = ProcessOutput(stdin)
+        reactor.spawnProcess(process, argv[0], argv, env=dict(os.environ), path=path)
+        result = yield process.done
+        return result
+
+    @defer.inlineCallbacks
+    def test_sClientOffersAnUnknownProtocol(self):
+        """
+        docs/tls.md's `openssl s_client -alpn foo` recipe, as written, run in
+        a directory with the test CA as `ca.pem`, against each of the five
+        listeners (its port in place of 5000): the handshake completes,
+        verified, with no protocol negotiated (it got alert 80, "internal
+        error", before).
+        """
+        pki = self.makePKI()
+        labels = list(OPTION)
+        self.startServer(labels, pki)
+        tool("openssl")
+        directory = os.path.dirname(pki.root)
+        shutil.copy(pki.root, os.path.join(directory, "ca.pem"))
+        with open(os.path.join(DOCS, "tls.md"), encoding="utf-8") as f:
+            [recipe] = [
+                line for line in f.read().split("\n")
+                if line.startswith("openssl s_client -alpn foo ")
+            ]
+        self.assertIn("localhost:5000", recipe)
+        for label in labels:
+            command = recipe.replace("localhost:5000", f"localhost:{self.ports[label]}")
+            output, code = yield self.runTool(
+                ["/bin/bash", "-c", command], path=directory
+            )
+            self.assertNotIn("alert", output, label)
+            self.assertIn("\nNo ALPN negotiated\n", output, label)
+            self.assertIn("\nVerify return code: 0 (ok)\n", output, label)
+            self.assertEqual(code, 0, (label, output))
+
+    @defer.inlineCallbacks
+    def test_sClientTypesToMsrp(self):
+        """
+        A person on `openssl s_client -alpn foo` (what any client offering
+        ALPN looks like) logs in to MSRP in the typed mode and is answered.
+        """
+        pki = self.makePKI()
+        self.startServer(["msrp"], pki)
+        output, code = yield self.runTool(
+            [tool("openssl"), "s_client", "-quiet", "-alpn", "foo",
+             "-verify_return_error", "-CAfile", pki.root,
+             "-connect", f"{LOOPBACK}:{self.ports['msrp']}"],
+            stdin=b"alic\nclientes\nsalir\n",
+        )
+        self.assertIn(
+            "Hola, alic. Escribe: <nombre> <texto>, all <texto>, clientes o salir.\n"
+            "Lista de clientes:\nCliente 1: alic\nAdiós.\n",
+            output,
+        )
+
+    @defer.inlineCallbacks
+    def test_curl(self):
+        """
+        curl (which offers h2 and http/1.1) registers and logs in on the
+        HTTPS API, with http/1.1 negotiated, and reads /healthz on the
+        metrics listener.
+        """
+        pki = self.makePKI()
+        self.startServer(["msgr-http", "metrics"], pki)
+        self.top.msgr.store.scrypt = FAST_SCRYPT
+        curl = tool("curl")
+        base = ["--silent", "--show-error", "--cacert", pki.root]
+        http = f"https://localhost:{self.ports['msgr-http']}"
+        output, code = yield self.runTool(
+            [curl, *base, "-d", "usr=ana", "-d", "pass=secreto", f"{http}/usuariocrear"]
+        )
+        self.assertEqual((output, code), ("702", 0))
+        output, code = yield self.runTool(
+            [curl, *base, "--verbose", "-d", "usr=ana", "-d", "pass=secreto",
+             f"{http}/status"]
+        )
+        self.assertEqual(code, 0, output)
+        # (curl 7.88 words it "ALPN: server accepted http/1.1", older ones
+        # "ALPN, server accepted to use http/1.1".)
+        self.assertRegex(output, r"ALPN[:,] server accepted (to use )?http/1\.1")
+        self.assertIn("701||", output)
+        output, code = yield self.runTool(
+            [curl, *base, f"https://localhost:{self.ports['metrics']}/healthz"]
+        )
+        self.assertEqual((output, code), ("ok\n", 0))
+
+    @defer.inlineCallbacks
+    def test_handshakeFailureLogged(self):
+        """
+        A plain client on a TLS port is a failed handshake: the log says
+        which listener, the peer, and OpenSSL's reason.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pki = self.makePKI()
+        self.startServer(["protobuf"], pki)
+        plain = yield self.connectPlain("protobuf")
+        plain.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+        yield plain.closed
+        yield self.serverConnections[0].whenEmpty()
+        failed = [e for e in events if e.get("event") == "tls-handshake-failed"]
+        self.assertEqual(len(failed), 1, failed)
+        self.assertEqual(
+            (failed[0]["protocol"], failed[0]["peer"], failed[0]["reason"]),
+            ("protobuf", LOOPBACK, "http request"),
+        )
+        self.assertIn(
+            "chatd protobuf: TLS handshake with 127.0.0.1 failed: http request",
+            formatEvent(failed[0]),
+        )
+
+    @defer.inlineCallbacks
+    def test_noDeprecatedOpenSSLObjects(self):
+        """
+        The listener hands OpenSSL its key and certificates as cryptography
+        objects: serving a client warns of nothing deprecated.
+        """
+        pki = self.makePKI(intermediate=True)
+        self.startServer(["protobuf"], pki)
+        client = yield self.connect("protobuf", pki)
+        client.transport.write(login("alice").SerializeToString())
+        yield client.waitFor(protobufResponseWith("user"))
+        deprecated = [
+            w["message"] for w in self.flushWarnings()
+            if issubclass(w["category"], DeprecationWarning)
+        ]
+        self.assertEqual(deprecated, [])
+
+
+class ProcessOutput(ProcessProtocol):
+    """A child's stdout and stderr together, and its exit code."""
+
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.output = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        if self.stdin:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        self.done.callback(
+            (self.output.decode("utf-8", "replace"), reason.value.exitCode)
+        )
+
+
+class HandshakeFailureLogTests(TestCase):
+    """Failed handshakes are logged at most once a window per listener."""
+
+    def test_oncePerWindow(self):
+        clock = Clock()
+        failures = HandshakeFailureLog("msrp", clock)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        failures.failed("192.0.2.1", "wrong version number")
+        clock.advance(HANDSHAKE_LOG_INTERVAL - 1)
+        failures.failed("192.0.2.2", "no shared cipher")
+        failures.failed("192.0.2.3", "no shared cipher")
+        clock.advance(1)
+        failures.failed("192.0.2.4", "tlsv1 alert unknown ca")
+        logged = [
+            formatEvent(e) for e in events if e.get("event") == "tls-handshake-failed"
+        ]
+        self.assertEqual(
+            logged,
+            [
+                "chatd msrp: TLS handshake with 192.0.2.1 failed: wrong version"
+                " number (0 more not logged since the last such line)",
+                "chatd msrp: TLS handshake with 192.0.2.4 failed: tlsv1 alert"
+                " unknown ca (2 more not logged since the last such line)",
+            ],
+        )
+        self.assertEqual(failures.failures, 4)

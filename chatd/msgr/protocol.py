@@ -13,6 +13,7 @@ import base64
 import binascii
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -110,11 +111,14 @@ def base64Length(size: int) -> int:
     return 4 * ((size + 2) // 3)
 
 
-@implementer(IChatSession, IFileReceiver)
+@implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
 class MsgrChatProtocol(Protocol):
     """
     One client of the MSGR UQ chat socket, adapted to L{IChatSession} and
     L{IFileReceiver}.
+
+    A client that shuts down its sending side gets the answer to every line
+    it sent (the last one needs no line end), then the connection closes.
     """
 
     protocolName = "msgr"
@@ -136,6 +140,8 @@ class MsgrChatProtocol(Protocol):
         self._binding = False
         self._queue: list = []
         self._closing = False
+        self._readLost = False  # the client sends nothing more
+        self._answersDue = 0  # answers waiting for the database
         self.peerHost = ""
         self.outbound: OutboundQueue | None = None
 
@@ -401,6 +407,7 @@ class MsgrChatProtocol(Protocol):
             self._handle(item)
         if not self._closing:
             self.transport.resumeProducing()
+            self._closeIfHalfClosed()
 
     # Commands of a bound socket.
 
@@ -560,13 +567,45 @@ class MsgrChatProtocol(Protocol):
 
     def _answerLater(self, d, command: str) -> None:
         lineId = self.lineNumber
+        self._answersDue += 1
 
         def answer(outcome: Outcome) -> None:
             if self.user is not None:
                 self._answer(command, outcome.code, lineId)
 
+        def answered(ignored) -> None:
+            self._answersDue -= 1
+            self._closeIfHalfClosed()
+
         d.addCallback(answer)
         d.addErrback(lambda f: self.log.failure("MSGR {command} failed", f, command=command))
+        d.addBoth(answered)
+
+    # IHalfCloseableProtocol.
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent its last byte: its last line needs no line end;
+        once every line is answered (a #HOLA or a friend request waits for
+        the database), close.
+        """
+        self._readLost = True
+        if not self._closing:
+            self.dataReceived(b"\n")
+        self._closeIfHalfClosed()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def _closeIfHalfClosed(self) -> None:
+        if not self._readLost or self._closing:
+            return
+        if self._binding or self._answersDue:
+            # The close grace bounds the wait for the database.
+            self.allowance.closing(self.transport)
+            return
+        self._close()
+        self._unbind()
 
     def _logout(self, command: str, fields: list[str]) -> None:
         self.log.info(

@@ -24,7 +24,11 @@ from __future__ import annotations
 import weakref
 from collections import deque
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -136,6 +140,7 @@ ERR_EMPTY = f"{ERR_FORMAT} El texto está vacío."
 ERR_BAD_FILENAME = (
     f"{ERR_FORMAT} El nombre de archivo está vacío o no es UTF-8 válido."
 )
+ERR_CUT_SHORT = f"{ERR_FORMAT} La conexión terminó a mitad de una trama."
 ERR_USAGE = "Escribe: <nombre> <texto>, all <texto>, clientes o salir."
 ERR_LINE_TOO_LONG = f"Línea demasiado larga (máximo {MAX_LINE} bytes)."
 
@@ -421,7 +426,7 @@ def _stopWatching(transfer: _FileStream | _WholeFile) -> None:
         idle.cancel()
 
 
-@implementer(IChatSession, IFileReceiver)
+@implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
 class MsrpProtocol(Protocol):
     """
     One MSRP client, binary or a person on nc/telnet, adapted to
@@ -434,6 +439,10 @@ class MsrpProtocol(Protocol):
     typed a name longer than 4 bytes, who gets an error line. A line ending
     among the first 4 bytes is a person with a name shorter than 4 bytes.
     Until the byte after the name arrives the session counts as binary.
+
+    A client that shuts down its sending side gets the answers to what it
+    sent (a typed line without its Enter counts as a line), and whatever
+    waits for it, then the connection closes.
     """
 
     protocolName = "msrp"
@@ -458,6 +467,7 @@ class MsrpProtocol(Protocol):
         self._held = bytearray()  # bytes received during the login
         self._closing = False
         self._greetTimer = None  # the NAME_PROMPT after a silence
+        self._readLost = False  # the client sends nothing more
         self._pauseReasons: set[object] = set()
         # Inbound (this session sending).
         self._decoder: MsrpFrameDecoder | None = None
@@ -620,6 +630,7 @@ class MsrpProtocol(Protocol):
         self._resumeReading("login")
         if held:
             self.dataReceived(held)
+        self._closeIfHalfClosed()
 
     def _loginRefused(self, failure: Failure) -> None:
         self._loggingIn = False
@@ -976,6 +987,7 @@ class MsrpProtocol(Protocol):
     def _liveStreamEnded(self, stream: _FileStream) -> None:
         self._finishLive(stream)
         self._drain()
+        self._closeIfHalfClosed()
 
     def _finishLive(self, stream: _FileStream) -> None:
         _stopWatching(stream)
@@ -1105,6 +1117,7 @@ class MsrpProtocol(Protocol):
             return
         self._waitingBytes -= stream.queuedBytes()
         self._drain()
+        self._closeIfHalfClosed()
 
     def _cutLarge(self, stream: _FileStream, text: str) -> None:
         """
@@ -1234,6 +1247,49 @@ class MsrpProtocol(Protocol):
             return
         name = stream.recipient.user.name if stream.recipient.user else "?"
         self._sendError(errRecipientGone(name, _show(stream.filename)))
+
+    # IHalfCloseableProtocol.
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent its last byte: answer what it sent, then close once
+        nothing is on its way to it (a login, a file).
+        """
+        self._readLost = True
+        if self._closing:
+            return
+        if self.user is None and not self._loggingIn:
+            if self._greeting:
+                # A name that can never be 4 bytes long now.
+                self.mode = self.mode or BINARY
+                self._refuseName(bytes(self._greeting), ERR_NAME_LENGTH)
+            else:
+                self._shutdown(None)
+            return
+        if self.mode == HUMAN and self._lines is not None:
+            # The last line needs no Enter: nothing else can follow it.
+            self._linesReceived(b"\n")
+        decoder = self._decoder
+        if decoder is not None and (decoder.buffered() or decoder.inContent):
+            # A frame (or a file's content) that can never be whole.
+            self._sendError(ERR_CUT_SHORT)
+        self._closeIfHalfClosed()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def _closeIfHalfClosed(self) -> None:
+        if not self._readLost or self._closing or self._loggingIn:
+            return
+        if self._live is not None or any(
+            item.__class__ is _FileStream for item in self._waiting
+        ):
+            # A file to this client is under way; its end calls again. Its
+            # sender may stall: the close grace bounds the wait, as for any
+            # close (then the connection is aborted and the file cut).
+            self.allowance.closing(self.transport)
+            return
+        self._shutdown(None)
 
     # Closing.
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Callable
 
 from google.protobuf.message import DecodeError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -133,10 +137,13 @@ def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
     )
 
 
-@implementer(IChatSession)
+@implementer(IChatSession, IHalfCloseableProtocol)
 class ProtobufChatProtocol(Protocol):
     """
     One client of the protobuf chat, adapted to L{IChatSession}.
+
+    A client that shuts down its sending side (C{nc -q 1}, C{-N}) gets the
+    answer to every request it sent, then the connection is closed.
     """
 
     protocolName = "protobuf"
@@ -158,6 +165,7 @@ class ProtobufChatProtocol(Protocol):
         self.user: UserInfo | None = None
         self._loggingIn = False
         self._closing = False
+        self._readLost = False  # the client sends nothing more
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
         # Where bytes go: the transport, or the bounded outbound queue.
@@ -357,6 +365,7 @@ class ProtobufChatProtocol(Protocol):
         self._succeed(
             USER_LOGIN, f"welcome, {info.name}", user=userInformation(info)
         )
+        self._closeIfHalfClosed()
 
     def _loginRefused(self, failure: Failure) -> None:
         self._loggingIn = False
@@ -367,6 +376,7 @@ class ProtobufChatProtocol(Protocol):
         else:
             self.log.failure("login failed", failure)
             self._fail(USER_LOGIN, "login failed: internal error")
+        self._closeIfHalfClosed()
 
     def _connectedUsers(self, request: Request) -> None:
         self._list(CONNECTED_USERS)
@@ -498,7 +508,45 @@ class ProtobufChatProtocol(Protocol):
         if self._write(b"".join(pieces)) is False:
             raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 
-    def disconnect(self, reason: str) -> None:
+    # IHalfCloseableProtocol.
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent its last byte: a raw request that was waited for
+        (it could have grown) is whole now, and is answered at once; a
+        request cut short gets an error. Then, once a login under way is
+        answered, the connection closes after its answers.
+        """
+        self._readLost = True
+        if self._closing:
+            return
+        if self._waitCall is not None:
+            self._waitCall.cancel()
+            self._waitCall = None
+        frame = self.framer.flush()
+        if frame is not None:
+            self._handleFrame(frame)
+        elif self.framer.buffered():
+            self._fail(None, "malformed request: the connection ended inside a request")
+        self._closeIfHalfClosed()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def _closeIfHalfClosed(self) -> None:
+        if not self._readLost:
+            return
+        if self._loggingIn:
+            # The close grace bounds the wait for the login's answer.
+            self.allowance.closing(self.transport)
+            return
+        self.disconnect(None)
+
+    def disconnect(self, reason: str | None) -> None:
+        """
+        Tell the client C{reason} and close, after what waits for it;
+        C{None}: close without a word (it half-closed and has its answers).
+        """
         if self._closing:
             return
         self.flush()
@@ -512,7 +560,8 @@ class ProtobufChatProtocol(Protocol):
             # reason, written past the queue's limit.
             outbound.finish()
         self._out = self.transport.write
-        self._fail(None, reason)
+        if reason is not None:
+            self._fail(None, reason)
         self.transport.loseConnection()
         self.allowance.closing(self.transport)
 

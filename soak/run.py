@@ -325,6 +325,9 @@ async def main(options: argparse.Namespace) -> int:
             )
         for resident in residents:
             why = await resident.leave()
+            # Gone: no later client may take it for someone online (the
+            # collector-off load below runs after this).
+            soak.online.pop(resident.name, None)
             if why is not None:
                 failures.append(f"the resident {resident.name} could not stay: {why}")
 

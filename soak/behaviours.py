@@ -976,7 +976,9 @@ async def _receiveAbandoned(
         f"msrp: an abandoned file of {size} bytes with more than {FILL_MAX} missing"
         " was completed with zeros",
     )
-    frame = await receiver.frame(max(0.01, deadline - loop.time()))
+    # The ERROR follows the last zero byte at once; it gets a timeout of its
+    # own, not what a slow transfer left of the file's.
+    frame = await receiver.frame(timeout)
     text = frame.text.decode("utf-8", "replace") if type(frame) is msrp.Error else repr(frame)
     # A sender slowed down by the load may stall first: that notice is right too.
     stalled = f"Error al recibir el archivo. {filename.decode()} no avanzó en "

@@ -478,7 +478,7 @@ class OptionTests(unittest.TestCase):
 
     def test_defaults(self):
         options = self.parse()
-        self.assertEqual(options["msgr-register-per-ip"], 20)
+        self.assertEqual(options["msgr-register-per-ip"], 50)
         self.assertEqual(options["msgr-register-window"], 3600.0)
 
     def test_wired(self):

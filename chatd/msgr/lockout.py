@@ -26,7 +26,7 @@ DEFAULT_WINDOW = 15 * 60.0
 DEFAULT_LOCK_TIME = 15 * 60.0
 
 #: Registrations from one client address, within the registration window.
-DEFAULT_REGISTRATIONS = 20
+DEFAULT_REGISTRATIONS = 50
 
 #: Seconds a registration counts for.
 DEFAULT_REGISTRATION_WINDOW = 60 * 60.0

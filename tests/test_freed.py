@@ -313,7 +313,7 @@ class FreedOnEveryListener(ServerMixin):
         for _ in range(16):
             sender.transport.write(b"z" * 65536)
             yield deferLater(reactor, 0.005, lambda: None)
-        streaming = [s for s in self.sessions("msrp") if s._sink is not None]
+        streaming = [s for s in self.sessions("msrp") if s.sink is not None]
         self.assertEqual(len(streaming), 1, "the file is under way")
         del streaming
         watched = Watched()
@@ -553,9 +553,9 @@ class StringTransportTests(TestCase):
             protocol.dataReceived(name + msrp.encodeListRequest())
             protocols.append(protocol)
         recipient, sender = protocols
-        recipient._transportPaused()
+        recipient.outbound.pauseProducing()
         sender.dataReceived(msrp.encodeFileHeader(b"recv", b"f.bin", 100) + b"x" * 10)
-        self.assertIsNotNone(sender._sink)
+        self.assertIsNotNone(sender.sink)
         watched = Watched()
         for protocol in protocols:
             watched.add("protocol", protocol)

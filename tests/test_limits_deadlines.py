@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import makeMetricsSite
-from chatd.msrp.protocol import ERR_NAME_TIMEOUT, MsrpFactory
+from chatd.msrp.protocol import MsrpFactory
+from chatd.msrp.texts import ERR_NAME_TIMEOUT
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.sessions import CountedHTTPFactory, _CountedHTTPConnection

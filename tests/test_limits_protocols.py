@@ -13,11 +13,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from chatd.limits import UNLIMITED, ConnectionLimiter, Limits
-from chatd.msrp.protocol import (
+from chatd.msrp.protocol import MsrpFactory
+from chatd.msrp.texts import (
     ERR_NAME_TIMEOUT,
     ERR_TOO_MANY_CONNECTIONS,
     ERR_TOO_MANY_FROM_ADDRESS,
-    MsrpFactory,
     errRate,
 )
 from chatd.presence import InMemoryPresenceService

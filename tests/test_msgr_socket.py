@@ -15,7 +15,8 @@ from twisted.trial import unittest
 from chatd.msgr import admin
 from chatd.msgr.codec import splitFields, unescape
 from chatd.msrp.codec import encodeFileHeader
-from chatd.msrp.protocol import FILL_MAX, MsrpFactory, errNotDelivered
+from chatd.msrp.protocol import FILL_MAX, MsrpFactory
+from chatd.msrp.texts import errNotDelivered
 from chatd.presence import NameProtected, RecipientBusy
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.framing import DelimitedFramer, encodeDelimited

@@ -32,10 +32,8 @@ from chatd.msrp.codec import (
     encodeMessage,
 )
 from chatd.metrics import FILE_CUT
-from chatd.msrp.protocol import (
-    FILL_MAX,
-    MsrpFactory,
-    MsrpProtocol,
+from chatd.msrp.protocol import FILL_MAX, MsrpFactory, MsrpProtocol
+from chatd.msrp.texts import (
     errAckSenderGone,
     errFileTooLarge,
     errFileStalled,
@@ -267,7 +265,7 @@ class RelayTests(MsrpTestMixin, TestCase):
         for _ in range(5):
             alic.send(encodeMessage(b"bob_", b"y" * 40))  # 47 bytes each
         self.assertEqual(alic.wire(), errorFrame(errQueueFull("bob_")) * 3)
-        self.assertEqual(bob.protocol._waitingBytes, 94)
+        self.assertEqual(bob.protocol.outbound.waitingBytes, 94)
         self.assertEqual(
             bob.wire(), b"\x00\x01alic" + b"x" * 60 + b"\x00"
         )  # read: the queue drains into the transport
@@ -470,7 +468,7 @@ class FailureTests(MsrpTestMixin, TestCase):
         alic.send(b"2")
         self.assertEqual(bob.wire(), header(b"alic", b"a", 2) + b"12")
         self.assertFalse(bob.closed)
-        self.assertEqual(bob.protocol._waitingBytes, 0)
+        self.assertEqual(bob.protocol.outbound.waitingBytes, 0)
 
     def test_serverShutdown(self) -> None:
         """Stopping the server loses every connection: the same rules hold."""
@@ -1069,19 +1067,20 @@ class LargeFileTests(TestCase):
         # Count how often the server pauses the sender: the recipient does
         # not read at first, so flow control must engage.
         from chatd.msrp import protocol as msrpProtocol
+        from chatd.msrp.relay import FileStream
 
         pauses = []
         paused = defer.Deferred()
-        original = msrpProtocol.MsrpProtocol._pauseReading
+        original = msrpProtocol.MsrpProtocol.pauseReading
 
         def pauseReading(session, reason):
-            if isinstance(reason, msrpProtocol._FileStream):
+            if isinstance(reason, FileStream):
                 pauses.append(reason)
                 if not paused.called:
                     paused.callback(None)
             original(session, reason)
 
-        self.patch(msrpProtocol.MsrpProtocol, "_pauseReading", pauseReading)
+        self.patch(msrpProtocol.MsrpProtocol, "pauseReading", pauseReading)
 
         sender = yield self.connect(b"send")
         recipient = yield self.connect(b"recv")

@@ -29,6 +29,11 @@ from chatd.msrp.codec import (
 from chatd.msrp.protocol import (
     BINARY,
     DEFAULT_NAME_TIMEOUT,
+    HUMAN,
+    MsrpFactory,
+    MsrpProtocol,
+)
+from chatd.msrp.texts import (
     ERR_CUT_SHORT,
     ERR_EMPTY,
     ERR_INTERNAL,
@@ -40,9 +45,6 @@ from chatd.msrp.protocol import (
     ERR_NOT_UTF8,
     ERR_OPCODE,
     ERR_USAGE,
-    HUMAN,
-    MsrpFactory,
-    MsrpProtocol,
     errNameInUse,
     errRecipientGone,
     errNameProtected,

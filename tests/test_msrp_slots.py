@@ -11,7 +11,8 @@ from itertools import islice
 from twisted.trial.unittest import TestCase
 
 from chatd.msrp.codec import encodeFileHeader, encodeListRequest, encodeMessage
-from chatd.msrp.protocol import ERR_NOT_FOUND, MsrpFactory, errNoFiles
+from chatd.msrp.protocol import MsrpFactory
+from chatd.msrp.texts import ERR_NOT_FOUND, errNoFiles
 from chatd.msrp.slots import slotCandidates
 from chatd.presence import InMemoryPresenceService, NameInUse
 from chatd.protobuf import chat_pb2

@@ -8,15 +8,11 @@ description. The shape of a connection:
     the other end: C{0x00} (the first byte of every binary frame) means a
     binary client; anything else means a person typing lines on nc/telnet
     (see L{MsrpProtocol} for the exact rule).
-  - Output to a session goes through its outbound queue: frames are written
-    straight to the transport while nothing waits, and wait in order while a
-    file streams to the session (nothing may be interleaved inside file
-    content) or while the transport's buffer is full. Messages from other
-    users are refused once the waiting bytes would pass C{maxQueued}.
-  - A file between two MSRP users is streamed: each read's bytes go straight
-    to the recipient's transport, and the sender's transport is paused while
-    the recipient's transport is full or the file waits its turn. Memory use
-    is bounded whatever the file size.
+  - Output to a session goes through its L{chatd.msrp.outbound.Outbound}:
+    frames are written in order, and wait while a file streams to the session
+    or while the transport's buffer is full.
+  - A file between two MSRP users is streamed by L{chatd.msrp.relay}; what the
+    server says to people, in Spanish, is in L{chatd.msrp.texts}.
 """
 
 from __future__ import annotations
@@ -24,23 +20,13 @@ from __future__ import annotations
 import weakref
 from collections import deque
 
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    IPushProducer,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatd.limits import (
-    DEFAULT_LOGIN_TIMEOUT,
-    TOO_MANY_CONNECTIONS,
-    TOO_MANY_FROM_ADDRESS,
-    ConnectionLimiter,
-    Limits,
-)
+from chatd.limits import DEFAULT_LOGIN_TIMEOUT, ConnectionLimiter, Limits
 from chatd.metrics import (
     BUSY,
     ERROR,
@@ -69,7 +55,6 @@ from chatd.presence import (
 )
 from chatd.msrp.codec import (
     LINE_TOO_LONG,
-    MAX_LINE,
     NAME_LENGTH,
     Ack,
     DecodeError,
@@ -89,9 +74,53 @@ from chatd.msrp.codec import (
     encodeMessage,
     wireText,
 )
+from chatd.msrp.outbound import Outbound
+from chatd.msrp.relay import (
+    DISCARD,
+    FILL_MAX,
+    MSRP,
+    Discard,
+    FileStream,
+    WholeFile,
+    stopWatching,
+    watch,
+)
 from chatd.msrp.slots import SlotDirectory
-
-MSRP = "msrp"
+from chatd.msrp.texts import (
+    CMD_HELP,
+    CMD_LIST,
+    CMD_QUIT,
+    ERR_BAD_FILENAME,
+    ERR_CUT_SHORT,
+    ERR_EMPTY,
+    ERR_INTERNAL,
+    ERR_LINE_TOO_LONG,
+    ERR_NAME_LENGTH,
+    ERR_NAME_RULE,
+    ERR_NAME_TIMEOUT,
+    ERR_NOT_FOUND,
+    ERR_NOT_UTF8,
+    ERR_SHUTDOWN,
+    ERR_USAGE,
+    HUMAN_BYE,
+    HUMAN_HELP,
+    NAME_PROMPT,
+    REFUSALS,
+    errAckSenderGone,
+    errFileTooLarge,
+    errFileTooLargeFor,
+    errNameInUse,
+    errNameProtected,
+    errNoFiles,
+    errNoSuchAck,
+    errNotDelivered,
+    errQueueFull,
+    errRate,
+    errRecipientGone,
+    errReceivingFile,
+    humanGreeting,
+    show as _show,
+)
 
 #: Default largest file a client may announce: 4 GiB.
 DEFAULT_MAX_FILE = 4 * 1024**3
@@ -106,145 +135,13 @@ DEFAULT_NAME_TIMEOUT = DEFAULT_LOGIN_TIMEOUT
 #: matching; the oldest are forgotten first.
 MAX_UNACKED = 256
 
-#: The most content of a file cut short that chatd completes with zero bytes
-#: (1 MiB). A file that may need more (more than this of it is still to
-#: arrive) is relayed with nothing queued behind it but its recipient's own
-#: answers: others' messages and files are refused meanwhile, and if it is
-#: cut with more than this missing its recipient is disconnected instead. So
-#: one byte of an attacker's never costs its victim more than this.
-FILL_MAX = 1024**2
-
 BINARY = "binary"
 HUMAN = "human"
-
-# The error texts (Spanish, as the seed's users read). docs/msrp.md lists
-# them all.
-ERR_NOT_FOUND = "Cliente objetivo no encontrado."
-ERR_OPCODE = "Código de operación incorrecto."
-ERR_FORMAT = "Error en el formato del mensaje."
-ERR_FILE = "Error al recibir el archivo."
-ERR_NAME_LENGTH = (
-    f"Nombre inválido: debe tener exactamente {NAME_LENGTH} bytes."
-)
-ERR_NAME_RULE = (
-    "Nombre inválido: solo caracteres imprimibles UTF-8, sin espacios,"
-    " '|', '&' ni '\\', y no puede ser 'all'."
-)
-ERR_NAME_TIMEOUT = "No se recibió el nombre a tiempo."
-ERR_TOO_MANY_CONNECTIONS = "El servidor tiene demasiadas conexiones; inténtalo más tarde."
-ERR_TOO_MANY_FROM_ADDRESS = "Demasiadas conexiones desde tu dirección."
-ERR_INTERNAL = "Error interno del servidor."
-ERR_SHUTDOWN = "El servidor se está apagando."
-ERR_NOT_UTF8 = f"{ERR_FORMAT} El texto no es UTF-8 válido."
-ERR_EMPTY = f"{ERR_FORMAT} El texto está vacío."
-ERR_BAD_FILENAME = (
-    f"{ERR_FORMAT} El nombre de archivo está vacío o no es UTF-8 válido."
-)
-ERR_CUT_SHORT = f"{ERR_FORMAT} La conexión terminó a mitad de una trama."
-ERR_USAGE = "Escribe: <nombre> <texto>, all <texto>, clientes o salir."
-ERR_LINE_TOO_LONG = f"Línea demasiado larga (máximo {MAX_LINE} bytes)."
-
-HUMAN_BYE = "Adiós."
 
 #: Seconds of silence after which a new connection is taken for a person at
 #: nc/telnet and told what to type (C{--msrp-greeting}; 0: never). Binary
 #: clients send their name as soon as they connect, so they never see it.
 DEFAULT_GREET_AFTER = 2.0
-
-#: What a person who connected and waits is told (a line of text, as in the
-#: mode for people; the name is still read by the detection rule).
-NAME_PROMPT = (
-    f"Hola. Escribe tu nombre, de exactamente {NAME_LENGTH} bytes (por"
-    " ejemplo ana1), y pulsa Enter. Después, help muestra la ayuda."
-)
-
-#: Words of the mode for people that ask for help.
-CMD_HELP = ("help", "ayuda")
-
-#: The answer to C{help} in the mode for people.
-HUMAN_HELP = (
-    "Escribe una orden por línea:",
-    "  <nombre> <texto>  un mensaje a <nombre>, de cualquier protocolo",
-    "  all <texto>       un mensaje a todos",
-    "  clientes          quién está conectado",
-    "  help              esta ayuda",
-    "  salir             desconectarse",
-)
-
-# The typed commands of the mode for people (compared without case).
-CMD_LIST = "clientes"
-CMD_QUIT = "salir"
-
-
-def errNameInUse(name: str) -> str:
-    return f"El nombre {name} ya está en uso."
-
-
-def errNameProtected(name: str) -> str:
-    return f"El nombre {name} pertenece a una cuenta registrada; elige otro."
-
-
-#: The connection limits' refusals, in Spanish.
-_REFUSALS = {
-    TOO_MANY_CONNECTIONS: ERR_TOO_MANY_CONNECTIONS,
-    TOO_MANY_FROM_ADDRESS: ERR_TOO_MANY_FROM_ADDRESS,
-}
-
-
-def errRate(rate: float) -> str:
-    return f"Demasiados mensajes: como máximo {rate:g} por segundo. No se entregó."
-
-
-def errQueueFull(name: str) -> str:
-    return f"No se pudo entregar a {name}: su cola de salida está llena."
-
-
-def errReceivingFile(name: str) -> str:
-    return f"No se pudo entregar a {name}: está recibiendo un archivo grande."
-
-
-def errFileTooLarge(size: int, maximum: int) -> str:
-    return f"Archivo demasiado grande: {size} bytes (máximo {maximum})."
-
-
-def errNoFiles(name: str) -> str:
-    return f"{name} no puede recibir archivos."
-
-
-def errFileTooLargeFor(name: str, size: int, limit: int) -> str:
-    return (
-        f"Archivo demasiado grande para {name}: {size} bytes"
-        f" (máximo {limit})."
-    )
-
-
-def errRecipientGone(name: str, filename: str) -> str:
-    return f"{ERR_FILE} {name} se desconectó; {filename} no se entregó."
-
-
-def errNotDelivered(name: str, filename: str) -> str:
-    return f"{ERR_FILE} {filename} no se pudo entregar a {name}."
-
-
-def errNoSuchAck(filename: str) -> str:
-    return f"Ningún archivo {filename} espera confirmación."
-
-
-def errAckSenderGone(filename: str) -> str:
-    return f"El remitente de {filename} ya no está conectado."
-
-
-def errFileStalled(filename: str, seconds: float) -> str:
-    return f"{ERR_FILE} {filename} no avanzó en {seconds:g} s; no se entregó."
-
-
-def humanGreeting(name: str) -> str:
-    return f"Hola, {name}. {ERR_USAGE}"
-
-
-#: What completes the content of a file cut short (see L{_FileStream}),
-#: written a piece at a time as the recipient's transport takes it.
-_PADDING = bytes(65536)
 
 
 class RecipientReceivingFile(RecipientBusy):
@@ -253,177 +150,6 @@ class RecipientReceivingFile(RecipientBusy):
     L{FILL_MAX} of it still to arrive: nothing from others may wait behind
     it, since such a file cut short ends the session (docs/msrp.md).
     """
-
-
-def _show(data: bytes) -> str:
-    """Bytes from the wire, for an error text or a log line."""
-    return data.decode("utf-8", "replace")
-
-
-@implementer(IPushProducer)
-class _OutboundValve:
-    """
-    Registered on a session's own transport as its streaming producer, so the
-    transport tells the session when its write buffer is full
-    (C{pauseProducing}) and when it has drained (C{resumeProducing}).
-    """
-
-    def __init__(self, session: MsrpProtocol) -> None:
-        self.session = session
-
-    def pauseProducing(self) -> None:
-        self.session._transportPaused()
-
-    def resumeProducing(self) -> None:
-        self.session._transportResumed()
-
-    def stopProducing(self) -> None:
-        pass  # connectionLost does the cleaning up
-
-
-class _FileStream:
-    """
-    A file on its way from one MSRP session to another. It waits in the
-    recipient's outbound queue until everything before it is written; then it
-    is I{live}: its header is written and its content goes straight to the
-    recipient's transport as it arrives. Until then, the content that arrives
-    is held (the sender's transport is paused, so at most about one read).
-
-    A live file whose sender leaves, or that makes no progress for
-    C{--file-idle-timeout} seconds, is I{cut}: the recipient expects C{size}
-    bytes and cannot be told anything before them, so the rest is completed
-    with zero bytes, and an ERROR saying the file was not delivered follows
-    at once; then whatever waited for the recipient. When more than
-    L{FILL_MAX} bytes are missing the recipient is disconnected instead;
-    nothing from others waited behind such a file (see
-    L{MsrpProtocol._largeStream}).
-    """
-
-    __slots__ = (
-        "sender",
-        "recipient",
-        "header",
-        "filename",
-        "size",
-        "sent",
-        "live",
-        "done",
-        "held",
-        "heldBytes",
-        "idle",
-        "lastProgress",
-        "cutText",
-    )
-
-    def __init__(
-        self,
-        sender: MsrpProtocol,
-        recipient: MsrpProtocol,
-        header: bytes,
-        filename: bytes,
-        size: int,
-    ) -> None:
-        self.sender = sender
-        self.recipient = recipient
-        self.header = header
-        self.filename = filename
-        self.size = size
-        self.sent = 0  # content bytes written to the recipient
-        self.live = False
-        self.done = False  # every byte of the content has arrived
-        self.held: list[bytes] = []
-        self.heldBytes = 0
-        self.idle = None  # the idle timer while live (None: no timeout)
-        self.lastProgress = 0.0
-        self.cutText: str | None = None  # the ERROR that follows a cut
-
-    def queuedBytes(self) -> int:
-        return len(self.header) + self.heldBytes
-
-    def write(self, data: bytes) -> None:
-        if self.live:
-            recipient = self.recipient
-            recipient.transport.write(data)
-            recipient.factory.metrics.bytesRelayed(MSRP, MSRP, len(data))
-            self.sent += len(data)
-            if self.idle is not None:
-                self.lastProgress = recipient.clock.seconds()
-        else:
-            self.held.append(data)
-            self.heldBytes += len(data)
-            self.recipient._waitingBytes += len(data)
-        if (
-            self.recipient._largeStream is self
-            and self.size - self.sent - self.heldBytes <= FILL_MAX
-        ):
-            # A cut could be completed now: others' frames may wait again.
-            self.recipient._largeStream = None
-
-    def finish(self) -> None:
-        self.done = True
-        self.sender._streamSent(self)
-        if self.live:
-            self.recipient._liveStreamEnded(self)
-
-    def cut(self) -> None:
-        """The sender is gone before the end of the content."""
-        self.recipient._streamCut(self)
-
-
-class _Discard:
-    """Reads the announced content of a refused file and drops it."""
-
-    __slots__ = ()
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def cut(self) -> None:
-        pass
-
-
-_DISCARD = _Discard()
-
-
-class _WholeFile:
-    """
-    Collects a file for a user of another protocol, who can only be handed
-    whole files; bounded by that user's file limit, checked on the header,
-    and abandoned when its content stops arriving for C{--file-idle-timeout}.
-    """
-
-    __slots__ = ("sender", "receiver", "filename", "content", "idle", "lastProgress")
-
-    def __init__(self, sender: MsrpProtocol, receiver: str, filename: str) -> None:
-        self.sender = sender
-        self.receiver = receiver
-        self.filename = filename
-        self.content = bytearray()
-        self.idle = None
-        self.lastProgress = 0.0
-
-    def write(self, data: bytes) -> None:
-        self.content += data
-        if self.idle is not None:
-            self.lastProgress = self.sender.clock.seconds()
-
-    def finish(self) -> None:
-        _stopWatching(self)
-        self.sender._wholeFileReceived(self)
-
-    def cut(self) -> None:
-        _stopWatching(self)
-        self.content = bytearray()
-
-
-def _stopWatching(transfer: _FileStream | _WholeFile) -> None:
-    """Cancel the idle timer of C{transfer}, if it has one."""
-    idle, transfer.idle = transfer.idle, None
-    if idle is not None and idle.active():
-        idle.cancel()
 
 
 @implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
@@ -473,17 +199,9 @@ class MsrpProtocol(Protocol):
         self._decoder: MsrpFrameDecoder | None = None
         self._lines: LineDecoder | None = None
         self._nameLineOpen = False  # the rest of the typed name line is due
-        self._sink: _FileStream | _Discard | _WholeFile | None = None
-        # Outbound (this session receiving).
-        self._valve = _OutboundValve(self)
-        self._transportFull = False
-        self._live: _FileStream | None = None
-        self._waiting: deque[bytes | _FileStream] = deque()
-        self._waitingBytes = 0
-        # The file for this session, live or waiting, with more than FILL_MAX
-        # still to arrive (at most one: while there is one, others' messages
-        # and files are refused, so nothing of theirs waits behind it).
-        self._largeStream: _FileStream | None = None
+        self._sink: FileStream | Discard | WholeFile | None = None
+        #: What waits to be written to this session (this session receiving).
+        self.outbound = Outbound(self)
         # (file name, weak reference to its MSRP sender, or None when it came
         # from another protocol): weak, so that a recipient that never ACKs
         # does not keep its senders' connections alive after they leave.
@@ -499,7 +217,7 @@ class MsrpProtocol(Protocol):
         """
         if self.mode == HUMAN or self._closing or self.user is None:
             return 0
-        room = self.maxQueued - self._waitingBytes
+        room = self.maxQueued - self.outbound.waitingBytes
         return max(0, min(self.fileSizeLimit, room))
 
     # Connection.
@@ -507,10 +225,10 @@ class MsrpProtocol(Protocol):
     def connectionMade(self) -> None:
         self.peerHost = getattr(self.transport.getPeer(), "host", "")
         self.allowance = self.factory.admit(self)
-        self.transport.registerProducer(self._valve, True)
+        self.transport.registerProducer(self.outbound, True)
         if self.allowance.refusal is not None:
             self._closeWith(
-                _REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
+                REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
             )
         elif self.factory.greetAfter:
             self._greetTimer = self.clock.callLater(
@@ -537,9 +255,19 @@ class MsrpProtocol(Protocol):
         # Break the cycles through the valve and through the file streams
         # this session paused its reading for, so that the connection and its
         # buffers go by reference counting alone.
-        self._valve.session = None
+        self.outbound.detach()
         self._pauseReasons.clear()
         self.factory.release(self)
+
+    @property
+    def closing(self) -> bool:
+        """Whether this session is closing (or closed): nothing more is sent."""
+        return self._closing
+
+    @property
+    def sink(self) -> FileStream | Discard | WholeFile | None:
+        """Where the content of the file this session sends goes, if any."""
+        return self._sink
 
     @property
     def awaitingLogin(self) -> bool:
@@ -597,7 +325,7 @@ class MsrpProtocol(Protocol):
         self.wireName = head
         self._held += rest
         self._loggingIn = True
-        self._pauseReading("login")
+        self.pauseReading("login")
         d = self.presence.login(self, name, self.peerHost)
         d.addCallbacks(self._loggedIn, self._loginRefused)
         d.addErrback(self._failed)
@@ -627,10 +355,10 @@ class MsrpProtocol(Protocol):
         if self.mode is not None:
             self._startMode()
         held, self._held = bytes(self._held), bytearray()
-        self._resumeReading("login")
+        self.resumeReading("login")
         if held:
             self.dataReceived(held)
-        self._closeIfHalfClosed()
+        self.closeIfHalfClosed()
 
     def _loginRefused(self, failure: Failure) -> None:
         self._loggingIn = False
@@ -742,7 +470,7 @@ class MsrpProtocol(Protocol):
             )
             self._closeWith(errFileTooLarge(size, self.fileSizeLimit), TOO_LARGE)
             return
-        self._sink = _DISCARD  # until the file is accepted
+        self._sink = DISCARD  # until the file is accepted
         if not self.allowance.allowMessage():
             self._sendError(errRate(self.factory.limits.rate))
             return
@@ -775,8 +503,8 @@ class MsrpProtocol(Protocol):
         elif size > limit:
             self._sendError(errFileTooLargeFor(receiver, size, limit))
         else:
-            self._sink = _WholeFile(self, receiver, filename)
-            self._watch(self._sink, self._wholeFileStalled)
+            self._sink = WholeFile(self, receiver, filename)
+            watch(self._sink, self.clock, self.factory)
 
     def _streamTo(
         self, target: MsrpProtocol, receiver: str, frame: FileHeader, filename: str
@@ -787,18 +515,18 @@ class MsrpProtocol(Protocol):
         header = encodeFileHeader(
             self.wireName, frame.filename, frame.size, frame.port, frame.ip
         )
-        if target._largeStream is not None:
+        if target.outbound.largeStream is not None:
             self.factory.metrics.refused(MSRP, BUSY)
             self._sendError(errReceivingFile(receiver))
             return
-        if not target._hasRoom(len(header)):
+        if not target.outbound.hasRoom(len(header)):
             self.factory.metrics.refused(MSRP, BUSY)
             self._sendError(errQueueFull(receiver))
             return
-        stream = _FileStream(self, target, header, frame.filename, frame.size)
+        stream = FileStream(self, target, header, frame.filename, frame.size)
         self._sink = stream
         if frame.size > FILL_MAX:
-            target._largeStream = stream
+            target.outbound.largeStream = stream
         self.log.info(
             "msrp file {filename!r} ({size} bytes) from {sender} to {receiver}",
             filename=filename,
@@ -806,8 +534,8 @@ class MsrpProtocol(Protocol):
             sender=self.user.name,
             receiver=receiver,
         )
-        target._enqueueStream(stream)
-        self._updateFlow(stream)
+        target.outbound.enqueueStream(stream)
+        self.updateFlow(stream)
 
     def _fileChunk(self, frame: FileChunk) -> None:
         self._sink.write(frame.data)
@@ -816,7 +544,8 @@ class MsrpProtocol(Protocol):
         sink, self._sink = self._sink, None
         sink.finish()
 
-    def _wholeFileReceived(self, whole: _WholeFile) -> None:
+    def wholeFileReceived(self, whole: WholeFile) -> None:
+        """The content of C{whole} is all here: hand it to its receiver."""
         try:
             taken = self.presence.sendFile(
                 self, whole.receiver, whole.filename, bytes(whole.content)
@@ -835,7 +564,7 @@ class MsrpProtocol(Protocol):
         # Binary clients see each user's slot, by which they write to them.
         slots = self.factory.slots
         text = clientListText([slots.listEntry(info.name) for info in self.presence.users()])
-        self._send(encodeClientList(wireText(text)))
+        self.outbound.send(encodeClientList(wireText(text)))
 
     def _listText(self) -> str:
         return clientListText([info.name for info in self.presence.users()])
@@ -852,10 +581,10 @@ class MsrpProtocol(Protocol):
         if senderRef is None:
             return  # a whole file from another protocol: nobody to tell
         sender = senderRef()
-        if sender is None or sender._closing or self.presence.infoFor(sender) is None:
+        if sender is None or sender.closing or self.presence.infoFor(sender) is None:
             self._sendError(errAckSenderGone(_show(filename)))
             return
-        sender._send(encodeAck(filename))
+        sender.outbound.send(encodeAck(filename))
 
     def _clientError(self, frame: Error) -> None:
         if self.allowance.mayLogError():
@@ -927,73 +656,20 @@ class MsrpProtocol(Protocol):
         if self.mode == HUMAN:
             self._sendLine(f"ERROR: {text}")
         else:
-            self._send(encodeError(wireText(text)))
+            self.outbound.send(encodeError(wireText(text)))
 
     def _sendLine(self, line: str) -> None:
-        self._send(line.encode("utf-8", "replace") + b"\n")
+        self.outbound.send(line.encode("utf-8", "replace") + b"\n")
 
-    def _blocked(self) -> bool:
-        return self._live is not None or self._transportFull or bool(self._waiting)
+    # What the outbound queue and the file relay ask of this session.
 
-    def _hasRoom(self, size: int) -> bool:
-        """Whether another user's frame of C{size} bytes would be accepted."""
-        if self._closing:
-            return False
-        return not self._blocked() or self._waitingBytes + size <= self.maxQueued
+    def streamStarted(self, stream: FileStream) -> None:
+        """C{stream} to this session went live with content still to come."""
+        watch(stream, self.clock, self.factory)
+        stream.sender.updateFlow(stream)
 
-    def _send(self, frame: bytes) -> None:
-        """Put C{frame} on the wire after everything that waits."""
-        if self._closing:
-            return
-        if self._blocked():
-            self._waiting.append(frame)
-            self._waitingBytes += len(frame)
-            self._checkQueue()
-        else:
-            self.transport.write(frame)
-
-    def _checkQueue(self) -> None:
-        # Our own replies are never refused; a client that keeps asking while
-        # it does not read what waits for it is simply not read any more.
-        if self._waitingBytes > self.maxQueued:
-            self._pauseReading("queue")
-        else:
-            self._resumeReading("queue")
-
-    def _enqueueStream(self, stream: _FileStream) -> None:
-        if self._blocked():
-            self._waiting.append(stream)
-            self._waitingBytes += len(stream.header)
-        else:
-            self._goLive(stream)
-
-    def _goLive(self, stream: _FileStream) -> None:
-        self.transport.write(stream.header)
-        for data in stream.held:
-            self.transport.write(data)
-        self.factory.metrics.bytesRelayed(MSRP, MSRP, stream.heldBytes)
-        stream.sent = stream.heldBytes
-        stream.held = []
-        stream.heldBytes = 0
-        stream.live = True
-        self._live = stream
-        if stream.done:
-            # Held whole while it waited; whoever called drains on.
-            self._finishLive(stream)
-        else:
-            self._watch(stream, self._streamStalled)
-            stream.sender._updateFlow(stream)
-
-    def _liveStreamEnded(self, stream: _FileStream) -> None:
-        self._finishLive(stream)
-        self._drain()
-        self._closeIfHalfClosed()
-
-    def _finishLive(self, stream: _FileStream) -> None:
-        _stopWatching(stream)
-        self._live = None
-        if self._largeStream is stream:
-            self._largeStream = None
+    def streamRelayed(self, stream: FileStream) -> None:
+        """C{stream}'s content was all written to this session."""
         self._remember(stream.filename, stream.sender)
         self.factory.metrics.fileRelayed(MSRP, MSRP)
         self.log.info(
@@ -1003,246 +679,66 @@ class MsrpProtocol(Protocol):
             receiver=self.user.name if self.user else "?",
         )
 
+    def streamEnded(self, stream: FileStream) -> None:
+        """The last byte of the live C{stream} to this session arrived."""
+        self.outbound.streamEnded(stream)
+        self.closeIfHalfClosed()
+
+    def cutOff(self) -> None:
+        """
+        A file to this session cannot be completed in band: disconnect it (a
+        connection closed before the file's size says it is incomplete).
+        """
+        self.factory.disconnecting(self, FILE_CUT)
+        self._shutdown(None, abort=True)
+
     def _remember(self, filename: bytes, sender: MsrpProtocol | None) -> None:
         """Remember a file received whole, for ACK matching."""
         self._unacked.append((filename, None if sender is None else weakref.ref(sender)))
         if len(self._unacked) > MAX_UNACKED:
             self._unacked.popleft()
 
-    def _drain(self) -> None:
-        """Write what waits, in order, until a file streams or the buffer fills."""
-        while (
-            self._waiting
-            and self._live is None
-            and not self._transportFull
-            and not self._closing
-        ):
-            item = self._waiting.popleft()
-            if item.__class__ is bytes:
-                self._waitingBytes -= len(item)
-                self.transport.write(item)
-            else:
-                self._waitingBytes -= item.queuedBytes()
-                self._goLive(item)
-        self._checkQueue()
-
-    def _transportPaused(self) -> None:
-        self._transportFull = True
-        if self._live is not None:
-            self._live.sender._updateFlow(self._live)
-
-    def _transportResumed(self) -> None:
-        self._transportFull = False
-        if self._closing:
-            return
-        if self._live is not None:
-            if self._live.cutText is not None:
-                self._padLive()  # drains on once the file is complete
-                return
-            self._live.sender._updateFlow(self._live)
-        self._drain()
-
     # Flow control of this session's input.
 
-    def _pauseReading(self, reason: object) -> None:
+    def pauseReading(self, reason: object) -> None:
+        """Stop reading from the client until every reason is resumed."""
         if not self._pauseReasons and not self._closing:
             self.transport.pauseProducing()
         self._pauseReasons.add(reason)
 
-    def _resumeReading(self, reason: object) -> None:
+    def resumeReading(self, reason: object) -> None:
+        """C{reason} to stop reading is gone."""
         if reason in self._pauseReasons:
             self._pauseReasons.discard(reason)
             if not self._pauseReasons and not self._closing:
                 self.transport.resumeProducing()
 
-    def _updateFlow(self, stream: _FileStream) -> None:
+    def updateFlow(self, stream: FileStream) -> None:
         """Read the content of C{stream} only while its recipient can take it."""
         if stream.done or self._sink is not stream:
-            self._resumeReading(stream)
-        elif stream.live and not stream.recipient._transportFull:
-            self._resumeReading(stream)
+            self.resumeReading(stream)
+        elif stream.live and not stream.recipient.outbound.transportFull:
+            self.resumeReading(stream)
         else:
-            self._pauseReading(stream)
+            self.pauseReading(stream)
 
-    def _streamSent(self, stream: _FileStream) -> None:
-        self._resumeReading(stream)
+    # What the file relay tells the sender.
 
-    # Failures around a file stream.
-
-    def _streamCut(self, stream: _FileStream) -> None:
-        """The sender of C{stream} (to this session) is gone before its end."""
-        if stream.live and not self.factory.stopping:
-            sender = stream.sender.user.name if stream.sender.user else "?"
-            missing = stream.size - stream.sent
-            large = missing > FILL_MAX
-            self.log.info(
-                "msrp {name}: the sender {sender} of {filename!r} left mid-file;"
-                " {missing} bytes are missing: "
-                + ("more than can be completed, so it is disconnected"
-                   if large else "completed with zeros"),
-                name=self.user.name if self.user else "?",
-                sender=sender,
-                filename=_show(stream.filename),
-                missing=missing,
-                disconnected=large,
-                protocol=self.protocolName,
-                event="file-cut",
-            )
-            text = errRecipientGone(sender, _show(stream.filename))
-            if large:
-                self._cutLarge(stream, text)
-            else:
-                # What waits for this session was accepted for it: complete
-                # the file so the stream is in step again, say it was not
-                # delivered, then deliver the rest.
-                self._cutLive(stream, text)
-            return
-        if stream.live:
-            # The server is stopping and this session with it: nothing else
-            # may be written, and it must not be handed a file that looks
-            # complete.
-            self.log.info(
-                "msrp {name}: the sender of {filename!r} left mid-file",
-                name=self.user.name if self.user else "?",
-                filename=_show(stream.filename),
-            )
-            self.factory.disconnecting(self, FILE_CUT)
-            self._shutdown(None, abort=True)
-            return
-        if self._largeStream is stream:
-            self._largeStream = None
-        try:
-            self._waiting.remove(stream)
-        except ValueError:
-            return
-        self._waitingBytes -= stream.queuedBytes()
-        self._drain()
-        self._closeIfHalfClosed()
-
-    def _cutLarge(self, stream: _FileStream, text: str) -> None:
+    def fileAbandoned(self, transfer: FileStream | WholeFile, text: str) -> None:
         """
-        End the live C{stream} with more than L{FILL_MAX} bytes missing: the
-        recipient cannot be told in band without being sent them, so it is
-        disconnected (a connection closed before C{size} bytes says the file
-        is incomplete). Only its own answers waited behind the file; they
-        go with the connection.
+        C{transfer}, from this session, made no progress: if its content is
+        still being read, the rest is dropped, and this client is told C{text}.
         """
-        _stopWatching(stream)
-        stream.cutText = text  # its sender was told, or is gone
-        self.factory.disconnecting(self, FILE_CUT)
-        self._shutdown(None, abort=True)
+        if self._sink is transfer:
+            self._sink = DISCARD  # the rest of its content is read and dropped
+            self.resumeReading(transfer)
+            self._sendError(text)
 
-    def _cutLive(self, stream: _FileStream, text: str) -> None:
-        """
-        End the live C{stream} before its content is all here: complete it
-        with zero bytes (the recipient counts C{size} bytes and no frame can
-        be written before they are done), then ERROR C{text}, so that the
-        recipient knows to throw the file away, then what waited for it.
-        """
-        _stopWatching(stream)
-        stream.cutText = text
-        self._padLive()
-
-    def _padLive(self) -> None:
-        """Go on completing the cut live file while the transport takes it."""
-        stream = self._live
-        size = len(_PADDING)
-        while stream.sent < stream.size:
-            if self._transportFull or self._closing:
-                return  # resumed by _transportResumed
-            n = min(size, stream.size - stream.sent)
-            self.transport.write(_PADDING if n == size else _PADDING[:n])
-            stream.sent += n
-        self._live = None
-        self.transport.write(encodeError(wireText(stream.cutText)))
-        self._drain()
-
-    def _watch(self, transfer: _FileStream | _WholeFile, onStall) -> None:
-        """
-        Call C{onStall(transfer)} once C{transfer} has gone
-        C{--file-idle-timeout} seconds without progress (0: never).
-        """
-        timeout = self.factory.limits.fileIdleTimeout
-        if timeout:
-            transfer.lastProgress = self.clock.seconds()
-            transfer.idle = self.clock.callLater(
-                timeout, self._idleCheck, transfer, onStall
-            )
-
-    def _idleCheck(self, transfer: _FileStream | _WholeFile, onStall) -> None:
-        # Progress only stamps the time (no timer work for every read); the
-        # timer looks at the stamp and sleeps again for what is left.
-        left = (
-            transfer.lastProgress
-            + self.factory.limits.fileIdleTimeout
-            - self.clock.seconds()
-        )
-        if left > 0:
-            transfer.idle = self.clock.callLater(
-                left, self._idleCheck, transfer, onStall
-            )
-            return
-        transfer.idle = None
-        onStall(transfer)
-
-    def _streamStalled(self, stream: _FileStream) -> None:
-        """
-        The live C{stream} to this session made no progress for the idle
-        timeout (its sender stopped sending, or this session stopped
-        reading): both sides are told and the sender's rest is dropped.
-        """
-        timeout = self.factory.limits.fileIdleTimeout
-        text = errFileStalled(_show(stream.filename), timeout)
-        sender = stream.sender
-        missing = stream.size - stream.sent
-        large = missing > FILL_MAX
-        self.log.info(
-            "msrp file {filename!r} from {sender} to {receiver} abandoned:"
-            " no progress for {timeout} s; {missing} bytes are missing: "
-            + ("more than can be completed, so the receiver is disconnected"
-               if large else "completed with zeros"),
-            filename=_show(stream.filename),
-            sender=sender.user.name if sender.user else "?",
-            receiver=self.user.name if self.user else "?",
-            timeout=timeout,
-            missing=missing,
-            disconnected=large,
-            protocol=self.protocolName,
-            event="file-stalled",
-        )
-        if sender._sink is stream:
-            sender._sink = _DISCARD  # the rest of its content is read and dropped
-            sender._resumeReading(stream)
-            sender._sendError(text)
-        if large:
-            self._cutLarge(stream, text)
-        else:
-            self._cutLive(stream, text)
-
-    def _wholeFileStalled(self, whole: _WholeFile) -> None:
-        """A file collected for another protocol stopped arriving: drop it."""
-        if self._sink is not whole:
-            return
-        timeout = self.factory.limits.fileIdleTimeout
-        self.log.info(
-            "msrp file {filename!r} from {sender} to {receiver} abandoned:"
-            " no progress for {timeout} s",
-            filename=whole.filename,
-            sender=self.user.name if self.user else "?",
-            receiver=whole.receiver,
-            timeout=timeout,
-            protocol=self.protocolName,
-            event="file-stalled",
-        )
-        self._sink = _DISCARD
-        whole.content = bytearray()
-        self._sendError(errFileStalled(whole.filename, timeout))
-
-    def _recipientGone(self, stream: _FileStream) -> None:
+    def recipientGone(self, stream: FileStream) -> None:
         """The recipient of C{stream} (from this session) closed its connection."""
-        self._resumeReading(stream)
+        self.resumeReading(stream)
         if self._sink is stream:
-            self._sink = _DISCARD
+            self._sink = DISCARD
         if self._closing:
             return
         name = stream.recipient.user.name if stream.recipient.user else "?"
@@ -1273,17 +769,16 @@ class MsrpProtocol(Protocol):
         if decoder is not None and (decoder.buffered() or decoder.inContent):
             # A frame (or a file's content) that can never be whole.
             self._sendError(ERR_CUT_SHORT)
-        self._closeIfHalfClosed()
+        self.closeIfHalfClosed()
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
-    def _closeIfHalfClosed(self) -> None:
+    def closeIfHalfClosed(self) -> None:
+        """Close once the client sent its last byte and nothing is under way."""
         if not self._readLost or self._closing or self._loggingIn:
             return
-        if self._live is not None or any(
-            item.__class__ is _FileStream for item in self._waiting
-        ):
+        if self.outbound.fileUnderWay():
             # A file to this client is under way; its end calls again. Its
             # sender may stall: the close grace bounds the wait, as for any
             # close (then the connection is aborted and the file cut).
@@ -1316,17 +811,13 @@ class MsrpProtocol(Protocol):
             sink.cut()
         # As a recipient: whatever waits is dropped; senders of files learn
         # that their file was not delivered.
-        live, self._live = self._live, None
-        self._largeStream = None
-        waiting = list(self._waiting)
-        self._waiting.clear()
-        self._waitingBytes = 0
+        live, waiting = self.outbound.clear()
         if live is not None:
-            _stopWatching(live)
+            stopWatching(live)
         for item in ([live] if live is not None else []) + waiting:
             # A cut file's sender was told already (or is gone).
-            if item.__class__ is _FileStream and item.cutText is None:
-                item.sender._recipientGone(item)
+            if item.__class__ is FileStream and item.cutText is None:
+                item.sender.recipientGone(item)
         if transportGone:
             return
         if live is None:
@@ -1349,16 +840,16 @@ class MsrpProtocol(Protocol):
     # IChatSession.
 
     def deliverMessage(self, message: ChatMessage) -> None:
-        if self._largeStream is not None:
+        if self.outbound.largeStream is not None:
             raise RecipientReceivingFile(
                 f"{message.receiver} is receiving a large file; try again later"
             )
         frame = self._render(message)
-        if not self._hasRoom(len(frame)):
+        if not self.outbound.hasRoom(len(frame)):
             raise RecipientBusy(
                 f"{message.receiver} is not reading: too much waits for them"
             )
-        self._send(frame)
+        self.outbound.send(frame)
 
     def disconnect(self, reason: str) -> None:
         self._closeWith(reason)
@@ -1373,28 +864,27 @@ class MsrpProtocol(Protocol):
                 sender=sender,
             )
             return
-        if self._largeStream is not None:
+        if self.outbound.largeStream is not None:
             raise RecipientReceivingFile(
                 f"{self.user.name} is receiving a large file; try again later"
             )
         name = wireText(filename, maximum=255)
-        self._send(encodeFileHeader(self.factory.slots.slotFor(sender), name, len(content)))
+        self.outbound.send(encodeFileHeader(self.factory.slots.slotFor(sender), name, len(content)))
         if content:
-            self._send(content)
+            self.outbound.send(content)
         self._remember(name, None)
 
-
-# frame type -> handler, shared by every connection (an idle session should
-# cost little memory).
-MsrpProtocol._frameHandlers = {
-    Message: MsrpProtocol._message,
-    FileHeader: MsrpProtocol._fileHeader,
-    FileChunk: MsrpProtocol._fileChunk,
-    FileEnd: MsrpProtocol._fileEnd,
-    ListRequest: MsrpProtocol._listRequest,
-    Ack: MsrpProtocol._ack,
-    Error: MsrpProtocol._clientError,
-}
+    # frame type -> handler, shared by every connection (an idle session
+    # should cost little memory).
+    _frameHandlers = {
+        Message: _message,
+        FileHeader: _fileHeader,
+        FileChunk: _fileChunk,
+        FileEnd: _fileEnd,
+        ListRequest: _listRequest,
+        Ack: _ack,
+        Error: _clientError,
+    }
 
 
 class MsrpFactory(SessionFactory):
@@ -1456,16 +946,13 @@ class MsrpFactory(SessionFactory):
         streams: set[int] = set()
         whole = 0
         for connection in self.connections:
-            sink = connection._sink
-            if sink.__class__ is _FileStream:
+            sink = connection.sink
+            if sink.__class__ is FileStream:
                 streams.add(id(sink))
-            elif sink.__class__ is _WholeFile:
+            elif sink.__class__ is WholeFile:
                 whole += 1
-            if connection._live is not None:
-                streams.add(id(connection._live))
-            for item in connection._waiting:
-                if item.__class__ is _FileStream:
-                    streams.add(id(item))
+            for stream in connection.outbound.streams():
+                streams.add(id(stream))
         return len(streams) + whole
 
     def buildProtocol(self, addr) -> MsrpProtocol:

@@ -161,9 +161,8 @@ class ServerMixin:
         config = tap.Options()
         config.parseOptions(argv + list(extra))
         top = tap.makeService(config, reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            msgr.store.scrypt = FAST_SCRYPT
+        if top.accounts is not None:
+            top.accounts.scrypt = FAST_SCRYPT
         self.top = top
         self.clients: list[ByteCollector] = []
         self.ports = {}

@@ -363,7 +363,7 @@ class OptionTests(TestCase):
         )
         # Nothing is started: no port is opened.
         top = makeService(options, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
+        self.addCleanup(top.accounts.close)
         self.assertEqual(top.limiter.maxPerAddress, 7)
         for label in ("protobuf", "msrp", "msgr", "msgr-http"):
             factory = top.getServiceNamed(label).factory
@@ -385,7 +385,7 @@ class OptionTests(TestCase):
              "--msrp", "tcp:0", "--http", "none", "--msgr", "tcp:0"]
         )
         top = makeService(options, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
+        self.addCleanup(top.accounts.close)
         for label in ("msrp", "msgr"):
             self.assertEqual(top.getServiceNamed(label).factory.limits.fileIdleTimeout, 0)
         for value in ("-1", "x"):

@@ -537,9 +537,8 @@ class TapTests(TestCase):
         options = tap.Options()
         options.parseOptions(list(argv))
         top = tap.makeService(options, reactor=reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            self.addCleanup(msgr.store.close)
+        if top.accounts is not None:
+            self.addCleanup(top.accounts.close)
         return top
 
     def test_oneMetricsPerService(self) -> None:
@@ -550,7 +549,7 @@ class TapTests(TestCase):
         top = self.makeService(*argv)
         metrics = top.metrics
         self.assertIs(top.presence.metrics, metrics)
-        self.assertIs(top.msgr.metrics, metrics)
+        self.assertIs(top.getServiceNamed("msgr-accounts").metrics, metrics)
         for name in ["protobuf", "msrp", "msgr", "msgr-http"]:
             self.assertIs(top.getServiceNamed(name).factory.metrics, metrics, name)
         site = top.getServiceNamed("msgr-http").factory.wrappedFactory

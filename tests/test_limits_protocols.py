@@ -47,7 +47,8 @@ LIMITS = Limits(
 
 def protobufFactory(presence, clock, limits=LIMITS, limiter=None):
     return ProtobufChatFactory(
-        presence, clock, framing=DELIMITED, limits=limits, limiter=limiter
+        presence, clock, framing=DELIMITED, limits=limits, limiter=limiter,
+        metrics=presence.metrics
     )
 
 
@@ -197,7 +198,9 @@ class AcrossProtocolsTests(TestCase):
         limits = Limits(maxConnections=2, maxConnectionsPerAddress=0, keepAlive=0)
         limiter = ConnectionLimiter(2, 0)
         protobuf = protobufFactory(presence, clock, limits, limiter)
-        msrp = MsrpFactory(presence, clock, limits=limits, limiter=limiter)
+        msrp = MsrpFactory(
+            presence, clock, limits=limits, limiter=limiter, metrics=presence.metrics
+        )
         first = ProtobufClient(protobuf, "192.0.2.1")
         second = MsrpClient(msrp, b"alic")
         third = MsrpClient(msrp, b"bobb")
@@ -222,7 +225,9 @@ class MsrpLimitTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.presence = InMemoryPresenceService()
-        self.factory = MsrpFactory(self.presence, self.clock, limits=LIMITS)
+        self.factory = MsrpFactory(
+            self.presence, self.clock, limits=LIMITS, metrics=self.presence.metrics
+        )
 
     def test_perAddressInSpanish(self) -> None:
         MsrpClient(self.factory, b"ana1")

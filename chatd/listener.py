@@ -8,6 +8,7 @@ import os
 import sys
 
 from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -15,7 +16,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 
 #: Seconds a stopping listener waits for its connections to write their last
@@ -83,15 +83,17 @@ def _reason(error: BaseException) -> str:
     return str(cause) or type(cause).__name__
 
 
-class ListenerService(service.Service):
+class ListenerService(StreamServerEndpointService):
     """
-    Listen on C{endpoint} with C{factory} while the service runs.
+    Listen on C{endpoint} with C{factory} while the service runs: Twisted's
+    L{StreamServerEndpointService}, with three things of chatd's own.
 
     Once listening it logs C{"chatd {label} listening on tcp:HOST:PORT"} (the
     tests and operators read the port from it when they ask for port 0). A
     failure to listen that is known at start-up (a port in use) is raised as
     L{ListenFailed}, so C{twistd} stops with the reason in one line instead
-    of running without the listener.
+    of running without the listener. Stopping lets the factory say goodbye
+    to its connections, for at most C{grace} seconds (L{stopService}).
     """
 
     log = Logger()
@@ -103,6 +105,9 @@ class ListenerService(service.Service):
     #: the line that says it could not listen.
     configuredAs: str | None = None
 
+    #: A failure to listen known at start-up stops twistd.
+    _raiseSynchronously = True
+
     def __init__(
         self,
         label: str,
@@ -113,46 +118,26 @@ class ListenerService(service.Service):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
+        super().__init__(endpoint, factory)
         self.label = label
-        self.endpoint = endpoint
-        self.factory = factory
         self.clock = clock
         self.grace = grace
+        #: The listening port, once there is one.
         self.port: IListeningPort | None = None
-        self._listening: defer.Deferred | None = None
 
     def privilegedStartService(self) -> None:
-        # Bind before twistd drops privileges, as Twisted's own endpoint
-        # service does.
-        service.Service.privilegedStartService(self)
-        starting = True
-        early: list[Failure] = []
-
-        def failed(failure: Failure) -> None:
-            if starting:
-                early.append(failure)
-            else:
-                # An endpoint that listens asynchronously failed later on.
-                self.log.failure(
-                    "chatd {label} could not listen", failure, label=self.label
-                )
-
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, failed)
-        starting = False
-        if early:
-            self._listening = None
+        # Bind before twistd drops privileges, as Twisted's own service does.
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            self._waitingForPort = None
             _sayListenFailedInOneLine()
-            raise ListenFailed(
-                self.configuredAs or self.label, _reason(early[0].value)
-            ) from early[0].value
+            raise ListenFailed(self.configuredAs or self.label, _reason(e)) from e
+        self._waitingForPort.addCallback(self._listened)
 
-    def startService(self) -> None:
-        service.Service.startService(self)
-        if self._listening is None:
-            self.privilegedStartService()
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
+    def _listened(self, port: IListeningPort | None) -> IListeningPort | None:
+        if port is None:
+            return None  # cancelled, or failed later (Twisted logged why)
         self.port = port
         self.log.info(
             "chatd {label} listening on {address}",
@@ -168,14 +153,13 @@ class ListenerService(service.Service):
         for them to close while their last bytes are written: at most
         C{grace} seconds, after which those still open are aborted.
         """
-        service.Service.stopService(self)
-        listening, self._listening = self._listening, None
         waits = []
-        if self.port is not None:
-            port, self.port = self.port, None
-            waits.append(defer.maybeDeferred(port.stopListening))
-        elif listening is not None:
-            listening.cancel()
+        if self._waitingForPort is None:
+            service.Service.stopService(self)  # never listened
+        else:
+            waits.append(super().stopService())
+            self._waitingForPort = None
+        self.port = None
         shutDown = getattr(self.factory, "shutDown", None)
         if shutDown is not None:
             closed = shutDown()

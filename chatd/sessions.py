@@ -456,9 +456,7 @@ class CountedHTTPFactory(WrappingFactory):
         self.clock = clock
         self.limits = limits
         self.limiter = limiter
-        if metrics is None:
-            metrics = getattr(site, "metrics", None) or ChatdMetrics()
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else ChatdMetrics()
         self.label = label
 
     def acceptableProtocols(self) -> list[bytes]:

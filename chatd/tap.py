@@ -1,10 +1,13 @@
 """
 C{twistd chatd}: the options and the service tree.
 
-C{makeService} builds one presence service and hands it to one listener per
-wire format; every listener takes a Twisted endpoint string (so C{ssl:},
-C{unix:} and systemd sockets work as well as C{tcp:}), and the word C{none}
-turns it off. docs/running.md documents every option.
+C{Options} holds the common options (limits, TLS, logging, the database, the
+metrics listener, the graces, C{--config}) and adds each front's own
+(chatd/fronts.py); C{makeService} builds one L{ChatdService}, whose presence
+service every front's listeners share. Every listener takes a Twisted
+endpoint string (so C{ssl:}, C{unix:} and systemd sockets work as well as
+C{tcp:}), and the word C{none} turns it off. docs/running.md documents every
+option.
 """
 
 from __future__ import annotations
@@ -12,72 +15,38 @@ from __future__ import annotations
 import resource
 import sys
 
-from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
 from chatd import __version__, limits as L
 from chatd.config import ConfiguredOptions, versionText
+from chatd.fronts import (
+    DISABLED,
+    NO_LIMIT,
+    addListener,
+    limit as _limit,
+    loadFronts,
+    positiveFloat as _positiveFloat,
+    rate as _rate,
+)
 from chatd.limits import ConnectionLimiter, Limits
-from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
+from chatd.listener import DEFAULT_SHUTDOWN_GRACE
 from chatd.metrics import ChatdMetrics, makeMetricsSite
 from chatd.presence import InMemoryPresenceService
-from chatd.protobuf.framing import DEFAULT_MAX_FRAME
-from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
-from chatd.msrp.protocol import (
-    DEFAULT_GREET_AFTER,
-    DEFAULT_MAX_FILE,
-    DEFAULT_MAX_QUEUED,
-    MsrpFactory,
-)
-from chatd.msgr import lockout as msgr_lockout
-from chatd.msgr.protocol import DEFAULT_MAX_FILE as MSGR_MAX_FILE
-from chatd.msgr.protocol import DEFAULT_MAX_LINE as MSGR_MAX_LINE
-from chatd.msgr.protocol import base64Length
-from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE as MSGR_TOKEN_IDLE
-from chatd.sessions import CountedHTTPFactory
+from chatd.service import ChatdService
 from chatd.web import DEFAULT_REQUEST_TIMEOUT
-from chatd.tls import tlsEndpoint
 
-DISABLED = "none"
+__all__ = ["DISABLED", "NO_LIMIT", "Options", "makeService", "jsonLogObserver"]
 
-#: What a size or count of C{0} ("no limit") becomes.
-NO_LIMIT = sys.maxsize
+#: Every front (chatd/fronts.py), in the order they are built.
+FRONTS = loadFronts()
 
 #: File descriptors kept beyond C{--max-conns} for the listeners, the
 #: database and the logs.
 SPARE_FILES = 64
 
 log = Logger()
-
-
-def _positiveInt(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive whole number")
-    return number
-
-
-def _limit(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be a whole number, 0 for no limit")
-    return number
-
-
-def _rate(value: str) -> float:
-    number = float(value)
-    if not number >= 0:
-        raise ValueError("must be a number, 0 for no limit")
-    return number
-
-
-def _positiveFloat(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
-    return number
 
 
 class Options(ConfiguredOptions):
@@ -189,14 +158,6 @@ class Options(ConfiguredOptions):
             "--http listener keeps /healthz). Not counted against the "
             "connection limits: bind it to a private address.",
         ],
-        # MSGR UQ (seed 001); docs/msgr.md.
-        [
-            "http",
-            None,
-            "tcp:8000",
-            "Endpoint of the MSGR UQ HTTP API (login, accounts), or 'none'.",
-        ],
-        ["msgr", None, "tcp:1234", "Endpoint of the MSGR UQ chat socket, or 'none'."],
         [
             "db",
             None,
@@ -204,138 +165,13 @@ class Options(ConfiguredOptions):
             "SQLite file of the MSGR accounts (created on first run), or 'none' "
             "for no accounts (then --http and --msgr must be 'none').",
         ],
-        [
-            "msgr-token-idle",
-            None,
-            MSGR_TOKEN_IDLE,
-            "Seconds an MSGR login token lives unused (a bound chat socket "
-            "keeps it alive).",
-            _positiveFloat,
-        ],
-        [
-            "msgr-max-line",
-            None,
-            MSGR_MAX_LINE,
-            "Longest MSGR chat socket line in bytes; a longer one is skipped "
-            "and answered with an error. 0 for no limit.",
-            _limit,
-        ],
-        [
-            "msgr-max-file",
-            None,
-            MSGR_MAX_FILE,
-            "Largest file in an MSGR #ARCHIVO/#IMG line, in decoded bytes; 0 "
-            "for no limit (then --msgr-max-line 0 too).",
-            _limit,
-        ],
-        [
-            "msgr-lockout-failures",
-            None,
-            msgr_lockout.DEFAULT_ACCOUNT_FAILURES,
-            "Failed MSGR logins of one account, within the window, that lock it.",
-            _positiveInt,
-        ],
-        [
-            "msgr-lockout-address-failures",
-            None,
-            msgr_lockout.DEFAULT_ADDRESS_FAILURES,
-            "Failed MSGR logins from one address, within the window, that lock it.",
-            _positiveInt,
-        ],
-        [
-            "msgr-lockout-window",
-            None,
-            msgr_lockout.DEFAULT_WINDOW,
-            "Seconds a failed MSGR login counts for.",
-            _positiveFloat,
-        ],
-        [
-            "msgr-lockout-time",
-            None,
-            msgr_lockout.DEFAULT_LOCK_TIME,
-            "Seconds an MSGR lockout lasts.",
-            _positiveFloat,
-        ],
-        [
-            "msgr-register-per-ip",
-            None,
-            msgr_lockout.DEFAULT_REGISTRATIONS,
-            "MSGR accounts one address may register within the registration "
-            "window; 0 for no limit.",
-            _limit,
-        ],
-        [
-            "msgr-register-window",
-            None,
-            msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
-            "Seconds an MSGR registration counts for.",
-            _positiveFloat,
-        ],
-        [
-            "protobuf",
-            None,
-            "tcp:5000",
-            "Endpoint of the protobuf chat (seed 000), or 'none'.",
-        ],
-        [
-            "protobuf-framing",
-            None,
-            "raw",
-            "Framing of the protobuf chat: 'raw' (one message per write, as "
-            "the existing clients do) or 'delimited' (varint length prefix).",
-        ],
-        [
-            "protobuf-max-frame",
-            None,
-            DEFAULT_MAX_FRAME,
-            "Largest protobuf request in bytes; a larger one closes the "
-            "connection after an error response. 0 for no limit.",
-            _limit,
-        ],
-        [
-            "protobuf-raw-wait",
-            None,
-            DEFAULT_RAW_WAIT,
-            "Seconds a raw request that may still grow is waited for.",
-            _positiveFloat,
-        ],
-        [
-            "msrp",
-            None,
-            "tcp:8080",
-            "Endpoint of MSRP (seed 004), binary clients and people on "
-            "nc/telnet, or 'none'.",
-        ],
-        [
-            "msrp-max-file",
-            None,
-            DEFAULT_MAX_FILE,
-            "Largest file an MSRP client may announce, in bytes; a larger "
-            "announcement gets an ERROR and the connection is closed. 0 for "
-            "no limit.",
-            _limit,
-        ],
-        [
-            "msrp-max-queue",
-            None,
-            DEFAULT_MAX_QUEUED,
-            "Bytes that may wait for one MSRP user (behind a file streaming "
-            "to them, or while they read slowly) before messages to them are "
-            "refused. 0 for no limit.",
-            _limit,
-        ],
-        [
-            "msrp-greeting",
-            None,
-            DEFAULT_GREET_AFTER,
-            "Seconds of silence after which a new MSRP connection (a person "
-            "on nc/telnet, most likely) is told what to type; 0 for never.",
-            _rate,
-        ],
-    ]
+    ] + [option for front in FRONTS for option in front.options()]
 
-    #: The options that name a listener's endpoint.
-    listenerOptions = ("protobuf", "msrp", "http", "msgr", "metrics")
+    #: The options that name a listener's endpoint: the fronts', then the
+    #: metrics listener's.
+    listenerOptions = tuple(
+        option for front in FRONTS for option in front.endpointOptions
+    ) + ("metrics",)
 
     def postOptions(self) -> None:
         # A misspelled endpoint option or a missing key file is a usage
@@ -349,24 +185,8 @@ class Options(ConfiguredOptions):
                 endpoints.serverFromString(reactor, self[option])
             except Exception as e:
                 raise usage.UsageError(f"--{option} {self[option]}: {e}")
-        if self["db"] == DISABLED and DISABLED not in (self["http"], self["msgr"]):
-            raise usage.UsageError("--db none needs --http none and --msgr none")
-        # A file of --msgr-max-file bytes must fit in one line, in base64.
-        maxLine, maxFile = self["msgr-max-line"], self["msgr-max-file"]
-        if maxLine and (not maxFile or maxLine < base64Length(maxFile) + 1024):
-            raise usage.UsageError(
-                "--msgr-max-line must exceed the base64 size of --msgr-max-file"
-                " by at least 1024 bytes"
-            )
-        if self["protobuf-framing"] not in FRAMINGS:
-            raise usage.UsageError(
-                f"--protobuf-framing must be one of {', '.join(FRAMINGS)}"
-            )
-
-
-def _size(config: Options, option: str) -> int:
-    """A size or count option, with 0 ("no limit") as L{NO_LIMIT}."""
-    return config[option] or NO_LIMIT
+        for front in FRONTS:
+            front.check(self)
 
 
 def _limits(config: Options) -> Limits:
@@ -457,89 +277,10 @@ def _ensureFileLimit(maxConnections: int) -> None:
         )
 
 
-def _listener(
-    reactor,
-    label: str,
-    description: str,
-    factory,
-    grace: float,
-    metrics: ChatdMetrics | None = None,
-) -> ListenerService:
-    # An ssl: endpoint gets chatd's TLS layer (chatd/tls.py: ALPN, failed
-    # handshakes logged, half-closes passed on).
-    endpoint = tlsEndpoint(
-        reactor, endpoints.serverFromString(reactor, description), label
-    )
-    listener = ListenerService(label, endpoint, factory, reactor, grace)
-    listener.secure = description.split(":", 1)[0].lower() == "ssl"
-    option = "http" if label == "msgr-http" else label
-    listener.configuredAs = f"--{option} {description}"
-    listener.setName(label)
-    if metrics is not None:
-        metrics.addListener(label, factory)
-    return listener
-
-
-def _addMsgr(
-    top,
-    config: Options,
-    presence,
-    store,
-    reactor,
-    limits: Limits,
-    limiter,
-    metrics: ChatdMetrics,
-) -> None:
-    from chatd.msgr import wiring
-
-    grace = config["shutdown-grace"]
-    msgr = wiring.makeMsgrService(
-        store,
-        presence,
-        reactor,
-        tokenIdle=config["msgr-token-idle"],
-        lockoutAccountFailures=config["msgr-lockout-failures"],
-        lockoutAddressFailures=config["msgr-lockout-address-failures"],
-        lockoutWindow=config["msgr-lockout-window"],
-        lockoutTime=config["msgr-lockout-time"],
-        metrics=metrics,
-        registerPerAddress=config["msgr-register-per-ip"],
-        registerWindow=config["msgr-register-window"],
-    )
-    msgr.setName("msgr-accounts")
-    msgr.setServiceParent(top)  # stopping it closes the database
-    top.msgr = msgr
-    if config["http"] != DISABLED:
-        # With a private --metrics listener, the public one keeps the counts
-        # to itself (how many are online is nobody else's business).
-        site = wiring.makeHttpFactory(
-            msgr, reactor, metrics, serveMetrics=config["metrics"] == DISABLED
-        )
-        if limits.loginTimeout:
-            site.timeOut = limits.loginTimeout
-        site.requestTimeout = config["http-request-timeout"]
-        counted = CountedHTTPFactory(site, reactor, limits, limiter, metrics)
-        _listener(
-            reactor, "msgr-http", config["http"], counted, grace, metrics
-        ).setServiceParent(top)
-    if config["msgr"] != DISABLED:
-        factory = wiring.makeChatFactory(
-            msgr,
-            _size(config, "msgr-max-line"),
-            _size(config, "msgr-max-file"),
-            limits,
-            limiter,
-            metrics,
-        )
-        _listener(
-            reactor, "msgr", config["msgr"], factory, grace, metrics
-        ).setServiceParent(top)
-
-
-def makeService(config: Options, reactor=None) -> service.MultiService:
+def makeService(config: Options, reactor=None) -> ChatdService:
     """
-    Build chatd's service tree: one presence service shared by a listening
-    service per wire format.
+    Build chatd's service tree: one presence service shared by the
+    listeners of every front (chatd/fronts.py), and the metrics listener.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -549,68 +290,32 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()
-    # MSGR accounts first: their names are protected in the presence service.
-    # openAccounts prepares the database and loads the names synchronously,
-    # before the reactor runs (docs/msgr.md, "Accounts").
-    accountStore = None
-    if config["db"] != DISABLED:
-        from chatd.msgr.wiring import openAccounts
-
-        accountStore = openAccounts(config["db"], reactor, owner=_twistdOwner(config))
-        presence = InMemoryPresenceService(accountStore.isProtectedName, metrics)
+    # The accounts first: their names are protected in the presence service.
+    # A front opens them synchronously, before the reactor runs
+    # (docs/msgr.md, "Accounts").
+    owner = _twistdOwner(config)
+    accounts = None
+    for front in FRONTS:
+        accounts = front.openAccounts(config, reactor, owner) or accounts
+    if accounts is not None:
+        presence = InMemoryPresenceService(accounts.isProtectedName, metrics)
     else:
         presence = InMemoryPresenceService(metrics=metrics)
-    top = service.MultiService()
-    top.presence = presence
-    top.metrics = metrics
-    grace = config["shutdown-grace"]
     # One limiter for every listener: the connection limits hold across all
     # protocols at once.
     limits = _limits(config)
     limiter = ConnectionLimiter(limits.maxConnections, limits.maxConnectionsPerAddress)
-    top.limits, top.limiter = limits, limiter
+    top = ChatdService(config, presence, metrics, limits, limiter, accounts)
     _ensureFileLimit(limits.maxConnections)
     _returnFreedMemory()
-    if accountStore is not None:
-        _addMsgr(
-            top, config, presence, accountStore, reactor, limits, limiter, metrics
-        )
-    if config["protobuf"] != DISABLED:
-        factory = ProtobufChatFactory(
-            presence,
-            reactor,
-            framing=config["protobuf-framing"],
-            maxFrameSize=_size(config, "protobuf-max-frame"),
-            rawWait=config["protobuf-raw-wait"],
-            limits=limits,
-            limiter=limiter,
-            metrics=metrics,
-        )
-        _listener(
-            reactor, "protobuf", config["protobuf"], factory, grace, metrics
-        ).setServiceParent(top)
-    if config["msrp"] != DISABLED:
-        factory = MsrpFactory(
-            presence,
-            reactor,
-            maxFileSize=_size(config, "msrp-max-file"),
-            maxQueued=_size(config, "msrp-max-queue"),
-            limits=limits,
-            limiter=limiter,
-            metrics=metrics,
-            greetAfter=config["msrp-greeting"],
-        )
-        _listener(
-            reactor, "msrp", config["msrp"], factory, grace, metrics
-        ).setServiceParent(top)
+    for front in FRONTS:
+        front.build(config, top, reactor)
     if config["metrics"] != DISABLED:
         site = makeMetricsSite(metrics, reactor)
         if limits.loginTimeout:
             site.timeOut = limits.loginTimeout  # idle scrapers, as on --http
         site.requestTimeout = config["http-request-timeout"]
-        _listener(
-            reactor, "metrics", config["metrics"], site, grace
-        ).setServiceParent(top)
+        addListener(top, reactor, "metrics", "metrics", site)
     return top
 
 

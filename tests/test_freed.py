@@ -161,9 +161,8 @@ class ServerMixin:
         config = tap.Options()
         config.parseOptions(argv + list(extra))
         top = tap.makeService(config, reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            msgr.store.scrypt = FAST_SCRYPT
+        if top.accounts is not None:
+            top.accounts.scrypt = FAST_SCRYPT
         self.top = top
         self.clients: list[ByteCollector] = []
         self.ports = {}
@@ -525,7 +524,9 @@ class StringTransportTests(TestCase):
         it, and one that never logged in: both lost, both freed, and no timer
         is left on the clock.
         """
-        factory = ProtobufChatFactory(self.presence, self.clock, limits=self.limits)
+        factory = ProtobufChatFactory(
+            self.presence, self.clock, limits=self.limits, metrics=self.presence.metrics
+        )
         sender, slow, idle = (ProtobufClient(factory) for _ in range(3))
         sender.send(login("snd"))
         slow.send(login("slow"))
@@ -544,7 +545,9 @@ class StringTransportTests(TestCase):
 
     def test_msrpFileUnderWay(self):
         """Two MSRP sessions with a file between them, both lost, are freed."""
-        factory = MsrpFactory(self.presence, self.clock, limits=self.limits)
+        factory = MsrpFactory(
+            self.presence, self.clock, limits=self.limits, metrics=self.presence.metrics
+        )
         protocols = []
         for name in (b"recv", b"send"):
             transport = StringTransport()
@@ -568,7 +571,9 @@ class StringTransportTests(TestCase):
 
     def test_unlimitedProtobuf(self):
         """With every limit off (no queue, no deadline) too."""
-        factory = ProtobufChatFactory(self.presence, self.clock, limits=UNLIMITED)
+        factory = ProtobufChatFactory(
+            self.presence, self.clock, limits=UNLIMITED, metrics=self.presence.metrics
+        )
         client = ProtobufClient(factory)
         client.send(login("solo"))
         watched = Watched()

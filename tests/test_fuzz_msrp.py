@@ -198,7 +198,9 @@ class ProtocolFuzzTests(TestCase):
     def hostileSession(self, chunks: list[bytes], bufferSize: int | None) -> None:
         clock = Clock()
         presence = InMemoryPresenceService(isProtectedName=lambda name: name.casefold() == "acct")
-        factory = MsrpFactory(presence, clock, maxFileSize=64, maxQueued=256)
+        factory = MsrpFactory(
+            presence, clock, maxFileSize=64, maxQueued=256, metrics=presence.metrics
+        )
 
         # A binary bystander, online before, the hostile client may write to.
         cary = MsrpClient(factory, b"cary" + encodeListRequest())

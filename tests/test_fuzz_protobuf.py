@@ -157,7 +157,9 @@ class ProtocolFuzzTests(TestCase):
     def hostileSession(self, framing: str, chunks: list[bytes], waits: list[bool]):
         clock = Clock()
         presence = InMemoryPresenceService()
-        factory = ProtobufChatFactory(presence, clock, framing=framing, maxFrameSize=MAX_FRAME)
+        factory = ProtobufChatFactory(
+            presence, clock, framing=framing, maxFrameSize=MAX_FRAME, metrics=presence.metrics
+        )
 
         # A bystander, online before, that the hostile client may write to.
         carol = ProtobufClient(factory)

@@ -119,7 +119,7 @@ class HalfCloseMixin:
         config.parseOptions(argv)
         self.top = tap.makeService(config, reactor)
         if needsDb:
-            self.top.msgr.store.scrypt = FAST_SCRYPT
+            self.top.accounts.scrypt = FAST_SCRYPT
         self.top.startService()
         self.ports = {}
         self.connections = []
@@ -171,8 +171,8 @@ class HalfCloseMixin:
     def test_msgrSocket(self):
         """`#HOLA` waits for the database; its answer comes before the close."""
         self.startServer(["msgr"])
-        yield self.top.msgr.store.register("Ana", "secreto", {})
-        token = self.top.msgr.tokens.issue("Ana")
+        yield self.top.accounts.register("Ana", "secreto", {})
+        token = self.top.getServiceNamed("msgr-accounts").tokens.issue("Ana")
         received = yield self.exchange("msgr", f"#HOLA||{token}||Ana\n".encode())
         self.assertEqual(
             received.decode("utf-8").splitlines(),

@@ -211,7 +211,9 @@ class HttpRequestDeadlineSocketTests(TestCase):
         harness.site.requestTimeout = TIMEOUT
         limiter = ConnectionLimiter(0, 1)
         limits = Limits(maxConnections=0, maxConnectionsPerAddress=1, keepAlive=0)
-        factory = CountedHTTPFactory(harness.site, harness.clock, limits, limiter)
+        factory = CountedHTTPFactory(
+            harness.site, harness.clock, limits, limiter, metrics=harness.site.metrics
+        )
         factory.protocol = _CountingBytes
         factory.received = 0
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -270,7 +272,9 @@ class LoginDeadlineTricklingTests(TestCase):
         self.assertIsNone(self.presence.lookup("ana"))
 
     def test_msrp(self) -> None:
-        factory = MsrpFactory(self.presence, self.clock, limits=LIMITS)
+        factory = MsrpFactory(
+            self.presence, self.clock, limits=LIMITS, metrics=self.presence.metrics
+        )
         client = MsrpClient(factory)
         for byte in b"ana":
             client.send(bytes([byte]))

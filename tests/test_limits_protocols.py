@@ -47,7 +47,8 @@ LIMITS = Limits(
 
 def protobufFactory(presence, clock, limits=LIMITS, limiter=None):
     return ProtobufChatFactory(
-        presence, clock, framing=DELIMITED, limits=limits, limiter=limiter
+        presence, clock, framing=DELIMITED, limits=limits, limiter=limiter,
+        metrics=presence.metrics
     )
 
 
@@ -197,7 +198,9 @@ class AcrossProtocolsTests(TestCase):
         limits = Limits(maxConnections=2, maxConnectionsPerAddress=0, keepAlive=0)
         limiter = ConnectionLimiter(2, 0)
         protobuf = protobufFactory(presence, clock, limits, limiter)
-        msrp = MsrpFactory(presence, clock, limits=limits, limiter=limiter)
+        msrp = MsrpFactory(
+            presence, clock, limits=limits, limiter=limiter, metrics=presence.metrics
+        )
         first = ProtobufClient(protobuf, "192.0.2.1")
         second = MsrpClient(msrp, b"alic")
         third = MsrpClient(msrp, b"bobb")
@@ -222,7 +225,9 @@ class MsrpLimitTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.presence = InMemoryPresenceService()
-        self.factory = MsrpFactory(self.presence, self.clock, limits=LIMITS)
+        self.factory = MsrpFactory(
+            self.presence, self.clock, limits=LIMITS, metrics=self.presence.metrics
+        )
 
     def test_perAddressInSpanish(self) -> None:
         MsrpClient(self.factory, b"ana1")
@@ -363,7 +368,7 @@ class OptionTests(TestCase):
         )
         # Nothing is started: no port is opened.
         top = makeService(options, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
+        self.addCleanup(top.accounts.close)
         self.assertEqual(top.limiter.maxPerAddress, 7)
         for label in ("protobuf", "msrp", "msgr", "msgr-http"):
             factory = top.getServiceNamed(label).factory
@@ -385,7 +390,7 @@ class OptionTests(TestCase):
              "--msrp", "tcp:0", "--http", "none", "--msgr", "tcp:0"]
         )
         top = makeService(options, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
+        self.addCleanup(top.accounts.close)
         for label in ("msrp", "msgr"):
             self.assertEqual(top.getServiceNamed(label).factory.limits.fileIdleTimeout, 0)
         for value in ("-1", "x"):

@@ -82,6 +82,7 @@ class SlowReaderTests(TestCase):
             self.clock,
             framing=DELIMITED,
             limits=replace(UNLIMITED, maxSendQueue=self.maxSendQueue, closeGrace=10.0),
+            metrics=self.presence.metrics,
         )
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

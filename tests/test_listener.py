@@ -39,7 +39,7 @@ class StuckTransport(StringTransport):
 class ListenerServiceTests(TestCase):
     def setUp(self) -> None:
         self.presence = InMemoryPresenceService()
-        self.factory = ProtobufChatFactory(self.presence, Clock())
+        self.factory = ProtobufChatFactory(self.presence, Clock(), metrics=self.presence.metrics)
 
     def test_listensAndStops(self) -> None:
         service = ListenerService(

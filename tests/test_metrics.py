@@ -116,9 +116,12 @@ class TrafficTests(TestCase):
         self.clock = self.h.clock
         self.metrics = self.h.presence.metrics
         self.protobufFactory = ProtobufChatFactory(
-            self.h.presence, self.clock, framing=DELIMITED, limits=LIMITS
+            self.h.presence, self.clock, framing=DELIMITED, limits=LIMITS,
+            metrics=self.h.presence.metrics
         )
-        self.msrpFactory = MsrpFactory(self.h.presence, self.clock, limits=LIMITS)
+        self.msrpFactory = MsrpFactory(
+            self.h.presence, self.clock, limits=LIMITS, metrics=self.h.presence.metrics
+        )
         self.metrics.addListener("protobuf", self.protobufFactory)
         self.metrics.addListener("msrp", self.msrpFactory)
         self.metrics.addListener("msgr", self.h.factory)
@@ -271,7 +274,7 @@ class TrafficTests(TestCase):
         # A request over --protobuf-max-frame.
         small = ProtobufChatFactory(
             self.h.presence, self.clock, framing=DELIMITED, maxFrameSize=64,
-            limits=UNLIMITED,
+            limits=UNLIMITED, metrics=self.h.presence.metrics,
         )
         large = ProtobufClient(small)
         large.send(message("x", "y" * 100))
@@ -419,7 +422,7 @@ class TrafficTests(TestCase):
             response = yield self.h.request(method, path)
             self.assertEqual(response.status, status, path)
         counted = CountedHTTPFactory(
-            self.h.site, self.clock, LIMITS, ConnectionLimiter(0, 1)
+            self.h.site, self.clock, LIMITS, ConnectionLimiter(0, 1), metrics=self.h.site.metrics
         )
         transports = []
         for _ in range(2):
@@ -482,7 +485,9 @@ class JsonLogTests(TestCase):
         each, with C{event} naming what happened and the facts as fields.
         """
         presence = InMemoryPresenceService(metrics=ChatdMetrics())
-        factory = ProtobufChatFactory(presence, reactor, framing=DELIMITED, limits=UNLIMITED)
+        factory = ProtobufChatFactory(
+            presence, reactor, framing=DELIMITED, limits=UNLIMITED, metrics=presence.metrics
+        )
 
         def traffic():
             pepe = ProtobufClient(factory, "192.0.2.7")
@@ -537,9 +542,8 @@ class TapTests(TestCase):
         options = tap.Options()
         options.parseOptions(list(argv))
         top = tap.makeService(options, reactor=reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            self.addCleanup(msgr.store.close)
+        if top.accounts is not None:
+            self.addCleanup(top.accounts.close)
         return top
 
     def test_oneMetricsPerService(self) -> None:
@@ -550,7 +554,7 @@ class TapTests(TestCase):
         top = self.makeService(*argv)
         metrics = top.metrics
         self.assertIs(top.presence.metrics, metrics)
-        self.assertIs(top.msgr.metrics, metrics)
+        self.assertIs(top.getServiceNamed("msgr-accounts").metrics, metrics)
         for name in ["protobuf", "msrp", "msgr", "msgr-http"]:
             self.assertIs(top.getServiceNamed(name).factory.metrics, metrics, name)
         site = top.getServiceNamed("msgr-http").factory.wrappedFactory

@@ -489,6 +489,6 @@ class OptionTests(unittest.TestCase):
         from twisted.internet import reactor
 
         top = tap.makeService(options, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
-        limit = top.msgr.registrations
+        self.addCleanup(top.accounts.close)
+        limit = top.getServiceNamed("msgr-accounts").registrations
         self.assertEqual((limit.perAddress, limit.window), (0, 30.0))

@@ -142,12 +142,21 @@ class MsgrHarness:
         self.tokens = TokenRegistry(self.clock, TOKEN_IDLE)
         self.lockout = LoginLockout(self.clock, **lockout)
         self.msgr = MsgrService(
-            self.store, self.presence, self.clock, self.tokens, self.lockout
+            self.store,
+            self.presence,
+            self.clock,
+            self.tokens,
+            self.lockout,
+            metrics=self.presence.metrics,
         )
         self.msgr.watch()
-        self.site = makeSite(self.msgr, reactor=self.clock)
+        self.site = makeSite(self.msgr, reactor=self.clock, metrics=self.msgr.metrics)
         self.factory = MsgrChatFactory(
-            self.msgr, maxLine=maxLine, maxFileSize=maxFile, limits=limits
+            self.msgr,
+            maxLine=maxLine,
+            maxFileSize=maxFile,
+            limits=limits,
+            metrics=self.msgr.metrics,
         )
 
     def close(self) -> None:

@@ -30,7 +30,9 @@ class ProtobufClient:
     """A client of the real protobuf listener (delimited framing)."""
 
     def __init__(self, harness):
-        factory = ProtobufChatFactory(harness.presence, harness.clock, framing=DELIMITED)
+        factory = ProtobufChatFactory(
+            harness.presence, harness.clock, framing=DELIMITED, metrics=harness.presence.metrics
+        )
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.9.9.9", 1))
         self.protocol = factory.buildProtocol(None)
         self.protocol.makeConnection(self.transport)
@@ -383,7 +385,7 @@ class BoundTests(unittest.TestCase):
         it are answered 803 at once; once FILL_MAX or less is to come, they
         are taken again (704) and follow the file.
         """
-        factory = MsrpFactory(self.h.presence, self.h.clock)
+        factory = MsrpFactory(self.h.presence, self.h.clock, metrics=self.h.presence.metrics)
         alic, bob = MsrpClient(factory, b"alic"), MsrpClient(factory, b"bob_")
         self.addCleanup(alic.disconnect)
         self.addCleanup(bob.disconnect)
@@ -422,7 +424,9 @@ class BoundTests(unittest.TestCase):
         yield self.h.register("Dani")
         dani, _ = yield self.h.bound("Dani")
         dani.lines()
-        alic = MsrpClient(MsrpFactory(self.h.presence, self.h.clock), b"alic")
+        alic = MsrpClient(
+            MsrpFactory(self.h.presence, self.h.clock, metrics=self.h.presence.metrics
+        ), b"alic")
         self.assertIsNotNone(self.h.presence.lookup("alic"))
         dani.protocol.outbound.pauseProducing()
         alic.send(encodeFileHeader(b"Dani", b"a.txt", 4, 0, b"") + b"hola")

@@ -58,9 +58,8 @@ class MakeServiceTests(unittest.TestCase):
         options.parseOptions(["--protobuf", "none", "--msrp", "none", *argv])
         # Nothing is started: no port is opened.
         top = tap.makeService(options, reactor=reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            self.addCleanup(msgr.store.close)
+        if top.accounts is not None:
+            self.addCleanup(top.accounts.close)
         return top
 
     def test_registeredNamesProtectedFromTheStart(self):

@@ -35,7 +35,9 @@ class GreetingTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.presence = InMemoryPresenceService()
-        self.factory = MsrpFactory(self.presence, self.clock, greetAfter=2.0)
+        self.factory = MsrpFactory(
+            self.presence, self.clock, greetAfter=2.0, metrics=self.presence.metrics
+        )
 
     def test_personWaitingIsPrompted(self) -> None:
         person = MsrpClient(self.factory)
@@ -77,7 +79,11 @@ class GreetingTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_offWithZero(self) -> None:
-        person = MsrpClient(MsrpFactory(self.presence, self.clock, greetAfter=0))
+        person = MsrpClient(
+            MsrpFactory(
+                self.presence, self.clock, greetAfter=0, metrics=self.presence.metrics
+            )
+        )
         self.clock.advance(30)
         self.assertEqual(person.wire(), b"")
 

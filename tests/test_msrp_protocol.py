@@ -167,10 +167,10 @@ class MsrpTestMixin:
             self.presence,
             self.clock,
             maxFileSize=self.maxFileSize,
-            maxQueued=self.maxQueued,
+            maxQueued=self.maxQueued, metrics=self.presence.metrics,
         )
         self.protobufFactory = ProtobufChatFactory(
-            self.presence, self.clock, framing=DELIMITED
+            self.presence, self.clock, framing=DELIMITED, metrics=self.presence.metrics
         )
 
     def client(self, name: bytes | None = None, bufferSize: int | None = None) -> MsrpClient:

@@ -228,7 +228,7 @@ class AddressingTests(MsrpTestMixin, TestCase):
         """A factory made while users of other protocols are online: they get slots at once."""
         presence = InMemoryPresenceService()
         presence.login(RecordingSession("other"), "carla", "")
-        factory = MsrpFactory(presence, self.clock)
+        factory = MsrpFactory(presence, self.clock, metrics=presence.metrics)
         bea1 = MsrpClient(factory, b"bea1")
         bea1.send(encodeMessage(b"carl", b"hola") + encodeListRequest())
         self.assertEqual(bea1.wire(), listFrame("carla (carl)", "bea1"))

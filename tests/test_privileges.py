@@ -61,7 +61,7 @@ class DatabaseOwnerTests(TestCase):
         config = ServerOptions()
         config.parseOptions([*twistdArgs, "chatd", "--db", self.path, *NO_LISTENERS])
         top = makeService(config.subOptions, reactor=reactor)
-        self.addCleanup(top.msgr.store.close)
+        self.addCleanup(top.accounts.close)
         return top
 
     def test_newDatabaseBelongsToTheUser(self) -> None:

@@ -32,7 +32,8 @@ class ProtobufTestMixin:
         self.clock = Clock()
         self.presence = InMemoryPresenceService()
         self.factory = ProtobufChatFactory(
-            self.presence, self.clock, framing=self.framing, maxFrameSize=4096
+            self.presence, self.clock, framing=self.framing, maxFrameSize=4096,
+            metrics=self.presence.metrics
         )
 
     def client(self, host: str = "192.0.2.7") -> ProtobufClient:

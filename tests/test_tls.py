@@ -216,9 +216,8 @@ class TLSServerMixin:
         config = tap.Options()
         config.parseOptions(argv)
         top = tap.makeService(config, reactor)
-        msgr = getattr(top, "msgr", None)
-        if msgr is not None:
-            msgr.store.scrypt = FAST_SCRYPT  # cheap hashes for new accounts
+        if top.accounts is not None:
+            top.accounts.scrypt = FAST_SCRYPT  # cheap hashes for new accounts
         self.top = top
         self.clients: list[TLSClient] = []
         self.pools: list[HTTPConnectionPool] = []
@@ -633,7 +632,7 @@ class NegotiationTests(TLSServerMixin, TestCase):
         """
         pki = self.makePKI()
         self.startServer(["msgr-http", "metrics"], pki)
-        self.top.msgr.store.scrypt = FAST_SCRYPT
+        self.top.accounts.scrypt = FAST_SCRYPT
         curl = tool("curl")
         base = ["--silent", "--show-error", "--cacert", pki.root]
         http = f"https://localhost:{self.ports['msgr-http']}"

@@ -432,10 +432,11 @@ def makeSite(
     """
     A L{server.Site} serving L{makeResource}, without tracebacks, and
     C{/healthz} and (if C{serveMetrics}) C{/metrics} (L{chatd.metrics}); it
-    counts its responses.
+    counts its responses in C{metrics}: the server's, passed by the front,
+    or (a test's site) a L{ChatdMetrics} of its own.
     """
     if metrics is None:
-        metrics = msgr.metrics
+        metrics = ChatdMetrics()
     root = makeResource(msgr, maxBody)
     addResources(root, metrics, serveMetrics)
     site = CountingSite(

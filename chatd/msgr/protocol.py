@@ -771,6 +771,10 @@ class MsgrChatFactory(SessionFactory):
     Builds L{MsgrChatProtocol}s sharing one L{MsgrService}. When the server
     stops, every client is told
     C{#RESPUESTA||-||0||#DESCONECTAR||<user>||803} and closed.
+
+    @param metrics: the server's L{ChatdMetrics}, passed by the front;
+        without one (a test's factory) it counts in a L{ChatdMetrics} of its
+        own (L{SessionFactory}).
     """
 
     def __init__(
@@ -782,8 +786,6 @@ class MsgrChatFactory(SessionFactory):
         limiter: ConnectionLimiter | None = None,
         metrics: ChatdMetrics | None = None,
     ) -> None:
-        if metrics is None:
-            metrics = msgr.metrics
         SessionFactory.__init__(self, msgr.clock, limits, limiter, metrics)
         self.msgr = msgr
         self.maxLine = maxLine

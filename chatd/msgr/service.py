@@ -129,9 +129,9 @@ class MsgrService(service.Service):
         metrics: ChatdMetrics | None = None,
         registrations: RegistrationLimit | None = None,
     ) -> None:
-        if metrics is None:
-            metrics = getattr(presence, "metrics", None) or ChatdMetrics()
-        self.metrics = metrics
+        # Without metrics (a test's service) it counts in a ChatdMetrics of
+        # its own; the server passes its one.
+        self.metrics = metrics if metrics is not None else ChatdMetrics()
         self.store = store
         self.presence = presence
         self.clock = clock

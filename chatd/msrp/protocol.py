@@ -923,8 +923,6 @@ class MsrpFactory(SessionFactory):
         metrics: ChatdMetrics | None = None,
         greetAfter: float = 0,
     ) -> None:
-        if metrics is None:
-            metrics = getattr(presence, "metrics", None)
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
         self.presence = presence
         self.maxFileSize = maxFileSize

@@ -582,6 +582,9 @@ class ProtobufChatFactory(SessionFactory):
     Builds L{ProtobufChatProtocol}s that share one presence service.
 
     @param framing: L{RAW} (the existing clients' framing) or L{DELIMITED}.
+    @param metrics: the server's L{ChatdMetrics}, passed by the front;
+        without one (a test's factory) it counts in a L{ChatdMetrics} of its
+        own (L{SessionFactory}).
     """
 
     def __init__(
@@ -597,8 +600,6 @@ class ProtobufChatFactory(SessionFactory):
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
-        if metrics is None:
-            metrics = getattr(presence, "metrics", None)
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
         self.presence = presence
         self.framing = framing

@@ -1,0 +1,242 @@
+"""
+MSGR UQ's part of C{twistd chatd} (seed 001): its options, the account
+store, and its two listeners, the chat socket and the HTTP API, which share
+one L{MsgrService} (docs/msgr.md).
+
+The account store comes first: its names are protected in the presence
+service. The database is prepared and the registered names are loaded
+synchronously by L{openAccounts}, from C{makeService}, before the reactor
+runs and so before any listener accepts a connection; after that every
+database access goes through the store's database thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.logger import Logger
+from twisted.python import usage
+from zope.interface import implementer
+
+from chatd.fronts import (
+    DISABLED,
+    IFront,
+    addListener,
+    limit,
+    positiveFloat,
+    positiveInt,
+    size,
+)
+from chatd.msgr import lockout as msgr_lockout
+from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
+from chatd.msgr.http import makeSite
+from chatd.msgr.lockout import LoginLockout, RegistrationLimit
+from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
+from chatd.msgr.protocol import MsgrChatFactory
+from chatd.msgr.service import MsgrService
+from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE, TokenRegistry
+from chatd.sessions import CountedHTTPFactory
+
+log = Logger()
+
+
+#: What SQLite may create next to the database file.
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def openAccounts(
+    path: str,
+    reactor,
+    scrypt=DEFAULT_SCRYPT,
+    owner: tuple[int, int] | None = None,
+) -> AccountStore:
+    """
+    Create or migrate the database at C{path} and open its store.
+
+    @param owner: the uid and gid the server will run as once twistd drops
+        its privileges (C{--uid}/C{--gid}), or C{None}. The files this call
+        creates are given to them: made while chatd still runs as root,
+        they would otherwise belong to root, and the server could not
+        write its own database after the switch.
+    """
+    files = [path + suffix for suffix in _SQLITE_SUFFIXES]
+    existing = {name for name in files if os.path.lexists(name)}
+    store = AccountStore.open(path, reactor, scrypt)
+    if owner is not None and os.geteuid() == 0:
+        uid, gid = owner
+        for name in files:
+            if name not in existing and os.path.exists(name):
+                os.chown(name, uid, gid)
+                log.info(
+                    "{path} created as root, given to uid {uid} gid {gid}"
+                    " (twistd --uid/--gid)",
+                    path=name,
+                    uid=uid,
+                    gid=gid,
+                )
+    return store
+
+
+@implementer(IFront)
+class MsgrFront:
+    """
+    The C{--http}, C{--msgr} and C{--msgr-*} options; the C{msgr-accounts}
+    service, the C{msgr-http} and C{msgr} listeners.
+    """
+
+    name = "msgr"
+    endpointOptions = ("http", "msgr")
+
+    def options(self) -> list:
+        return [
+            [
+                "http",
+                None,
+                "tcp:8000",
+                "Endpoint of the MSGR UQ HTTP API (login, accounts), or 'none'.",
+            ],
+            [
+                "msgr",
+                None,
+                "tcp:1234",
+                "Endpoint of the MSGR UQ chat socket, or 'none'.",
+            ],
+            [
+                "msgr-token-idle",
+                None,
+                DEFAULT_TOKEN_IDLE,
+                "Seconds an MSGR login token lives unused (a bound chat socket "
+                "keeps it alive).",
+                positiveFloat,
+            ],
+            [
+                "msgr-max-line",
+                None,
+                DEFAULT_MAX_LINE,
+                "Longest MSGR chat socket line in bytes; a longer one is skipped "
+                "and answered with an error. 0 for no limit.",
+                limit,
+            ],
+            [
+                "msgr-max-file",
+                None,
+                DEFAULT_MAX_FILE,
+                "Largest file in an MSGR #ARCHIVO/#IMG line, in decoded bytes; 0 "
+                "for no limit (then --msgr-max-line 0 too).",
+                limit,
+            ],
+            [
+                "msgr-lockout-failures",
+                None,
+                msgr_lockout.DEFAULT_ACCOUNT_FAILURES,
+                "Failed MSGR logins of one account, within the window, that lock it.",
+                positiveInt,
+            ],
+            [
+                "msgr-lockout-address-failures",
+                None,
+                msgr_lockout.DEFAULT_ADDRESS_FAILURES,
+                "Failed MSGR logins from one address, within the window, that lock it.",
+                positiveInt,
+            ],
+            [
+                "msgr-lockout-window",
+                None,
+                msgr_lockout.DEFAULT_WINDOW,
+                "Seconds a failed MSGR login counts for.",
+                positiveFloat,
+            ],
+            [
+                "msgr-lockout-time",
+                None,
+                msgr_lockout.DEFAULT_LOCK_TIME,
+                "Seconds an MSGR lockout lasts.",
+                positiveFloat,
+            ],
+            [
+                "msgr-register-per-ip",
+                None,
+                msgr_lockout.DEFAULT_REGISTRATIONS,
+                "MSGR accounts one address may register within the registration "
+                "window; 0 for no limit.",
+                limit,
+            ],
+            [
+                "msgr-register-window",
+                None,
+                msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
+                "Seconds an MSGR registration counts for.",
+                positiveFloat,
+            ],
+        ]
+
+    def check(self, config) -> None:
+        if config["db"] == DISABLED and DISABLED not in (config["http"], config["msgr"]):
+            raise usage.UsageError("--db none needs --http none and --msgr none")
+        # A file of --msgr-max-file bytes must fit in one line, in base64.
+        maxLine, maxFile = config["msgr-max-line"], config["msgr-max-file"]
+        if maxLine and (not maxFile or maxLine < base64Length(maxFile) + 1024):
+            raise usage.UsageError(
+                "--msgr-max-line must exceed the base64 size of --msgr-max-file"
+                " by at least 1024 bytes"
+            )
+
+    def openAccounts(self, config, reactor, owner) -> AccountStore | None:
+        if config["db"] == DISABLED:
+            return None
+        return openAccounts(config["db"], reactor, owner=owner)
+
+    def build(self, config, services, reactor) -> None:
+        store = services.accounts
+        if store is None:
+            return  # --db none: check() made sure both listeners are off
+        metrics, limits = services.metrics, services.limits
+        msgr = MsgrService(
+            store,
+            services.presence,
+            reactor,
+            TokenRegistry(reactor, config["msgr-token-idle"]),
+            LoginLockout(
+                reactor,
+                accountFailures=config["msgr-lockout-failures"],
+                addressFailures=config["msgr-lockout-address-failures"],
+                window=config["msgr-lockout-window"],
+                lockTime=config["msgr-lockout-time"],
+            ),
+            metrics,
+            RegistrationLimit(
+                reactor, config["msgr-register-per-ip"], config["msgr-register-window"]
+            ),
+        )
+        msgr.setName("msgr-accounts")
+        msgr.setServiceParent(services)  # stopping it closes the database
+        if config["http"] != DISABLED:
+            # With a private --metrics listener, the public one keeps the
+            # counts to itself (how many are online is nobody else's
+            # business).
+            site = makeSite(
+                msgr,
+                reactor=reactor,
+                metrics=metrics,
+                serveMetrics=config["metrics"] == DISABLED,
+            )
+            if limits.loginTimeout:
+                site.timeOut = limits.loginTimeout
+            site.requestTimeout = config["http-request-timeout"]
+            counted = CountedHTTPFactory(
+                site, reactor, limits, services.limiter, metrics
+            )
+            addListener(services, reactor, "msgr-http", "http", counted, metrics)
+        if config["msgr"] != DISABLED:
+            factory = MsgrChatFactory(
+                msgr,
+                maxLine=size(config, "msgr-max-line"),
+                maxFileSize=size(config, "msgr-max-file"),
+                limits=limits,
+                limiter=services.limiter,
+                metrics=metrics,
+            )
+            addListener(services, reactor, "msgr", "msgr", factory, metrics)
+
+
+front = MsgrFront()

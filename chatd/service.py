@@ -1,0 +1,47 @@
+"""
+The root of chatd's service tree, and what every front shares.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+
+from chatd.limits import ConnectionLimiter, Limits
+from chatd.metrics import ChatdMetrics
+from chatd.presence import IPresenceService
+
+
+class ChatdService(service.MultiService):
+    """
+    The root service of C{twistd chatd}: the services every front shares,
+    and as children the listeners (and the services they need, such as
+    MSGR's C{msgr-accounts}), each named by its label.
+
+    @ivar config: the parsed options (C{chatd.tap.Options}), which the
+        fronts read their own options from.
+    @ivar presence: the one presence service behind every wire format.
+    @ivar metrics: the counts of this tree (C{GET /metrics}), handed to
+        every factory explicitly.
+    @ivar limits: what one client may cost (L{Limits}), for every listener.
+    @ivar limiter: the one L{ConnectionLimiter}: the connection limits hold
+        across all listeners at once.
+    @ivar accounts: the account store whose names C{presence} protects
+        (MSGR's, from C{--db}), or C{None} with C{--db none}.
+    """
+
+    def __init__(
+        self,
+        config,
+        presence: IPresenceService,
+        metrics: ChatdMetrics,
+        limits: Limits,
+        limiter: ConnectionLimiter,
+        accounts=None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.presence = presence
+        self.metrics = metrics
+        self.limits = limits
+        self.limiter = limiter
+        self.accounts = accounts

@@ -11,9 +11,10 @@ IPv6, it is Twisted's IPv4 listener, as before. An endpoint that names its
 interface is left as it is: C{interface=0.0.0.0} for IPv4 only,
 C{tcp6:5000:interface=\\:\\:} for IPv6 (docs/running.md, "IPv4 and IPv6").
 
-Peers are shown and counted by their plain address (L{plainHost}): an IPv4
-client is C{192.0.2.7} whichever socket it came through, so the per-address
-limits and the logs do not depend on how chatd listens.
+Peers are seen by their plain address: the transports of a dual-stack
+listener give an IPv4 client's address as an L{IPv4Address} (C{192.0.2.7},
+not C{::ffff:192.0.2.7}; L{plainHost}), so the per-address limits, the
+lockout and the logs do not depend on how chatd listens.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ipaddress
 import socket
 
 from twisted.internet import defer, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
@@ -44,8 +46,28 @@ def hasIPv6() -> bool:
     return True
 
 
+def _plainAddress(port: tcp.Port, address: tuple):
+    """An accepted socket's address, an IPv4-mapped one as L{IPv4Address}."""
+    host = plainHost(address[0])
+    if host != address[0]:
+        return IPv4Address("TCP", host, address[1])
+    return tcp.Port._buildAddr(port, address)
+
+
+class DualStackServer(tcp.Server):
+    """A connection accepted by a L{DualStackPort}: its peer as L{_plainAddress}."""
+
+    def getPeer(self):
+        return _plainAddress(self.server, self.client)
+
+
 class DualStackPort(tcp.Port):
     """A TCP port on C{::} that takes IPv4 clients as well."""
+
+    transport = DualStackServer
+
+    def _buildAddr(self, address):
+        return _plainAddress(self, address)
 
     def createInternetSocket(self):
         s = tcp.Port.createInternetSocket(self)

@@ -128,13 +128,16 @@ def addListener(
     C{services} named C{label}; count its connections in C{metrics} if
     given.
     """
+    from chatd.dualstack import dualStack
     from chatd.tls import tlsEndpoint
 
     description = services.config[option]
     # An ssl: endpoint gets chatd's TLS layer (chatd/tls.py: ALPN, failed
-    # handshakes logged, half-closes passed on).
-    endpoint = tlsEndpoint(
-        reactor, endpoints.serverFromString(reactor, description), label
+    # handshakes logged, half-closes passed on); one with no interface
+    # listens on IPv4 and IPv6 where the machine has IPv6 (chatd/dualstack.py).
+    endpoint = dualStack(
+        reactor,
+        tlsEndpoint(reactor, endpoints.serverFromString(reactor, description), label),
     )
     listener = ListenerService(
         label, endpoint, factory, reactor, services.config["shutdown-grace"]

@@ -26,13 +26,16 @@ DEFAULT_SHUTDOWN_GRACE = 5.0
 def describeAddress(address, secure: bool = False) -> str:
     """
     C{IPv4Address(TCP, '127.0.0.1', 5000)} -> C{'tcp:127.0.0.1:5000'}, or
-    C{'ssl:127.0.0.1:5000'} for a TLS listener.
+    C{'ssl:127.0.0.1:5000'} for a TLS listener; an IPv6 host in brackets,
+    C{'tcp:[::]:5000'}.
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None or port is None:
         return str(address)
     kind = "ssl" if secure else getattr(address, "type", "TCP").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6: tcp:[::]:5000
     return f"{kind}:{host}:{port}"
 
 

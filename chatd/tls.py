@@ -39,6 +39,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from chatd.dualstack import hasIPv6, listenDualStack
+
 #: Seconds between two log lines about failed TLS handshakes on one listener.
 HANDSHAKE_LOG_INTERVAL = 60.0
 
@@ -215,6 +217,11 @@ class TLSServerEndpoint:
 
     def listen(self, factory) -> defer.Deferred:
         tlsFactory = ChatdTLSFactory(self.options, factory, self.handshakes)
+        if self.interface == "" and hasIPv6():
+            # No interface: every address of both families (chatd/dualstack.py).
+            return defer.execute(
+                listenDualStack, self.reactor, self.port, tlsFactory, self.backlog
+            )
         return defer.execute(
             self.reactor.listenTCP, self.port, tlsFactory, self.backlog, self.interface
         )

@@ -21,14 +21,24 @@ from chatd.dualstack import (
 
 
 class _Peers(protocol.Factory):
-    """Answers each connection with the host it came from, then closes."""
+    """Notes the address of each connection, as built and as its transport says."""
 
     def __init__(self) -> None:
         self.hosts: list[str] = []
+        self.peers: list = []
+        self.accepted: defer.DeferredQueue = defer.DeferredQueue()
 
     def buildProtocol(self, addr):
         self.hosts.append(addr.host)
-        return protocol.Protocol()
+        peer = _Peer()
+        peer.factory = self
+        return peer
+
+
+class _Peer(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.factory.peers.append(self.transport.getPeer())
+        self.factory.accepted.put(self)
 
 
 class _Read(protocol.Protocol):
@@ -53,17 +63,24 @@ class DualStackTests(TestCase):
     @defer.inlineCallbacks
     def test_bothFamilies(self):
         """A tcp:PORT endpoint takes a client over 127.0.0.1 and one over ::1."""
+        peers = _Peers()
         endpoint = dualStack(reactor, endpoints.serverFromString(reactor, "tcp:0"))
         self.assertIsInstance(endpoint, DualStackServerEndpoint)
-        peers = _Peers()
         port = yield endpoint.listen(peers)
         self.addCleanup(port.stopListening)
         self.assertEqual(port.getHost().host, "::")
         number = port.getHost().port
-        yield self.connect("127.0.0.1", number)
-        yield self.connect("::1", number)
-        self.assertEqual(peers.hosts, ["::ffff:127.0.0.1", "::1"])
-        self.assertEqual([plainHost(h) for h in peers.hosts], ["127.0.0.1", "::1"])
+        for host in ("127.0.0.1", "::1"):
+            yield self.connect(host, number)
+            served = yield peers.accepted.get()
+            self.addCleanup(served.transport.loseConnection)
+        # The IPv4 client is seen as such, not as ::ffff:127.0.0.1, by the
+        # factory and through its transport.
+        self.assertEqual(peers.hosts, ["127.0.0.1", "::1"])
+        self.assertEqual(
+            [(type(a).__name__, a.host) for a in peers.peers],
+            [("IPv4Address", "127.0.0.1"), ("IPv6Address", "::1")],
+        )
 
     def test_namedInterfaceKept(self):
         """An endpoint that names its interface listens there, as Twisted's does."""
@@ -90,3 +107,62 @@ class PlainHostTests(TestCase):
     def test_others(self):
         for host in ("192.0.2.7", "::1", "2001:db8::7", "::ffff:zz", ""):
             self.assertEqual(plainHost(host), host)
+
+
+class TwistdDualStackTests(TestCase):
+    """
+    A real twistd whose protobuf listener names no interface: a client over
+    127.0.0.1 and one over ::1 both log in and talk, each seen by its own
+    address.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if not hasIPv6():
+            raise SkipTest("this machine cannot listen on IPv6")
+
+    @defer.inlineCallbacks
+    def test_protobufBothFamilies(self):
+        import os
+
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+        from twisted.internet.endpoints import connectProtocol
+
+        from chatd.protobuf import chat_pb2
+        from tests.support import login, message
+        from tests.test_twistd_plugin import responseWith
+        from tests.twistd import ByteCollector, TwistdProcess
+
+        R = chat_pb2.ServerResponse
+        directory = self.mktemp()
+        os.makedirs(directory)
+        server = TwistdProcess(
+            ["--protobuf", "tcp:0", "--msrp", "none", "--http", "none",
+             "--msgr", "none", "--db", "none"],
+            ["protobuf"],
+            directory,
+        )
+        self.addCleanup(server.stop)
+        ports = yield server.start()
+        self.assertIn(b"chatd protobuf listening on tcp:[::]:", server.output)
+        clients = {}
+        for name, endpoint in [
+            ("alice", TCP4ClientEndpoint(reactor, "127.0.0.1", ports["protobuf"])),
+            ("bob", TCP6ClientEndpoint(reactor, "::1", ports["protobuf"])),
+        ]:
+            client = ByteCollector()
+            yield connectProtocol(endpoint, client)
+            self.addCleanup(lambda c=client: (c.transport.loseConnection(), c.closed)[1])
+            client.transport.write(login(name).SerializeToString())
+            response = yield client.waitFor(responseWith("user"))
+            clients[name] = (client, response.user.ip)
+            client.received = b""
+        self.assertEqual(
+            {name: ip for name, (_, ip) in clients.items()},
+            {"alice": "127.0.0.1", "bob": "::1"},
+        )
+        alice, bob = clients["alice"][0], clients["bob"][0]
+        alice.transport.write(message("bob", "hola por IPv6").SerializeToString())
+        delivery = yield bob.waitFor(responseWith("messg"))
+        self.assertEqual((delivery.messg.sender, delivery.messg.text), ("alice", "hola por IPv6"))

@@ -21,7 +21,8 @@ from chatd import __version__, limits as L
 from chatd.config import ConfiguredOptions, versionText
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE, ListenerService
-from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.exporter import makeMetricsSite
+from chatd.metrics import ChatdMetrics
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from chatd.limits import ConnectionLimiter, Limits
-from chatd.metrics import makeMetricsSite
+from chatd.exporter import makeMetricsSite
 from chatd.msrp.protocol import ERR_NAME_TIMEOUT, MsrpFactory
 from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2

@@ -29,7 +29,6 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -51,7 +50,7 @@ from chatd.metrics import (
     TOO_LARGE,
     ChatdMetrics,
 )
-from chatd.sessions import SessionFactory
+from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.presence import (
     BROADCAST,
     ChatMessage,
@@ -427,7 +426,7 @@ def _stopWatching(transfer: _FileStream | _WholeFile) -> None:
 
 
 @implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
-class MsrpProtocol(Protocol):
+class MsrpProtocol(SessionProtocol):
     """
     One MSRP client, binary or a person on nc/telnet, adapted to
     L{IChatSession} (and L{IFileReceiver}, for whole files from other
@@ -505,14 +504,16 @@ class MsrpProtocol(Protocol):
     # Connection.
 
     def connectionMade(self) -> None:
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.allowance = self.factory.admit(self)
+        # The valve is the transport's producer from the start, refused or
+        # not: it is what the close waits on.
         self.transport.registerProducer(self._valve, True)
-        if self.allowance.refusal is not None:
-            self._closeWith(
-                _REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
-            )
-        elif self.factory.greetAfter:
+        SessionProtocol.connectionMade(self)
+
+    def refuse(self, refusal: str) -> None:
+        self._closeWith(_REFUSALS.get(refusal, refusal))
+
+    def admitted(self) -> None:
+        if self.factory.greetAfter:
             self._greetTimer = self.clock.callLater(
                 self.factory.greetAfter, self._promptForName
             )
@@ -540,10 +541,6 @@ class MsrpProtocol(Protocol):
         self._valve.session = None
         self._pauseReasons.clear()
         self.factory.release(self)
-
-    @property
-    def awaitingLogin(self) -> bool:
-        return self.user is None and not self._loggingIn and not self._closing
 
     def loginTimedOut(self) -> None:
         self._closeWith(ERR_NAME_TIMEOUT, LOGIN_TIMEOUT)

@@ -504,8 +504,9 @@ class MsrpProtocol(SessionProtocol):
     # Connection.
 
     def connectionMade(self) -> None:
-        # The valve is the transport's producer from the start, refused or
-        # not: it is what the close waits on.
+        # The valve is the transport's producer before anything is written,
+        # the refusal's ERROR too: the transport tells the session when its
+        # buffer is full.
         self.transport.registerProducer(self._valve, True)
         SessionProtocol.connectionMade(self)
 

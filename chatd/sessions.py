@@ -1,7 +1,8 @@
 """
-What every wire format's factory shares: the set of its open connections, the
-server's limits on what one client may cost, and saying goodbye to the
-connections when the server stops.
+What every wire format shares: the set of a factory's open connections, the
+server's limits on what one client may cost, the start of a connection
+(L{SessionProtocol}: admitted or refused, the login deadline), and saying
+goodbye to the connections when the server stops.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from chatd.limits import (
     ConnectionLimiter,
@@ -224,18 +225,112 @@ class Allowance:
             self.factory.limiter.release(self.address)
 
 
+class ISessionProtocol(Interface):
+    """
+    What a L{SessionFactory} (and the L{Allowance} it makes) expects of each
+    of its protocols: exactly what they read and call.
+    L{SessionProtocol} provides the connection start; a protocol adds the
+    words of its refusals and its goodbyes.
+    """
+
+    protocolName = Attribute(
+        "The wire format's name (C{protobuf}, C{msrp}, C{msgr}): the"
+        " C{protocol} of metrics and log events."
+    )
+    peerHost = Attribute("The client's address, as the connection limits count it.")
+    transport = Attribute(
+        "The connection's transport (the allowance sets TCP_NODELAY and"
+        " keepalive on it, and aborts it after the close grace)."
+    )
+    allowance = Attribute(
+        "The L{Allowance} that L{SessionFactory.admit} returned for it."
+    )
+    closeReason = Attribute(
+        "Why the server closes it (a reason of L{chatd.metrics}), or C{None}:"
+        " set by the factory, counted by L{SessionFactory.release}."
+    )
+    user = Attribute(
+        "Who logged in on it (a L{chatd.presence.UserInfo}), or C{None}; named"
+        " in the log line of refused messages."
+    )
+    awaitingLogin = Attribute(
+        "Whether it is still to log in: no user, no login being checked, not"
+        " closing. Read when the login deadline passes."
+    )
+
+    def refuse(refusal: str) -> None:
+        """
+        A connection limit refused it (C{refusal} is the limiter's reason):
+        tell the client so in the protocol's terms, and close.
+        """
+
+    def loginTimedOut() -> None:
+        """
+        No login came within C{--login-timeout}: tell the client in the
+        protocol's terms and close (the factory logged and counted it).
+        """
+
+    def disconnect(reason: str) -> None:
+        """Tell the user C{reason} in the protocol's terms, and close."""
+
+
+@implementer(ISessionProtocol)
+class SessionProtocol(Protocol):
+    """
+    The start every chatd connection shares: note the client's address, be
+    admitted by the factory (counted against the connection limits, given a
+    login deadline) or refused (L{refuse}), and whether it still awaits its
+    login.
+
+    A subclass sets C{user} when its client has logged in, C{_loggingIn}
+    while a login is being checked, and C{_closing} once it closes; it
+    provides L{refuse}, L{loginTimedOut} and L{disconnect}, in its own
+    words, and may extend L{admitted}.
+    """
+
+    protocolName = ""
+    peerHost = ""
+    user = None
+    closeReason = None
+    _loggingIn = False
+    _closing = False
+
+    def connectionMade(self) -> None:
+        self.peerHost = getattr(self.transport.getPeer(), "host", "")
+        self.allowance = self.factory.admit(self)
+        if self.allowance.refusal is not None:
+            self.refuse(self.allowance.refusal)
+        else:
+            self.admitted()
+
+    def admitted(self) -> None:
+        """The connection limits let it in: set up what it needs to talk."""
+
+    @property
+    def awaitingLogin(self) -> bool:
+        return self.user is None and not self._loggingIn and not self._closing
+
+    def refuse(self, refusal: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must say why it refuses")
+
+    def loginTimedOut(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must say it timed out")
+
+    def disconnect(self, reason: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must say goodbye")
+
+
 class SessionFactory(Factory):
     """
     Base of chatd's protocol factories.
 
-    Protocols call L{admit} when connected (it adds them to C{connections}
-    and counts them against the limits) and L{release} when lost, and
-    provide:
-      - C{disconnect(reason)}, which tells the user C{reason} in the
-        protocol's terms and closes;
-      - C{awaitingLogin}, whether it is still to log in (and not closing);
-      - C{loginTimedOut()}, which closes it in the protocol's terms when no
-        login came within the limit (the factory logs and counts it).
+    Its protocols provide L{ISessionProtocol} (L{SessionProtocol} does
+    most of it). They call L{admit} when connected (it adds them to
+    C{connections} and counts them against the limits;
+    L{SessionProtocol.connectionMade} does) and L{release} when lost; the
+    factory calls their C{loginTimedOut()} when no login came within the
+    limit (it logs and counts it) and their C{disconnect(reason)} when the
+    server stops.
 
     @param clock: time for the login deadline, rates and close deadlines.
     @param limits: the server's L{Limits}.

@@ -32,7 +32,8 @@ from chatd.fronts import (
 )
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE
-from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.exporter import makeMetricsSite
+from chatd.metrics import ChatdMetrics
 from chatd.presence import InMemoryPresenceService
 from chatd.service import ChatdService
 from chatd.web import DEFAULT_REQUEST_TIMEOUT

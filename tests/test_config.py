@@ -19,6 +19,7 @@ import chatd
 from chatd.client.main import buildParser
 from chatd.config import versionText
 from chatd.msgr import admin
+from chatd.exporter import MetricsExporter
 from chatd.metrics import ChatdMetrics
 from chatd.tap import Options
 
@@ -170,7 +171,7 @@ class VersionTests(TestCase):
         self.assertEqual(importlib.metadata.version("chatd"), chatd.__version__)
 
     def test_buildInfoMetric(self) -> None:
-        body, _ = ChatdMetrics().exposition()
+        body, _ = MetricsExporter(ChatdMetrics()).exposition()
         line = re.search(rb"^chatd_build_info\{(.*)\} 1\.0$", body, re.M)
         self.assertIsNotNone(line, body)
         self.assertIn(f'version="{chatd.__version__}"'.encode(), line.group(1))

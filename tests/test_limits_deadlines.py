@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from chatd.limits import ConnectionLimiter, Limits
-from chatd.metrics import makeMetricsSite
+from chatd.exporter import makeMetricsSite
 from chatd.msrp.protocol import MsrpFactory
 from chatd.msrp.texts import ERR_NAME_TIMEOUT
 from chatd.presence import InMemoryPresenceService

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
 import sys
 
 from prometheus_client import REGISTRY
@@ -23,7 +24,8 @@ from twisted.web import server
 
 from chatd import tap
 from chatd.limits import UNLIMITED, ConnectionLimiter
-from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.exporter import MetricsExporter, makeMetricsSite
+from chatd.metrics import ChatdMetrics
 from chatd.msrp.codec import encodeFileHeader, encodeMessage
 from chatd.msrp.protocol import MsrpFactory
 from chatd.presence import InMemoryPresenceService
@@ -55,6 +57,55 @@ def sampleLines(body: str, prefix: str) -> list[str]:
     return [line for line in body.splitlines() if line.startswith(prefix)]
 
 
+#: The core: what counts, and what holds the users and their connections.
+#: None of it may depend on the HTTP exporter.
+CORE_MODULES = (
+    "chatd.metrics",
+    "chatd.presence",
+    "chatd.sessions",
+    "chatd.protobuf.protocol",
+    "chatd.msrp.protocol",
+    "chatd.msgr.protocol",
+)
+
+#: What only the exporter (chatd.exporter) and the HTTP sites import.
+EXPORTER_MODULES = ("twisted.web", "prometheus_client")
+
+
+def importedBy(module: str) -> list[str]:
+    """
+    Which of L{EXPORTER_MODULES} a fresh Python process has loaded once it
+    has imported C{module} (and nothing else).
+    """
+    probe = (
+        f"import sys, {module}\n"
+        f"print(' '.join(n for n in {EXPORTER_MODULES!r} if n in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode:
+        raise AssertionError(f"importing {module} failed:\n{result.stderr}")
+    return result.stdout.split()
+
+
+class LayeringTests(TestCase):
+    """Counting is apart from exporting."""
+
+    def test_coreDoesNotImportTheExporter(self) -> None:
+        """
+        Importing the presence service, the counters, the sessions' base or
+        a protocol loads neither C{twisted.web} nor C{prometheus_client}:
+        only C{chatd.exporter} (and the HTTP sites) do.
+        """
+        found = {module: importedBy(module) for module in CORE_MODULES}
+        self.assertEqual(found, {module: [] for module in CORE_MODULES})
+
+    def test_exporterImportsThem(self) -> None:
+        """The probe sees an import when there is one."""
+        self.assertEqual(importedBy("chatd.exporter"), list(EXPORTER_MODULES))
+
+
 class ExpositionTests(TestCase):
     """A L{ChatdMetrics} on its own."""
 
@@ -67,6 +118,7 @@ class ExpositionTests(TestCase):
         one, two = ChatdMetrics(), ChatdMetrics()
         one.messageRouted("msgr", "msgr")
         key = 'chatd_messages_routed_total{from="msgr",to="msgr"}'
+        one, two = MetricsExporter(one), MetricsExporter(two)
         self.assertEqual(samples(one.exposition()[0].decode())[key], 1.0)
         self.assertEqual(samples(two.exposition()[0].decode())[key], 0.0)
         self.assertIsNot(one.registry, two.registry)
@@ -77,7 +129,7 @@ class ExpositionTests(TestCase):
         The series of every protocol (and pair) are there from the start,
         at 0, so that rates over them are defined.
         """
-        body, contentType = ChatdMetrics().exposition()
+        body, contentType = MetricsExporter(ChatdMetrics()).exposition()
         self.assertEqual(contentType, "text/plain; version=0.0.4; charset=utf-8")
         body = body.decode()
         self.assertEqual(
@@ -95,7 +147,7 @@ class ExpositionTests(TestCase):
 
     def test_openMetrics(self) -> None:
         """A scraper that asks for OpenMetrics gets it."""
-        body, contentType = ChatdMetrics().exposition(
+        body, contentType = MetricsExporter(ChatdMetrics()).exposition(
             "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
         )
         self.assertTrue(contentType.startswith("application/openmetrics-text"))

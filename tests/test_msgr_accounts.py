@@ -17,7 +17,8 @@ from chatd.msgr.accounts import (
     prepareDatabase,
     verifyPassword,
 )
-from chatd.metrics import ChatdMetrics, makeMetricsSite
+from chatd.exporter import makeMetricsSite
+from chatd.metrics import ChatdMetrics
 from chatd.presence import InMemoryPresenceService, InvalidName
 
 from tests.support import RecordingSession

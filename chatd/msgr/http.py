@@ -28,7 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from chatd.metrics import MSGR_HTTP, ChatdMetrics, CountingSite, addResources
+from chatd.exporter import CountingSite, addResources
+from chatd.metrics import MSGR_HTTP, ChatdMetrics
 from chatd.msgr import codec
 from chatd.msgr.accounts import Account
 from chatd.msgr.service import (
@@ -431,7 +432,7 @@ def makeSite(
 ) -> server.Site:
     """
     A L{server.Site} serving L{makeResource}, without tracebacks, and
-    C{/healthz} and (if C{serveMetrics}) C{/metrics} (L{chatd.metrics}); it
+    C{/healthz} and (if C{serveMetrics}) C{/metrics} (L{chatd.exporter}); it
     counts its responses in C{metrics}: the server's, passed by the front,
     or (a test's site) a L{ChatdMetrics} of its own.
     """

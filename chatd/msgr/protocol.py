@@ -14,7 +14,6 @@ import binascii
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,7 +44,7 @@ from chatd.metrics import (
     TAKEN_OVER,
     ChatdMetrics,
 )
-from chatd.sessions import SessionFactory
+from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.presence import (
     DEFAULT_STATUS,
     ChatMessage,
@@ -112,7 +111,7 @@ def base64Length(size: int) -> int:
 
 
 @implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
-class MsgrChatProtocol(Protocol):
+class MsgrChatProtocol(SessionProtocol):
     """
     One client of the MSGR UQ chat socket, adapted to L{IChatSession} and
     L{IFileReceiver}.
@@ -137,7 +136,7 @@ class MsgrChatProtocol(Protocol):
         self.user: UserInfo | None = None
         self.token: str | None = None
         self.lineNumber = 0
-        self._binding = False
+        self._loggingIn = False
         self._queue: list = []
         self._closing = False
         self._readLost = False  # the client sends nothing more
@@ -147,22 +146,20 @@ class MsgrChatProtocol(Protocol):
 
     # Bytes in.
 
-    def connectionMade(self) -> None:
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.allowance = self.factory.admit(self)
-        if self.allowance.refusal is not None:
-            # 803 "could not", as for any other refused #HOLA; 901 would
-            # tell the client its token is bad.
-            self._answer(HOLA, UPDATE_FAILED, UNSOLICITED)
-            self._close()
-            return
+    def refuse(self, refusal: str) -> None:
+        # 803 "could not", as for any other refused #HOLA; 901 would tell
+        # the client its token is bad.
+        self._answer(HOLA, UPDATE_FAILED, UNSOLICITED)
+        self._close()
+
+    def admitted(self) -> None:
         self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
 
     def dataReceived(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
             if self._closing:
                 return
-            if self._binding:
+            if self._loggingIn:
                 self._queue.append(item)
             else:
                 self._handle(item)
@@ -220,10 +217,6 @@ class MsgrChatProtocol(Protocol):
         if outbound is not None:
             outbound.detach()
         self.factory.release(self)
-
-    @property
-    def awaitingLogin(self) -> bool:
-        return self.user is None and not self._binding and not self._closing
 
     def loginTimedOut(self) -> None:
         self._answer(HOLA, NO_CREDENTIALS, UNSOLICITED)
@@ -304,7 +297,7 @@ class MsgrChatProtocol(Protocol):
     def _bind(self, line: str) -> None:
         fields = codec.splitFields(line)
         command = fields[0]
-        if self._binding:
+        if self._loggingIn:
             return
         if command != HOLA:
             self._refuse(command, NO_CREDENTIALS, "the first line must be #HOLA")
@@ -322,7 +315,7 @@ class MsgrChatProtocol(Protocol):
             return
         self.token = token
         self.msgr.tokens.hold(token)
-        self._binding = True
+        self._loggingIn = True
         lineId = self.lineNumber
         self.transport.pauseProducing()
         d = self.msgr.store.sessionData(owner)
@@ -399,7 +392,7 @@ class MsgrChatProtocol(Protocol):
         self._unbind()
 
     def _bound(self, ignored) -> None:
-        self._binding = False
+        self._loggingIn = False
         queued, self._queue = self._queue, []
         for item in queued:
             if self._closing:
@@ -600,7 +593,7 @@ class MsgrChatProtocol(Protocol):
     def _closeIfHalfClosed(self) -> None:
         if not self._readLost or self._closing:
             return
-        if self._binding or self._answersDue:
+        if self._loggingIn or self._answersDue:
             # The close grace bounds the wait for the database.
             self.allowance.closing(self.transport)
             return

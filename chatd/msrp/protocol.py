@@ -21,7 +21,6 @@ import weakref
 from collections import deque
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,7 +36,7 @@ from chatd.metrics import (
     TOO_LARGE,
     ChatdMetrics,
 )
-from chatd.sessions import SessionFactory
+from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.presence import (
     BROADCAST,
     ChatMessage,
@@ -153,7 +152,7 @@ class RecipientReceivingFile(RecipientBusy):
 
 
 @implementer(IChatSession, IFileReceiver, IHalfCloseableProtocol)
-class MsrpProtocol(Protocol):
+class MsrpProtocol(SessionProtocol):
     """
     One MSRP client, binary or a person on nc/telnet, adapted to
     L{IChatSession} (and L{IFileReceiver}, for whole files from other
@@ -223,14 +222,17 @@ class MsrpProtocol(Protocol):
     # Connection.
 
     def connectionMade(self) -> None:
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.allowance = self.factory.admit(self)
+        # The outbound queue is the transport's producer before anything is
+        # written, the refusal's ERROR too: the transport tells it when its
+        # buffer is full.
         self.transport.registerProducer(self.outbound, True)
-        if self.allowance.refusal is not None:
-            self._closeWith(
-                REFUSALS.get(self.allowance.refusal, self.allowance.refusal)
-            )
-        elif self.factory.greetAfter:
+        SessionProtocol.connectionMade(self)
+
+    def refuse(self, refusal: str) -> None:
+        self._closeWith(REFUSALS.get(refusal, refusal))
+
+    def admitted(self) -> None:
+        if self.factory.greetAfter:
             self._greetTimer = self.clock.callLater(
                 self.factory.greetAfter, self._promptForName
             )
@@ -268,10 +270,6 @@ class MsrpProtocol(Protocol):
     def sink(self) -> FileStream | Discard | WholeFile | None:
         """Where the content of the file this session sends goes, if any."""
         return self._sink
-
-    @property
-    def awaitingLogin(self) -> bool:
-        return self.user is None and not self._loggingIn and not self._closing
 
     def loginTimedOut(self) -> None:
         self._closeWith(ERR_NAME_TIMEOUT, LOGIN_TIMEOUT)

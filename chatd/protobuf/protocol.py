@@ -16,7 +16,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -34,7 +33,7 @@ from chatd.presence import (
 from chatd.protobuf import chat_pb2
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import SENDQ, TOO_LARGE, ChatdMetrics
-from chatd.sessions import SessionFactory
+from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
     DelimitedFramer,
@@ -138,7 +137,7 @@ def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
 
 
 @implementer(IChatSession, IHalfCloseableProtocol)
-class ProtobufChatProtocol(Protocol):
+class ProtobufChatProtocol(SessionProtocol):
     """
     One client of the protobuf chat, adapted to L{IChatSession}.
 
@@ -179,13 +178,11 @@ class ProtobufChatProtocol(Protocol):
 
     # Bytes in.
 
-    def connectionMade(self) -> None:
-        self.peerHost = getattr(self.transport.getPeer(), "host", "")
-        self.allowance = self.factory.admit(self)
-        if self.allowance.refusal is not None:
-            self._out = self.transport.write
-            self.disconnect(f"connection refused: {self.allowance.refusal}")
-            return
+    def refuse(self, refusal: str) -> None:
+        self._out = self.transport.write
+        self.disconnect(f"connection refused: {refusal}")
+
+    def admitted(self) -> None:
         self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
         self._out = (
             self.transport.write if self.outbound is None else self.outbound.write
@@ -251,10 +248,6 @@ class ProtobufChatProtocol(Protocol):
             outbound.detach()
             self._out = self.transport.write
         self.factory.release(self)
-
-    @property
-    def awaitingLogin(self) -> bool:
-        return self.user is None and not self._loggingIn and not self._closing
 
     def loginTimedOut(self) -> None:
         self.disconnect(f"no login within {self.factory.limits.loginTimeout:g} seconds")

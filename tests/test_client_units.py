@@ -233,6 +233,18 @@ class LineEditorTests(TestCase):
         editor.feed("日本".encode())
         self.assertEqual(editor.render(80), ("> 日本", 6))
 
+    def test_emojiJoinedByZwj(self) -> None:
+        """
+        A family emoji (man, ZWJ, woman, ZWJ, girl) is one glyph of two
+        columns: the cursor after it is drawn two columns on, not six.
+        """
+        family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+        self.assertEqual(cellWidth(family), 2)
+        self.assertEqual(cellWidth("e\u0301"), 1)
+        editor = LineEditor("> ")
+        editor.feed((family + "x").encode())
+        self.assertEqual(editor.render(80), ("> " + family + "x", 5))
+
 
 class ArgumentsTests(TestCase):
     def test_arguments(self) -> None:

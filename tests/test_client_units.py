@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from chatd.client.base import OutboundQueue
+from chatd.client.base import WriteQueue
 from chatd.client.console import ScriptConsole, indented
 from chatd.client.files import IncomingFile, Progress, formatDuration, formatSize, safeFileName
 from chatd.client.lineedit import EndOfInput, Interrupt, LineEditor, Submitted, cellWidth
@@ -398,7 +398,7 @@ class MsrpCutFileTests(TestCase):
         options = SimpleNamespace(name="clt2", save_dir=os.path.join(self.folder, "inbox"))
         self.client = MsrpChatClient(options, console, clock)
         self.sent = StringTransport()
-        self.client.outbound = OutboundQueue(self.sent)
+        self.client.outbound = WriteQueue(self.sent)
         self.wire = MsrpClientProtocol(self.client)
 
     def saved(self) -> list[str]:

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(HERE)
 
 from chatd.loadgen import accounts, scenarios  # noqa: E402
 from chatd.loadgen.scenarios import Target  # noqa: E402
-from chatd.loadgen.server import (  # noqa: E402
+from chatd.harness import (  # noqa: E402
     ServerProcess,
     chatdCommand,
     chatdOptions,

@@ -23,6 +23,12 @@ from twisted.logger import Logger
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
 
+#: What a listener logs once it listens, with C{label} and C{address} (as
+#: L{describeAddress} writes it: C{tcp:127.0.0.1:5000}). The harnesses that
+#: start a real twistd read the ports from it (L{chatd.harness.LISTENING}).
+LISTENING_FORMAT = "chatd {label} listening on {address}"
+
+
 def describeAddress(address, secure: bool = False) -> str:
     """
     C{IPv4Address(TCP, '127.0.0.1', 5000)} -> C{'tcp:127.0.0.1:5000'}, or
@@ -143,7 +149,7 @@ class ListenerService(StreamServerEndpointService):
             return None  # cancelled, or failed later (Twisted logged why)
         self.port = port
         self.log.info(
-            "chatd {label} listening on {address}",
+            LISTENING_FORMAT,
             label=self.label,
             address=describeAddress(port.getHost(), self.secure),
         )

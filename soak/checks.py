@@ -15,7 +15,7 @@ import time
 from chatd.msgr.codec import RawField
 from chatd.msrp import codec as msrp
 
-from soak.server import ServerError, ServerProcess
+from soak.server import ServerError, SoakServer
 from soak.wire import (
     Closed,
     MsgrClient,
@@ -83,7 +83,7 @@ async def listUsers(ports, timeout: float) -> list[str]:
 
 
 async def settle(
-    server: ServerProcess, ports, timeout: float, seconds: float, staying=frozenset()
+    server: SoakServer, ports, timeout: float, seconds: float, staying=frozenset()
 ) -> list[str]:
     """
     Wait until nobody but C{staying} is online; the other names still online
@@ -103,7 +103,7 @@ async def settle(
     return names
 
 
-async def waitForFiles(server: ServerProcess, target: int, seconds: float) -> int:
+async def waitForFiles(server: SoakServer, target: int, seconds: float) -> int:
     """Wait until the server has at most C{target} descriptors open; how many it has."""
     deadline = time.monotonic() + seconds
     while True:
@@ -258,12 +258,12 @@ def growth(base: dict[str, int], now: dict[str, int], top: int = 8) -> list[tupl
 
 
 async def waitForCensus(
-    server: ServerProcess, base: dict[str, int], seconds: float, mode: str = "collect"
+    server: SoakServer, base: dict[str, int], seconds: float, mode: str = "collect"
 ) -> tuple[dict[str, int], dict[str, int]]:
     """
     Census the server until no per-connection object outlives the baseline,
     for at most C{seconds}; the last census and what outlived it. C{mode}:
-    see L{ServerProcess.census}.
+    see L{SoakServer.census}.
     """
     deadline = time.monotonic() + seconds
     while True:

@@ -13,7 +13,7 @@ import time
 
 from chatd.msrp import codec as msrp
 
-from soak.server import ServerProcess
+from soak.server import SoakServer
 from soak.wire import (
     Closed,
     Connection,
@@ -43,7 +43,7 @@ async def _closedAfter(connection: Connection, timeout: float) -> None:
 
 
 async def farewell(
-    server: ServerProcess, ports, msgrName: str, password: str, timeout: float, grace: float
+    server: SoakServer, ports, msgrName: str, password: str, timeout: float, grace: float
 ) -> tuple[list[str], float, int | None, int]:
     """
     Connect the lingerers, SIGTERM the server, and check what each sees.

@@ -48,7 +48,7 @@ if _CHECKOUT not in sys.path:
 
 from soak import behaviours, checks, wire  # noqa: E402
 from soak.farewell import farewell  # noqa: E402
-from soak.server import DEFAULT_TWISTD, ServerError, ServerProcess, chatdOptions  # noqa: E402
+from soak.server import DEFAULT_TWISTD, ServerError, SoakServer, chatdOptions  # noqa: E402
 from soak.wire import Connection  # noqa: E402
 
 MiB = 1024 * 1024
@@ -174,7 +174,7 @@ def serverArguments(directory: str, available: set[str], extra: list[str]) -> li
 class Sampler:
     """The server's memory and descriptors, and the soak's connections, once a second."""
 
-    def __init__(self, server: ServerProcess):
+    def __init__(self, server: SoakServer):
         self.server = server
         self.peakRss = 0
         self.peakFiles = 0
@@ -204,7 +204,7 @@ class Sampler:
                 )
 
 
-async def load(soak: behaviours.Soak, server: ServerProcess, seconds: float, slots: int, label: str,
+async def load(soak: behaviours.Soak, server: SoakServer, seconds: float, slots: int, label: str,
                sampler: Sampler) -> None:
     """C{slots} clients, each living one random behaviour after another, for C{seconds}."""
     loop = asyncio.get_running_loop()
@@ -244,8 +244,8 @@ async def main(options: argparse.Namespace) -> int:
     directory = tempfile.mkdtemp(prefix="chatd-soak-")
     failures: list[str] = []
     report: list[str] = []
-    available = chatdOptions(options.twistd)
-    server = ServerProcess(
+    available = chatdOptions(options.twistd, env=dict(os.environ))
+    server = SoakServer(
         directory,
         serverArguments(directory, available, options.server_arg),
         options.twistd,

@@ -1,63 +1,37 @@
 """
 The server under soak: a real ``twistd --nodaemon chatd`` child process, with
 every listener on an ephemeral port of 127.0.0.1, its log in a file, and its
-memory and file descriptors read from /proc.
+memory and file descriptors read from /proc (L{chatd.harness.ServerProcess});
+what only the soak needs is here: the census hook, and the log read for
+errors.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
+
+from chatd.harness import TWISTD, ServerError, ServerProcess, chatdArgv, chatdOptions
 
 #: The listeners, by the label of their log line.
 LABELS = ("protobuf", "msrp", "msgr-http", "msgr")
 
-_LISTENING = re.compile(r"chatd (\S+) listening on (\w+):([^\s:]+):(\d+)")
-
 #: Log lines that mean an error escaped somewhere in the server.
 _BAD_LINE = re.compile(r"Traceback|Unhandled")
 
-DEFAULT_TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+DEFAULT_TWISTD = TWISTD
 
 _HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hook")
 
 
-class ServerError(Exception):
-    """The server could not be started, or misbehaved in a way that ends the soak."""
-
-
-def _dieWithParent() -> None:
-    # If the soak itself is killed (timeout -s KILL), take the server along
-    # rather than leaving it listening. Linux only, as is /proc.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def chatdOptions(twistd: str = DEFAULT_TWISTD) -> set[str]:
-    """The long options ``twistd chatd --help`` lists (``--max-conns``, ...)."""
-    out = subprocess.run(
-        [twistd, "chatd", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return set(re.findall(r"--([a-z][a-z0-9-]*)", out))
-
-
-class ServerProcess:
+class SoakServer(ServerProcess):
     """
     ``twistd --nodaemon --pidfile= --logfile=- chatd ...`` in C{directory},
-    its output in C{directory}/chatd.log.
+    its output in C{directory}/chatd.log, with the census hook
+    (soak/hook/sitecustomize.py) loaded first; killed if the soak dies.
     """
 
     def __init__(
@@ -69,66 +43,21 @@ class ServerProcess:
     ):
         self.directory = directory
         self.censusPath = os.path.join(directory, "census.json")
-        # The census hook (soak/hook/sitecustomize.py) is loaded first.
         path = [_HOOK] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        self.environment = {
-            **os.environ,
-            **(environment or {}),
-            "PYTHONPATH": os.pathsep.join(path),
-            "CHATD_SOAK_CENSUS": self.censusPath,
-        }
-        self.twistd = twistd
-        self.logPath = os.path.join(directory, "chatd.log")
-        self.argv = [
-            twistd,
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile=-",
-            "chatd",
-            *args,
-        ]
-        self.process: subprocess.Popen | None = None
-        self.ports: dict[str, int] = {}
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def start(self, timeout: float = 60.0) -> dict[str, int]:
-        """Start the server; C{{label: port}} once every listener logged its address."""
-        log = open(self.logPath, "wb")
-        try:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=self.environment,
-                preexec_fn=_dieWithParent,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for match in _LISTENING.finditer(self.log()):
-                self.ports[match.group(1)] = int(match.group(4))
-            if set(LABELS) <= set(self.ports):
-                return dict(self.ports)
-            if self.process.poll() is not None:
-                raise ServerError(
-                    f"twistd exited ({self.process.returncode}) before listening:\n"
-                    + self.log()[-4000:]
-                )
-            time.sleep(0.05)
-        raise ServerError(
-            f"twistd did not log every listener within {timeout:g}s:\n"
-            + self.log()[-4000:]
+        super().__init__(
+            chatdArgv(args, twistd),
+            LABELS,
+            cwd=directory,
+            logPath=os.path.join(directory, "chatd.log"),
+            env={
+                **os.environ,
+                **(environment or {}),
+                "PYTHONPATH": os.pathsep.join(path),
+                "CHATD_SOAK_CENSUS": self.censusPath,
+            },
+            dieWithParent=True,
         )
-
-    def log(self) -> str:
-        with open(self.logPath, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        self.twistd = twistd
 
     def badLines(self) -> list[str]:
         """Log lines with a traceback or an unhandled error."""
@@ -151,30 +80,6 @@ class ServerProcess:
                 return lines[start : min(end, start + limit)]
         return []
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _status(self) -> dict[str, str]:
-        with open(f"/proc/{self.pid}/status") as f:
-            return dict(
-                line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line
-            )
-
-    def rss(self) -> int:
-        """Resident memory, in bytes (VmRSS)."""
-        return int(self._status()["VmRSS"].split()[0]) * 1024
-
-    def peakRss(self) -> int:
-        """The highest resident memory so far, in bytes (VmHWM)."""
-        return int(self._status()["VmHWM"].split()[0]) * 1024
-
-    def threads(self) -> int:
-        return int(self._status()["Threads"])
-
-    def openFiles(self) -> int:
-        """How many file descriptors the server has open."""
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
     def census(self, timeout: float = 30.0, mode: str = "collect") -> dict[str, int]:
         """
         The server's live objects by type, after a garbage collection; or,
@@ -196,22 +101,5 @@ class ServerProcess:
         with open(self.censusPath) as f:
             return json.load(f)
 
-    def terminate(self, timeout: float) -> int | None:
-        """
-        SIGTERM, then wait; the exit status (negative: the signal), or
-        C{None} if it did not exit in time (it is killed then).
-        """
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+__all__ = ["SoakServer", "ServerError", "chatdOptions", "DEFAULT_TWISTD", "LABELS"]

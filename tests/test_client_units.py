@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from chatd.client.base import OutboundQueue
+from chatd.client.base import WriteQueue
 from chatd.client.console import ScriptConsole, indented
 from chatd.client.files import IncomingFile, Progress, formatDuration, formatSize, safeFileName
 from chatd.client.lineedit import EndOfInput, Interrupt, LineEditor, Submitted, cellWidth
@@ -233,6 +233,18 @@ class LineEditorTests(TestCase):
         editor.feed("日本".encode())
         self.assertEqual(editor.render(80), ("> 日本", 6))
 
+    def test_emojiJoinedByZwj(self) -> None:
+        """
+        A family emoji (man, ZWJ, woman, ZWJ, girl) is one glyph of two
+        columns: the cursor after it is drawn two columns on, not six.
+        """
+        family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+        self.assertEqual(cellWidth(family), 2)
+        self.assertEqual(cellWidth("e\u0301"), 1)
+        editor = LineEditor("> ")
+        editor.feed((family + "x").encode())
+        self.assertEqual(editor.render(80), ("> " + family + "x", 5))
+
 
 class ArgumentsTests(TestCase):
     def test_arguments(self) -> None:
@@ -386,7 +398,7 @@ class MsrpCutFileTests(TestCase):
         options = SimpleNamespace(name="clt2", save_dir=os.path.join(self.folder, "inbox"))
         self.client = MsrpChatClient(options, console, clock)
         self.sent = StringTransport()
-        self.client.outbound = OutboundQueue(self.sent)
+        self.client.outbound = WriteQueue(self.sent)
         self.wire = MsrpClientProtocol(self.client)
 
     def saved(self) -> list[str]:

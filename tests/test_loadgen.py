@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.loadgen import accounts, scenarios, wire
 from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
-from chatd.loadgen.server import ServerProcess, chatdCommand, chatdOptions
+from chatd.harness import ServerProcess, chatdCommand, chatdOptions
 from chatd.msgr import codec as msgr
 from chatd.msrp import codec as msrp
 from chatd.presence import nameSkeleton

@@ -20,7 +20,7 @@ from tests.support import login, message
 from tests.test_metrics import samples
 from tests.test_msgr_helpers import HttpResponse
 from tests.test_twistd_plugin import responseWith
-from tests.twistd import TWISTD, ByteCollector, TwistdProcess
+from tests.twistd import ByteCollector, TwistdProcess
 
 R = chat_pb2.ServerResponse
 
@@ -34,18 +34,11 @@ class JsonTwistdProcess(TwistdProcess):
     event.
     """
 
+    twistdOptions = ("--logger", "chatd.tap.jsonLogObserver")
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._waiters: list = []
-
-    def start(self) -> defer.Deferred:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        argv = [
-            TWISTD, "--nodaemon", "--pidfile=", "--logger", "chatd.tap.jsonLogObserver",
-            "chatd", *self.args,
-        ]
-        reactor.spawnProcess(self, TWISTD, argv, env=env, path=self.directory)
-        return self.ready
 
     def events(self) -> list[dict]:
         """Every complete line of standard output, parsed as JSON."""

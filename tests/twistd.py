@@ -5,70 +5,11 @@ plugin installs and that a whole server works.
 
 from __future__ import annotations
 
-import os
-import re
-import sys
+from twisted.internet import defer, protocol
 
-from twisted.internet import defer, protocol, reactor
-from twisted.python.failure import Failure
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-_LISTENING = re.compile(rb"chatd (\S+) listening on \w+:([^\s]+):(\d+)")
-
-
-class TwistdProcess(protocol.ProcessProtocol):
-    """
-    C{twistd --nodaemon chatd ARGS} in C{directory}. L{ready} fires with
-    C{{label: port}} once every listener in C{labels} logged its address.
-    """
-
-    def __init__(self, args: list[str], labels: list[str], directory: str) -> None:
-        self.args = args
-        self.labels = set(labels)
-        self.directory = directory
-        self.output = b""
-        self.ports: dict[str, int] = {}
-        self.ready: defer.Deferred = defer.Deferred()
-        self.ended: defer.Deferred = defer.Deferred()
-        self.exitStatus = None
-
-    def start(self) -> defer.Deferred:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        argv = [TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", "chatd", *self.args]
-        # The working directory is a fresh one, so the plugin can only be
-        # found through the installed package.
-        reactor.spawnProcess(self, TWISTD, argv, env=env, path=self.directory)
-        return self.ready
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        for match in _LISTENING.finditer(self.output):
-            self.ports[match.group(1).decode()] = int(match.group(3))
-        if not self.ready.called and self.labels <= set(self.ports):
-            self.ready.callback(dict(self.ports))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exitStatus = reason.value
-        if not self.ready.called:
-            self.ready.errback(
-                RuntimeError(f"twistd ended before listening:\n{self.output.decode(errors='replace')}")
-            )
-        self.ended.callback(None)
-
-    def signal(self, name: str) -> defer.Deferred:
-        """Send a signal (C{"TERM"}, C{"KILL"}) and wait for the process to end."""
-        if not self.ended.called:
-            try:
-                self.transport.signalProcess(name)
-            except Exception:
-                pass
-        return self.ended
-
-    def stop(self) -> defer.Deferred:
-        return self.signal("TERM")
+# The harness lives beside the server (chatd/harness.py), shared with the soak
+# and the benchmark; the tests' names for it stay importable from here.
+from chatd.harness import TWISTD, TwistdProcess
 
 
 class ByteCollector(protocol.Protocol):
@@ -104,4 +45,4 @@ class ByteCollector(protocol.Protocol):
         self.closed.callback(None)
 
 
-__all__ = ["TwistdProcess", "ByteCollector"]
+__all__ = ["TWISTD", "TwistdProcess", "ByteCollector"]

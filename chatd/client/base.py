@@ -102,11 +102,12 @@ def describeError(error: BaseException | Failure | None) -> str:
     return text or type(error).__name__
 
 
-class OutboundQueue:
+class WriteQueue:
     """
     Writes to a transport in order. A streamed job (a file's content) owns
     the connection until it is done; what is written meanwhile waits behind
-    it, so it never lands inside the content.
+    it, so it never lands inside the content. (The server's bounded queue
+    for slow readers is L{chatd.limits.OutboundQueue}, another thing.)
     """
 
     def __init__(self, transport) -> None:

@@ -14,15 +14,33 @@ import codecs
 import unicodedata
 from dataclasses import dataclass
 
+from wcwidth import iter_graphemes, wcswidth, wcwidth
+
 
 def cellWidth(text: str) -> int:
-    """How many terminal columns C{text} takes (wide East Asian = 2, marks = 0)."""
-    width = 0
-    for ch in text:
-        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-            continue
-        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-    return width
+    """
+    How many terminal columns C{text} takes (the C{wcwidth} package: wide
+    East Asian = 2, marks = 0, an emoji sequence joined by ZWJ = 2).
+    """
+    width = wcswidth(text)
+    if width >= 0:
+        return width
+    # wcswidth gives -1 for a string with a control character; count the
+    # others (a control character takes no column of its own).
+    return sum(max(wcwidth(ch), 0) for ch in text)
+
+
+def clusterWidths(chars: list[str]) -> list[int]:
+    """
+    The columns each of C{chars} (one code point each) adds: a grapheme
+    cluster's width on its first code point, 0 on the others, so that the
+    widths of a line's code points add up to the line's width.
+    """
+    widths: list[int] = []
+    for cluster in iter_graphemes("".join(chars)):
+        widths.append(cellWidth(cluster))
+        widths.extend([0] * (len(cluster) - 1))
+    return widths
 
 
 #: Bidirectional embeddings, overrides and isolates: they could make text
@@ -240,7 +258,7 @@ class LineEditor:
         promptWidth = cellWidth(prompt)
         room = max(4, width - 1 - promptWidth)
         chars = [printable(ch) for ch in self.buffer]
-        widths = [cellWidth(ch) for ch in chars]
+        widths = clusterWidths(chars)
         if sum(widths) <= room:
             self._scroll = 0
             return prompt + "".join(chars), promptWidth + sum(widths[: self.cursor])

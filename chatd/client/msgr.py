@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 
 from chatd.client.base import (
     ChatClient,
-    OutboundQueue,
+    WriteQueue,
     WrongServer,
     describeError,
     loadTrustRoot,
@@ -141,7 +141,7 @@ class MsgrChatClient(ChatClient):
         self.name = options.name
         self.token: str | None = None
         self.protocol: MsgrClientProtocol | None = None
-        self.outbound: OutboundQueue | None = None
+        self.outbound: WriteQueue | None = None
         self._lineId = 0
         self._answers: dict[int, defer.Deferred] = {}
         self._http: set[defer.Deferred] = set()
@@ -209,7 +209,7 @@ class MsgrChatClient(ChatClient):
         except Exception as e:
             raise CommandError(f"cannot connect to {self.describe(port)}: {e}") from None
         self.transport = self.protocol.transport
-        self.outbound = OutboundQueue(self.transport)
+        self.outbound = WriteQueue(self.transport)
         try:
             code = yield self.guardLogin(
                 self._line("#HOLA", self.token, self.name, own=False), port

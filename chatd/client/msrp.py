@@ -20,7 +20,7 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from chatd.client.base import ChatClient, OutboundQueue, WrongServer, describeError
+from chatd.client.base import ChatClient, WriteQueue, WrongServer, describeError
 from chatd.client.files import FileChanged, FileContentSender, IncomingFile, Progress
 from chatd.client.runner import Command, CommandError, arguments
 from chatd.msrp import codec
@@ -119,7 +119,7 @@ class MsrpChatClient(ChatClient):
         super().__init__(options, console, reactor)
         self.name = options.name
         self.protocol: MsrpClientProtocol | None = None
-        self.outbound: OutboundQueue | None = None
+        self.outbound: WriteQueue | None = None
         self.errorCount = 0
         self._lists: deque[defer.Deferred] = deque()
         self._incoming: _Incoming | None = None
@@ -166,7 +166,7 @@ class MsrpChatClient(ChatClient):
         except Exception as e:
             raise CommandError(f"cannot connect to {self.describe(port)}: {e}") from None
         self.transport = self.protocol.transport
-        self.outbound = OutboundQueue(self.transport)
+        self.outbound = WriteQueue(self.transport)
         # The name, then a LIST: its answer says the name was taken.
         self._loginErrors = []
         self.transport.write(name)

@@ -18,8 +18,9 @@ Modules:
   - L{chatd.loadgen.traffic}: pipelined pairs, paced pairs, broadcasts;
   - L{chatd.loadgen.worker}: worker processes and the commands they obey;
   - L{chatd.loadgen.scenarios}: the benchmark scenarios;
-  - L{chatd.loadgen.server}: starting a local C{twistd chatd} (or any
-    server that logs C{<label> listening on tcp:HOST:PORT}) and reading its
-    CPU time and memory from C{/proc};
+  - L{chatd.harness} (beside the package, shared with the tests and the
+    soak): starting a local C{twistd chatd} (or any server that logs
+    C{<label> listening on tcp:HOST:PORT}) and reading its CPU time and
+    memory from C{/proc};
   - L{chatd.loadgen.main}: the C{chatd-loadgen} command.
 """

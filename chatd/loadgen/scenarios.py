@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from chatd.loadgen.server import Watch, readStats, resetPeak
+from chatd.harness import Watch, readStats, resetPeak
 from chatd.loadgen.worker import WorkerPool
 
 _NS = 1_000_000_000

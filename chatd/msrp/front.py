@@ -9,7 +9,9 @@ from zope.interface import implementer
 
 from chatd.fronts import DISABLED, IFront, addListener, limit, rate, size
 from chatd.msrp.protocol import (
+    AUTO,
     DEFAULT_GREET_AFTER,
+    VARIANTS,
     DEFAULT_MAX_FILE,
     DEFAULT_MAX_QUEUED,
     MsrpFactory,
@@ -58,6 +60,15 @@ class MsrpFront:
                 "on nc/telnet, most likely) is told what to type; 0 for never.",
                 rate,
             ],
+            [
+                "msrp-variant",
+                None,
+                AUTO,
+                "auto: tell the MSRP peer-to-peer variant from the seed's "
+                "clients per connection; seed or p2p: take every connection "
+                "for one of them.",
+                variant,
+            ],
         ]
 
     def check(self, config) -> None:
@@ -78,8 +89,15 @@ class MsrpFront:
             limiter=services.limiter,
             metrics=services.metrics,
             greetAfter=config["msrp-greeting"],
+            variant=config["msrp-variant"],
         )
         addListener(services, reactor, "msrp", "msrp", factory, services.metrics)
+
+
+def variant(value: str) -> str:
+    if value not in VARIANTS:
+        raise ValueError("must be one of " + ", ".join(VARIANTS))
+    return value
 
 
 front = MsrpFront()

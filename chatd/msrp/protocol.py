@@ -74,6 +74,7 @@ from chatd.msrp.codec import (
     wireText,
 )
 from chatd.msrp.outbound import Outbound
+from chatd.msrp import p2p
 from chatd.msrp.relay import (
     DISCARD,
     FILL_MAX,
@@ -92,6 +93,7 @@ from chatd.msrp.texts import (
     ERR_BAD_FILENAME,
     ERR_CUT_SHORT,
     ERR_EMPTY,
+    ERR_FORMAT,
     ERR_INTERNAL,
     ERR_LINE_TOO_LONG,
     ERR_NAME_LENGTH,
@@ -99,6 +101,7 @@ from chatd.msrp.texts import (
     ERR_NAME_TIMEOUT,
     ERR_NOT_FOUND,
     ERR_NOT_UTF8,
+    ERR_OPCODE,
     ERR_SHUTDOWN,
     ERR_USAGE,
     HUMAN_BYE,
@@ -136,6 +139,13 @@ MAX_UNACKED = 256
 
 BINARY = "binary"
 HUMAN = "human"
+#: The peer-to-peer variant (chatd.msrp.p2p), a mode of its own.
+P2P = "p2p"
+
+#: C{--msrp-variant}: detect the variant per connection, or force one.
+AUTO = "auto"
+SEED = "seed"
+VARIANTS = (AUTO, SEED, P2P)
 
 #: Seconds of silence after which a new connection is taken for a person at
 #: nc/telnet and told what to type (C{--msrp-greeting}; 0: never). Binary
@@ -214,7 +224,7 @@ class MsrpProtocol(SessionProtocol):
         The largest whole file this session takes from another protocol now:
         none in the mode for people; otherwise what fits in its queue.
         """
-        if self.mode == HUMAN or self._closing or self.user is None:
+        if self.mode in (HUMAN, P2P) or self._closing or self.user is None:
             return 0
         room = self.maxQueued - self.outbound.waitingBytes
         return max(0, min(self.fileSizeLimit, room))
@@ -291,6 +301,8 @@ class MsrpProtocol(SessionProtocol):
                 self._decideMode(data)
             elif self.mode == BINARY:
                 self._framesReceived(data)
+            elif self.mode == P2P:
+                self._variantReceived(data)
             else:
                 self._linesReceived(data)
         except Exception:
@@ -298,6 +310,22 @@ class MsrpProtocol(SessionProtocol):
             self._closeWith(ERR_INTERNAL, ERROR)
 
     def _nameReceived(self, data: bytes) -> None:
+        variant = self.factory.variant
+        if variant == P2P and not self._greeting:
+            # The variant's first read is its name, 1 to 4 bytes; what
+            # follows is its first request (its client truncates the name).
+            self.mode = P2P
+            self._login(data[: p2p.MAX_NAME], data[p2p.MAX_NAME :])
+            return
+        if variant == AUTO and self._greeting and data[:1] == b"\x00":
+            # A name of 1 to 3 bytes in its own read, then a request: the
+            # variant (a seed name never holds 0x00, nor is it short).
+            head = bytes(self._greeting)
+            if len(head) < NAME_LENGTH and min(head) > 0x20:
+                self._greeting = bytearray()
+                self.mode = P2P
+                self._login(head, data)
+                return
         greeting = self._greeting
         greeting += data
         head = bytes(greeting[:NAME_LENGTH])
@@ -315,6 +343,10 @@ class MsrpProtocol(SessionProtocol):
             if rest[0] not in b"\x00\r\n":
                 self._refuseName(head, ERR_NAME_LENGTH)
                 return
+        self._login(head, rest)
+
+    def _login(self, head: bytes, rest: bytes) -> None:
+        """Log in as the name C{head}; C{rest} is what came after it."""
         try:
             name = head.decode("utf-8")
         except UnicodeDecodeError:
@@ -378,7 +410,9 @@ class MsrpProtocol(SessionProtocol):
         if not data:
             return
         first = data[0]
-        if first == 0:
+        if self.factory.variant == AUTO and p2p.looksLikeVariant(data):
+            self.mode = P2P
+        elif first == 0:
             self.mode = BINARY
         elif first in b"\r\n":
             self.mode = HUMAN
@@ -392,6 +426,8 @@ class MsrpProtocol(SessionProtocol):
     def _startMode(self) -> None:
         if self.mode == BINARY:
             self._decoder = MsrpFrameDecoder()
+        elif self.mode == P2P:
+            pass  # its reads are its requests; nothing is said on login
         else:
             self._lines = LineDecoder()
             self._nameLineOpen = True
@@ -477,11 +513,7 @@ class MsrpProtocol(SessionProtocol):
         except UnicodeDecodeError:
             self._sendError(ERR_NOT_FOUND)
             return
-        target = self.presence.sessionFor(receiver)
-        if target is None:
-            owner = self.factory.slots.ownerOf(receiver)
-            if owner is not None:
-                receiver, target = owner, self.presence.sessionFor(owner)
+        receiver, target = self._fileTarget(receiver)
         if target is None:
             self._sendError(ERR_NOT_FOUND)
             return
@@ -507,7 +539,7 @@ class MsrpProtocol(SessionProtocol):
     def _streamTo(
         self, target: MsrpProtocol, receiver: str, frame: FileHeader, filename: str
     ) -> None:
-        if target.mode == HUMAN:
+        if target.mode in (HUMAN, P2P):
             self._sendError(errNoFiles(receiver))
             return
         header = encodeFileHeader(
@@ -558,10 +590,14 @@ class MsrpProtocol(SessionProtocol):
             taken.addCallback(lambda ok: ok or self._sendError(notice))
             taken.addErrback(self._failed)
 
-    def _listRequest(self, frame: ListRequest) -> None:
+    def _listRequest(self, frame: ListRequest | None) -> None:
         # Binary clients see each user's slot, by which they write to them.
         slots = self.factory.slots
-        text = clientListText([slots.listEntry(info.name) for info in self.presence.users()])
+        entries = [slots.listEntry(info.name) for info in self.presence.users()]
+        if self.mode == P2P:
+            self.outbound.send(p2p.encodeList(entries))
+            return
+        text = clientListText(entries)
         self.outbound.send(encodeClientList(wireText(text)))
 
     def _listText(self) -> str:
@@ -634,10 +670,120 @@ class MsrpProtocol(SessionProtocol):
         receiver, text = parts
         self._sendText(BROADCAST if isBroadcast(receiver) else receiver, text)
 
+    # The peer-to-peer variant (chatd.msrp.p2p).
+
+    def _variantReceived(self, data: bytes) -> None:
+        for opcode, payload in p2p.splitRead(data):
+            if opcode == p2p.OP_MESSAGE:
+                self._variantMessage(payload)
+            elif opcode == p2p.OP_FILE:
+                self._variantOffer(payload)
+            elif opcode == p2p.OP_LIST:
+                self._listRequest(None)
+            elif opcode in (p2p.OP_ACK, p2p.OP_ERROR):
+                # Never sent by the variant's client; its server only logs them.
+                if self.allowance.mayLogError():
+                    self.log.info(
+                        "msrp {name} sent opcode {opcode}: {text}",
+                        name=self.user.name,
+                        opcode=opcode,
+                        text=_show(payload),
+                    )
+            else:
+                # An un-opcoded line (its client's "No se encontró el
+                # archivo.") or an unknown opcode: said, and the session goes
+                # on, as with the variant's own server.
+                self._sendError(ERR_OPCODE)
+            if self._closing:
+                return
+
+    def _variantTarget(self, word: str) -> str:
+        """
+        The receiver a variant's request names: an online user by the whole
+        word, else by its first 4 characters (the variant's server reads
+        C{%4s}), a name or a slot (_sendText and _fileTarget try slots).
+        """
+        if isBroadcast(word):
+            return BROADCAST
+        if self.presence.lookup(word) is not None:
+            return word
+        return word[: p2p.MAX_NAME]
+
+    def _variantMessage(self, payload: bytes) -> None:
+        try:
+            word, text = p2p.parseMessage(payload)
+        except UnicodeDecodeError:
+            self._sendError(ERR_NOT_UTF8)
+            return
+        if not word:
+            self._sendError(ERR_NOT_FOUND)
+        elif not text:
+            self._sendError(ERR_EMPTY)
+        else:
+            self._sendText(self._variantTarget(word), text)
+
+    def _variantOffer(self, payload: bytes) -> None:
+        offer = p2p.parseOffer(payload)
+        if offer is None:
+            self._sendError(ERR_FORMAT)
+            return
+        if not self.allowance.allowMessage():
+            self._sendError(errRate(self.factory.limits.rate))
+            return
+        receiver, target = self._fileTarget(self._variantTarget(offer.target))
+        if target is None or receiver == BROADCAST:
+            self._sendError(ERR_NOT_FOUND)
+            return
+        if offer.size > self.fileSizeLimit:
+            self._sendError(errFileTooLarge(offer.size, self.fileSizeLimit))
+            return
+        if not (isinstance(target, MsrpProtocol) and target.mode == P2P):
+            # Only between two clients of the variant, which connect to each
+            # other (docs/msrp.md).
+            self._sendError(errNoFiles(receiver))
+            return
+        # The receiver connects to the address in the header: the sender's
+        # address as chatd sees it, never one the header names, so no
+        # client can send another to a third host.
+        forwarded = p2p.OfferHeader(
+            receiver, offer.filename, offer.size, offer.port, self.peerHost
+        )
+        if not target.deliverOffer(p2p.encodeOffer(forwarded)):
+            self._sendError(errQueueFull(receiver))
+            return
+        self.log.info(
+            "msrp file offer {filename!r} ({size} bytes) from {sender} to {receiver}",
+            filename=offer.filename,
+            size=offer.size,
+            sender=self.user.name,
+            receiver=receiver,
+        )
+
+    def deliverOffer(self, offer: bytes) -> bool:
+        """
+        Put a variant's file offer on this session's wire, in its own write;
+        whether there was room for it.
+        """
+        if not self.outbound.hasRoom(len(offer)):
+            return False
+        self.outbound.send(offer)
+        return True
+
+    def _fileTarget(self, receiver: str):
+        """C{(receiver, session)} for a file's receiver, name or slot."""
+        target = self.presence.sessionFor(receiver)
+        if target is None:
+            owner = self.factory.slots.ownerOf(receiver)
+            if owner is not None:
+                receiver, target = owner, self.presence.sessionFor(owner)
+        return receiver, target
+
     # Bytes out.
 
     def _render(self, message: ChatMessage) -> bytes:
         """C{message} as this session's wire shows it."""
+        if self.mode == P2P:
+            return p2p.encodeChat(message.sender, message.text)
         if self.mode == HUMAN:
             text = message.text.replace("\r\n", "\n").replace("\r", "\n")
             text = text.replace("\n", "\n  ")
@@ -651,7 +797,9 @@ class MsrpProtocol(SessionProtocol):
         return encodeMessage(slot, wireText(text))
 
     def _sendError(self, text: str) -> None:
-        if self.mode == HUMAN:
+        if self.mode == P2P:
+            self.outbound.send(p2p.encodeErrorLine(text))
+        elif self.mode == HUMAN:
             self._sendLine(f"ERROR: {text}")
         else:
             self.outbound.send(encodeError(wireText(text)))
@@ -824,7 +972,9 @@ class MsrpProtocol(SessionProtocol):
                 if item.__class__ is bytes:
                     self.transport.write(item)
         if text is not None and live is None:
-            if self.mode == HUMAN:
+            if self.mode == P2P:
+                self.transport.write(p2p.encodeErrorLine(text))
+            elif self.mode == HUMAN:
                 self.transport.write(f"ERROR: {text}\n".encode("utf-8"))
             else:
                 self.transport.write(encodeError(wireText(text)))
@@ -855,7 +1005,7 @@ class MsrpProtocol(SessionProtocol):
     # IFileReceiver.
 
     def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
-        if self.mode == HUMAN or self._closing:
+        if self.mode in (HUMAN, P2P) or self._closing:
             self.log.warn(
                 "msrp {name}: a file from {sender} cannot be shown, dropped",
                 name=self.user.name if self.user else "?",
@@ -899,6 +1049,9 @@ class MsrpFactory(SessionFactory):
     @param limiter: the L{ConnectionLimiter} shared by every listener.
     @param greetAfter: seconds of silence after which a new connection gets
         L{NAME_PROMPT}; 0 for never (C{--msrp-greeting}).
+    @param variant: C{--msrp-variant}: L{AUTO} detects the peer-to-peer
+        variant per connection, L{SEED} never takes a connection for it,
+        L{P2P} takes every connection for it.
     """
 
     #: What clients are told when the server stops (an ERROR frame, or a
@@ -920,8 +1073,11 @@ class MsrpFactory(SessionFactory):
         limiter: ConnectionLimiter | None = None,
         metrics: ChatdMetrics | None = None,
         greetAfter: float = 0,
+        variant: str = AUTO,
     ) -> None:
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
+        #: C{--msrp-variant}: AUTO, SEED or P2P.
+        self.variant = variant
         self.presence = presence
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued

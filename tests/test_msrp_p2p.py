@@ -1,0 +1,351 @@
+"""
+The MSRP peer-to-peer variant (docs/msrp.md, "The peer-to-peer variant";
+shared/notes/dialects.md section 2): byte-exact replays of what its client
+sends, over in-memory transports that record each write.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import TestCase
+
+from chatd.msrp.codec import encodeMessage
+from chatd.msrp.p2p import MAX_REPLY, encodeList, splitRead
+from chatd.msrp.protocol import BINARY, P2P, MsrpFactory
+from chatd.presence import InMemoryPresenceService
+from chatd.protobuf import chat_pb2
+from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
+from chatd.tap import Options, makeService
+from tests.support import ProtobufClient, login, message
+from tests.test_msrp_protocol import FlowTransport, MsrpClient
+
+R = chat_pb2.ServerResponse
+
+NOT_FOUND = "Cliente objetivo no encontrado.\n".encode("utf-8")
+BAD_OPCODE = "Código de operación incorrecto.\n".encode("utf-8")
+BAD_FORMAT = "Error en el formato del mensaje.\n".encode("utf-8")
+
+
+class WritesTransport(FlowTransport):
+    """A L{FlowTransport} that keeps each write apart, as the client reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def take(self) -> list[bytes]:
+        """The writes since the last take."""
+        writes, self.writes = self.writes, []
+        self.read()
+        return writes
+
+
+class VariantClient(MsrpClient):
+    """A client of the variant: each C{send} is one read on the server."""
+
+    def __init__(self, factory: MsrpFactory, name: bytes | None = None) -> None:
+        self.transport = WritesTransport()
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+        if name is not None:
+            self.send(name)
+
+    def take(self) -> list[bytes]:
+        return self.transport.take()
+
+
+class VariantTestMixin:
+    variant = "auto"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.presence = InMemoryPresenceService()
+        self.factory = MsrpFactory(
+            self.presence,
+            self.clock,
+            maxFileSize=10**6,
+            metrics=self.presence.metrics,
+            variant=self.variant,
+        )
+        self.protobufFactory = ProtobufChatFactory(
+            self.presence, self.clock, framing=DELIMITED, metrics=self.presence.metrics
+        )
+
+    def p2p(self, name: bytes) -> VariantClient:
+        return VariantClient(self.factory, name)
+
+    def seed(self, name: bytes) -> VariantClient:
+        """A seed binary client, its name in its own read too."""
+        return VariantClient(self.factory, name)
+
+    def protobuf(self, name: str) -> ProtobufClient:
+        client = ProtobufClient(self.protobufFactory)
+        client.send(login(name))
+        self.assertEqual(client.response().code, R.SUCCESSFUL_OPERATION)
+        return client
+
+
+class DetectionTests(VariantTestMixin, TestCase):
+    """--msrp-variant auto: the variant is told from the seed per connection."""
+
+    def test_fourByteNameThenMessage(self) -> None:
+        """
+        A 4-byte name in its own read, then C{00 01 "clt2 hola mundo"} with
+        no terminator: the variant. The seed client gets an MSJE; the
+        variant's client gets C{[clt2]: ...} as plain text.
+        """
+        clt2 = self.seed(b"clt2")
+        abcd = self.p2p(b"abcd")
+        abcd.send(b"\x00\x01clt2 hola mundo")
+        self.assertEqual(abcd.protocol.mode, P2P)
+        self.assertEqual(clt2.take(), [b"\x00\x01abcdhola mundo\x00"])
+        clt2.send(encodeMessage(b"abcd", b"Hola"))
+        self.assertEqual(clt2.protocol.mode, BINARY)
+        self.assertEqual(abcd.take(), [b"[clt2]: Hola"])
+
+    def test_shortNameThenRequest(self) -> None:
+        """A name of 1 to 3 bytes in its own read, then C{00 03}: the variant's list."""
+        clt2 = self.seed(b"clt2")
+        bob = self.p2p(b"bob")
+        self.assertEqual(bob.take(), [])
+        bob.send(b"\x00\x03")
+        self.assertEqual(bob.protocol.mode, P2P)
+        self.assertEqual(
+            bob.take(), [b"Lista de clientes:\nCliente 1: clt2\nCliente 2: bob\n"]
+        )
+        # The seed client sees bob as any short name, and writes to his
+        # slot (the name padded with spaces).
+        clt2.send(b"\x00\x03")
+        self.assertEqual(
+            clt2.take(),
+            [b"\x00\x03Lista de clientes:\nCliente 1: clt2\nCliente 2: bob\n\x00"],
+        )
+        clt2.send(encodeMessage(b"bob ", b"hola"))
+        self.assertEqual(bob.take(), [b"[clt2]: hola"])
+
+    def test_offerDetects(self) -> None:
+        """An ASCII file header after the name: the variant."""
+        abcd = self.p2p(b"abcd")
+        abcd.send(b"\x00\x02zzzz f.txt 18 8081 127.0.0.1")
+        self.assertEqual(abcd.protocol.mode, P2P)
+        self.assertEqual(abcd.take(), [NOT_FOUND])
+
+    def test_seedUnchanged(self) -> None:
+        """The seed's MSJE after a name in its own read stays the seed's."""
+        clt1 = self.seed(b"clt1")
+        clt2 = self.seed(b"clt2")
+        clt1.send(b"\x00\x01clt2hola mundo\x00")
+        self.assertEqual(clt1.protocol.mode, BINARY)
+        self.assertEqual(clt2.take(), [b"\x00\x01clt1hola mundo\x00"])
+
+
+class ForcedTests(VariantTestMixin, TestCase):
+    variant = "p2p"
+
+    def test_nameTruncated(self) -> None:
+        """Forced: the first read is the name at once, at most 4 bytes."""
+        a = self.p2p(b"abc")
+        self.assertEqual(a.protocol.mode, P2P)
+        self.assertEqual([u.name for u in self.presence.users()], ["abc"])
+        b = self.p2p(b"abcd\x00\x03")
+        self.assertEqual([u.name for u in self.presence.users()], ["abc", "abcd"])
+        self.assertEqual(
+            b.take(), [b"Lista de clientes:\nCliente 1: abc\nCliente 2: abcd\n"]
+        )
+        self.assertEqual(a.take(), [])
+
+
+class SeedForcedTests(VariantTestMixin, TestCase):
+    variant = "seed"
+
+    def test_neverVariant(self) -> None:
+        """Forced seed: the variant's message is an unfinished MSJE; nothing is sent."""
+        clt2 = self.seed(b"clt2")
+        abcd = self.p2p(b"abcd")
+        abcd.send(b"\x00\x01clt2 hola mundo")
+        self.assertEqual(abcd.protocol.mode, BINARY)
+        self.assertEqual((abcd.take(), clt2.take()), ([], []))
+
+
+class RequestTests(VariantTestMixin, TestCase):
+    """What the variant's client sends, and each answer in its own write."""
+
+    def setUp(self) -> None:
+        VariantTestMixin.setUp(self)
+        self.bob = self.p2p(b"bob")
+        self.bob.send(b"\x00\x03")
+        self.ana = self.p2p(b"ana")
+        self.ana.send(b"\x00\x03")
+        self.bob.take()
+        self.ana.take()
+
+    def test_messageBetweenVariantClients(self) -> None:
+        self.bob.send(b"\x00\x01ana hola mundo")
+        self.assertEqual(self.ana.take(), [b"[bob]: hola mundo"])
+        self.assertEqual(self.bob.take(), [])
+
+    def test_unknownTarget(self) -> None:
+        self.bob.send(b"\x00\x01zzz hola")
+        self.assertEqual(self.bob.take(), [NOT_FOUND])
+
+    def test_emptyLine(self) -> None:
+        """An empty line is C{00 01} alone: an error, not silence."""
+        self.bob.send(b"\x00\x01")
+        self.assertEqual(self.bob.take(), [NOT_FOUND])
+        self.bob.send(b"\x00\x01ana")
+        self.assertEqual(
+            self.bob.take(),
+            ["Error en el formato del mensaje. El texto está vacío.\n".encode()],
+        )
+        self.assertEqual(self.ana.take(), [])
+
+    def test_unopcodedText(self) -> None:
+        """The client's un-opcoded line: a text error, and the session goes on."""
+        self.bob.send("No se encontró el archivo.\n".encode("utf-8"))
+        self.assertEqual(self.bob.take(), [BAD_OPCODE])
+        self.assertFalse(self.bob.closed)
+        self.bob.send(b"\x00\x01ana sigo")
+        self.assertEqual(self.ana.take(), [b"[bob]: sigo"])
+
+    def test_listJoinedWithNext(self) -> None:
+        """C{00 03} and the next request in one read: both answered, apart."""
+        self.bob.send(b"\x00\x03\x00\x01ana hola")
+        self.assertEqual(
+            self.bob.take(), [b"Lista de clientes:\nCliente 1: bob\nCliente 2: ana\n"]
+        )
+        self.assertEqual(self.ana.take(), [b"[bob]: hola"])
+
+    def test_tightLoop(self) -> None:
+        """
+        The client's input ended: its last line again and again, joined in
+        reads. Each is a request; past --rate the sender is told, the
+        session stays up and nothing else breaks.
+        """
+        self.bob.send(b"\x00\x01ana hola" * 100)
+        delivered = self.ana.take()
+        self.assertEqual(delivered, [b"[bob]: hola"] * 40)
+        answers = self.bob.take()
+        self.assertEqual(len(answers), 60)
+        self.assertEqual(
+            set(answers),
+            {"Demasiados mensajes: como máximo 20 por segundo. No se entregó.\n".encode()},
+        )
+        self.assertFalse(self.bob.closed)
+        self.clock.advance(1)
+        self.bob.send(b"\x00\x01ana otra")
+        self.assertEqual(self.ana.take(), [b"[bob]: otra"])
+
+    def test_unknownOpcode(self) -> None:
+        self.bob.send(b"\x00\x09xyz")
+        self.assertEqual(self.bob.take(), [BAD_OPCODE])
+        self.bob.send(b"\x00\x04f.txt")  # never sent by the client: logged only
+        self.assertEqual(self.bob.take(), [])
+
+    def test_offerBetweenVariantClients(self) -> None:
+        """
+        The offer goes to the receiver in its own write, with the sender's
+        observed address in place of the one it named: the receiver
+        connects there, never to a third host.
+        """
+        self.bob.send(b"\x00\x02ana f.txt 18 8081 10.9.9.9")
+        self.assertEqual(self.ana.take(), [b"\x00\x02ana f.txt 18 8081 192.0.2.9"])
+        self.assertEqual(self.bob.take(), [])
+
+    def test_offerBadFormat(self) -> None:
+        self.bob.send(b"\x00\x02ana f.txt 18")
+        self.assertEqual(self.bob.take(), [BAD_FORMAT])
+        self.assertEqual(self.ana.take(), [])
+
+    def test_offerTooLarge(self) -> None:
+        self.bob.send(b"\x00\x02ana f.txt 2000000 8081 127.0.0.1")
+        self.assertEqual(
+            self.bob.take(),
+            ["Archivo demasiado grande: 2000000 bytes (máximo 1000000).\n".encode()],
+        )
+        self.assertEqual(self.ana.take(), [])
+
+    def test_seedFileToVariant(self) -> None:
+        """A seed ARCH to a client of the variant: refused, in the seed's terms."""
+        clt1 = self.seed(b"clt1")
+        clt1.send(
+            b"\x00\x02bob \x66\x00" + (1).to_bytes(8, "big") + (0).to_bytes(4, "big") + b"\x00x"
+        )
+        self.assertEqual(clt1.take(), [b"\x00\x05bob no puede recibir archivos.\x00"])
+        self.assertEqual(self.bob.take(), [])
+
+    def test_longReplies(self) -> None:
+        """Every reply fits the client's 2048-byte read with its 0x00."""
+        clt1 = self.seed(b"clt1")
+        clt1.send(encodeMessage(b"bob ", b"x" * 5000))
+        (delivered,) = self.bob.take()
+        self.assertEqual(delivered, b"[clt1]: " + b"x" * (MAX_REPLY - 8))
+        names = [f"u{i:03d}" for i in range(300)]
+        text = encodeList(names)
+        self.assertLessEqual(len(text), MAX_REPLY)
+        self.assertTrue(text.endswith("más)\n".encode()))
+        self.assertNotIn(b"\x00", text)
+
+
+class CrossProtocolTests(VariantTestMixin, TestCase):
+    def test_protobuf(self) -> None:
+        """A protobuf user and a client of the variant talk both ways, by full name."""
+        bob = self.p2p(b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        carla = self.protobuf("carla")
+        carla.send(message("bob", "hola bob"))
+        self.assertEqual(carla.response().code, R.SUCCESSFUL_OPERATION)
+        self.assertEqual(bob.take(), [b"[carla]: hola bob"])
+        bob.send(b"\x00\x01carla hola carla")
+        response = carla.response()
+        self.assertEqual(
+            (response.messg.sender, response.messg.text), ("bob", "hola carla")
+        )
+        # By the first 4 characters too, as the variant's own server reads.
+        bob.send(b"\x00\x01carl otra")
+        self.assertEqual(carla.response().messg.text, "otra")
+        bob.send(b"\x00\x03")
+        self.assertEqual(
+            bob.take(), [b"Lista de clientes:\nCliente 1: bob\nCliente 2: carla (carl)\n"]
+        )
+
+    def test_offerToOtherProtocol(self) -> None:
+        """Not yet fetched for other protocols: the sender is told so in text."""
+        bob = self.p2p(b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        self.protobuf("carla")
+        bob.send(b"\x00\x02carla f.txt 18 8081 127.0.0.1")
+        self.assertEqual(bob.take(), [b"carla no puede recibir archivos.\n"])
+
+
+class CodecTests(TestCase):
+    def test_splitRead(self) -> None:
+        self.assertEqual(
+            splitRead(b"\x00\x03\x00\x02a f 1 2 h"), [(3, b""), (2, b"a f 1 2 h")]
+        )
+        self.assertEqual(splitRead(b"hola\n\x00\x03"), [(None, b"hola\n"), (3, b"")])
+        self.assertEqual(splitRead(b"\x00"), [(None, b"\x00")])
+
+
+class OptionTests(TestCase):
+    def options(self, *args: str) -> Options:
+        config = Options()
+        config.parseOptions(
+            ["--db", "none", "--http", "none", "--msgr", "none", "--protobuf", "none", *args]
+        )
+        return config
+
+    def test_variantOption(self) -> None:
+        config = self.options("--msrp", "tcp:0:interface=127.0.0.1")
+        factory = makeService(config, reactor=Clock()).getServiceNamed("msrp").factory
+        self.assertEqual(factory.variant, "auto")
+        config = self.options("--msrp", "tcp:0:interface=127.0.0.1", "--msrp-variant", "p2p")
+        factory = makeService(config, reactor=Clock()).getServiceNamed("msrp").factory
+        self.assertEqual(factory.variant, "p2p")
+        self.assertRaises(UsageError, self.options, "--msrp-variant", "bogus")

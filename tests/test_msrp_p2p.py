@@ -128,6 +128,20 @@ class DetectionTests(VariantTestMixin, TestCase):
         clt2.send(encodeMessage(b"bob ", b"hola"))
         self.assertEqual(bob.take(), [b"[clt2]: hola"])
 
+    def test_docExample(self) -> None:
+        """The example of docs/msrp.md, "What differs on the wire", byte for byte."""
+        clt2 = self.seed(b"clt2")
+        bob = self.p2p(bytes.fromhex("626f62"))
+        bob.send(bytes.fromhex("0003"))
+        self.assertEqual(
+            bob.take(), [b"Lista de clientes:\nCliente 1: clt2\nCliente 2: bob\n"]
+        )
+        bob.send(bytes.fromhex("0001636c743220686f6c61"))
+        self.assertEqual(clt2.take(), [bytes.fromhex("0001626f6220626f623a20686f6c6100")])
+        clt2.send(bytes.fromhex("0001626f62207175c3a900"))
+        self.assertEqual(bob.take(), [bytes.fromhex("5b636c74325d3a2071 75c3a9".replace(" ", ""))])
+        self.assertEqual(clt2.take(), [])
+
     def test_offerDetects(self) -> None:
         """An ASCII file header after the name: the variant."""
         abcd = self.p2p(b"abcd")

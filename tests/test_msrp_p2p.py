@@ -6,11 +6,17 @@ sends, over in-memory transports that record each write.
 
 from __future__ import annotations
 
+from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
-from chatd.msrp.codec import encodeMessage
+from chatd.msrp.codec import encodeFileHeader, encodeMessage
 from chatd.msrp.p2p import MAX_REPLY, encodeList, splitRead
 from chatd.msrp.protocol import BINARY, P2P, MsrpFactory
 from chatd.presence import InMemoryPresenceService
@@ -283,15 +289,6 @@ class RequestTests(VariantTestMixin, TestCase):
         )
         self.assertEqual(self.ana.take(), [])
 
-    def test_seedFileToVariant(self) -> None:
-        """A seed ARCH to a client of the variant: refused, in the seed's terms."""
-        clt1 = self.seed(b"clt1")
-        clt1.send(
-            b"\x00\x02bob \x66\x00" + (1).to_bytes(8, "big") + (0).to_bytes(4, "big") + b"\x00x"
-        )
-        self.assertEqual(clt1.take(), [b"\x00\x05bob no puede recibir archivos.\x00"])
-        self.assertEqual(self.bob.take(), [])
-
     def test_longReplies(self) -> None:
         """Every reply fits the client's 2048-byte read with its 0x00."""
         clt1 = self.seed(b"clt1")
@@ -329,7 +326,7 @@ class CrossProtocolTests(VariantTestMixin, TestCase):
         )
 
     def test_offerToOtherProtocol(self) -> None:
-        """Not yet fetched for other protocols: the sender is told so in text."""
+        """A protocol without files: the sender is told so in text."""
         bob = self.p2p(b"bob")
         bob.send(b"\x00\x03")
         bob.take()
@@ -363,3 +360,196 @@ class OptionTests(TestCase):
         factory = makeService(config, reactor=Clock()).getServiceNamed("msrp").factory
         self.assertEqual(factory.variant, "p2p")
         self.assertRaises(UsageError, self.options, "--msrp-variant", "bogus")
+
+
+class LoopbackTransport(WritesTransport):
+    """A chat connection from 127.0.0.1 to chatd's 127.0.0.1, whose writes can be awaited."""
+
+    def __init__(self) -> None:
+        StringTransport.__init__(
+            self,
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40001),
+        )
+        self.bufferSize = None
+        self.full = False
+        self.maxBuffered = 0
+        self.writes = []
+        self.waiting: list[defer.Deferred] = []
+
+    def write(self, data: bytes) -> None:
+        WritesTransport.write(self, data)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def nextWrite(self) -> defer.Deferred:
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+
+class LoopbackClient(VariantClient):
+    def __init__(self, factory: MsrpFactory, name: bytes) -> None:
+        self.transport = LoopbackTransport()
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+        self.send(name)
+
+
+class OfferingSender(Protocol):
+    """The variant's sender: writes the raw file to whoever connects, and closes."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self.transport.getPeer().host)
+        self.transport.write(self.factory.content)
+        self.transport.loseConnection()
+
+
+class FileTests(TestCase):
+    """Files between the variant and everyone else, over real loopback sockets."""
+
+    def setUp(self) -> None:
+        self.presence = InMemoryPresenceService()
+        self.factory = MsrpFactory(
+            self.presence, reactor, maxFileSize=10**6, metrics=self.presence.metrics
+        )
+
+    def client(self, name: bytes) -> LoopbackClient:
+        client = LoopbackClient(self.factory, name)
+        self.addCleanup(client.disconnect)
+        return client
+
+    def senderListening(self, content: bytes) -> int:
+        factory = ServerFactory.forProtocol(OfferingSender)
+        factory.content = content
+        factory.connections = []
+        self.sender = factory
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_variantToSeed(self) -> None:
+        """
+        chatd fetches the offered file from the sender's own address (not
+        the one in the offer) and delivers an ARCH to the binary client.
+        """
+        clt2 = self.client(b"clt2")
+        bob = self.client(b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        content = b"hola desde bob!\n\x00\xff"
+        port = self.senderListening(content)
+        arrived = clt2.transport.nextWrite()
+        bob.send(f"\x00\x02clt2 f.txt {len(content)} {port} 10.9.9.9".encode())
+        yield arrived
+        expected = encodeFileHeader(b"bob ", b"f.txt", len(content), 0, b"") + content
+        while len(clt2.transport.value()) < len(expected):
+            yield clt2.transport.nextWrite()
+        self.assertEqual(clt2.transport.read(), expected)
+        self.assertEqual(self.sender.connections, ["127.0.0.1"])
+        self.assertEqual(bob.take(), [])
+
+    @defer.inlineCallbacks
+    def test_variantToSeedCutShort(self) -> None:
+        """A sender that closes before the size: the file is not delivered, and it is told."""
+        clt2 = self.client(b"clt2")
+        bob = self.client(b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        port = self.senderListening(b"corto")
+        told = bob.transport.nextWrite()
+        bob.send(f"\x00\x02clt2 f.txt 100 {port} 127.0.0.1".encode())
+        yield told
+        self.assertEqual(
+            bob.take(),
+            ["Error al recibir el archivo. f.txt no se pudo entregar a clt2.\n".encode()],
+        )
+        self.assertEqual(clt2.take(), [])
+
+    @defer.inlineCallbacks
+    def test_seedToVariant(self) -> None:
+        """
+        chatd offers the file from a port of its own; the receiver connects
+        to it and reads the file; the port is closed after.
+        """
+        bob = self.client(b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        clt1 = self.client(b"clt1")
+        content = b"12345"
+        clt1.send(
+            encodeFileHeader(b"bob ", b"g file.txt", len(content), 0, b"") + content
+        )
+        (offer,) = bob.take()
+        head, port, ip = offer.rsplit(b" ", 2)
+        self.assertEqual((head, ip), (b"\x00\x02bob g_file.txt 5", b"127.0.0.1"))
+        received = yield readAll(int(port))
+        self.assertEqual(received, content)
+        self.assertEqual(clt1.take(), [])
+        # One transfer, one connection: the port is closed now.
+        yield self.assertFailure(readAll(int(port)), ConnectionRefusedError)
+
+
+def readAll(port: int) -> defer.Deferred:
+    """Connect to 127.0.0.1:C{port}, as the variant's receiver, and read until closed."""
+
+    class Reader(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.done = defer.Deferred()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason=None) -> None:
+            self.done.callback(self.data)
+
+    reader = Reader()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return connectProtocol(endpoint, reader).addCallback(lambda _: reader.done)
+
+
+class OfferTimeoutTests(TestCase):
+    """An offer nobody fetches, and a connection from elsewhere, with an injected clock."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.presence = InMemoryPresenceService()
+        self.factory = MsrpFactory(
+            self.presence, self.reactor, maxFileSize=10**6, metrics=self.presence.metrics
+        )
+        self.bob = LoopbackClient(self.factory, b"bob")
+        self.bob.send(b"\x00\x03")
+        self.bob.take()
+        self.clt1 = LoopbackClient(self.factory, b"clt1")
+        self.clt1.send(encodeFileHeader(b"bob ", b"g.txt", 3, 0, b"") + b"abc")
+        (self.offer,) = self.bob.take()
+        ((_, self.offerFactory, _, interface),) = self.reactor.tcpServers
+        self.assertEqual(interface, "127.0.0.1")
+
+    def test_timeout(self) -> None:
+        self.reactor.advance(29)
+        self.assertEqual(self.clt1.take(), [])
+        self.reactor.advance(1)
+        self.assertEqual(
+            self.clt1.take(),
+            [b"\x00\x05Error al recibir el archivo. g.txt no se pudo entregar a bob.\x00"],
+        )
+
+    def test_otherAddress(self) -> None:
+        """Only the receiver's address may fetch the file."""
+        self.assertIsNone(
+            self.offerFactory.buildProtocol(IPv4Address("TCP", "10.0.0.5", 5555))
+        )
+        self.assertIsNotNone(
+            self.offerFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        )
+
+    def test_receiverLeaves(self) -> None:
+        self.bob.disconnect()
+        self.assertEqual(
+            self.clt1.take(),
+            [b"\x00\x05Error al recibir el archivo. g.txt no se pudo entregar a bob.\x00"],
+        )

@@ -126,7 +126,7 @@ def parseOffer(payload: bytes) -> OfferHeader | None:
 def encodeOffer(offer: OfferHeader) -> bytes:
     """The offer as the receiving client reads it: C{00 02} and the header."""
     text = f"{offer.target} {offer.filename} {offer.size} {offer.port} {offer.ip}"
-    return b"\x00\x02" + text.encode("ascii")
+    return b"\x00\x02" + text.encode("utf-8", "replace")
 
 
 def clip(data: bytes, maximum: int = MAX_REPLY) -> bytes:

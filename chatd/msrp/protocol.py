@@ -75,6 +75,7 @@ from chatd.msrp.codec import (
 )
 from chatd.msrp.outbound import Outbound
 from chatd.msrp import p2p
+from chatd.msrp.p2pfiles import FileOffer, fetchOffer
 from chatd.msrp.relay import (
     DISCARD,
     FILL_MAX,
@@ -215,6 +216,9 @@ class MsrpProtocol(SessionProtocol):
         # from another protocol): weak, so that a recipient that never ACKs
         # does not keep its senders' connections alive after they leave.
         self._unacked: deque[tuple[bytes, weakref.ref | None]] = deque()
+        #: Files offered to this client of the peer-to-peer variant from
+        #: ports of their own, until it fetches them.
+        self._offers: set[FileOffer] = set()
 
     # IFileReceiver.
 
@@ -224,8 +228,11 @@ class MsrpProtocol(SessionProtocol):
         The largest whole file this session takes from another protocol now:
         none in the mode for people; otherwise what fits in its queue.
         """
-        if self.mode in (HUMAN, P2P) or self._closing or self.user is None:
+        if self.mode == HUMAN or self._closing or self.user is None:
             return 0
+        if self.mode == P2P:
+            # Held until the receiver connects for it: bounded like a queue.
+            return min(self.fileSizeLimit, self.maxQueued)
         room = self.maxQueued - self.outbound.waitingBytes
         return max(0, min(self.fileSizeLimit, room))
 
@@ -524,7 +531,7 @@ class MsrpProtocol(SessionProtocol):
         if not filename:
             self._sendError(ERR_BAD_FILENAME)
             return
-        if isinstance(target, MsrpProtocol):
+        if isinstance(target, MsrpProtocol) and target.mode != P2P:
             self._streamTo(target, receiver, frame, filename)
             return
         limit = self.presence.fileLimit(receiver) or 0
@@ -539,7 +546,7 @@ class MsrpProtocol(SessionProtocol):
     def _streamTo(
         self, target: MsrpProtocol, receiver: str, frame: FileHeader, filename: str
     ) -> None:
-        if target.mode in (HUMAN, P2P):
+        if target.mode == HUMAN:
             self._sendError(errNoFiles(receiver))
             return
         header = encodeFileHeader(
@@ -576,17 +583,20 @@ class MsrpProtocol(SessionProtocol):
 
     def wholeFileReceived(self, whole: WholeFile) -> None:
         """The content of C{whole} is all here: hand it to its receiver."""
+        self._handOver(whole.receiver, whole.filename, bytes(whole.content))
+
+    def _handOver(self, receiver: str, filename: str, content: bytes) -> None:
+        """Hand a whole file to a user of another protocol or variant."""
         try:
-            taken = self.presence.sendFile(
-                self, whole.receiver, whole.filename, bytes(whole.content)
-            )
+            taken = self.presence.sendFile(self, receiver, filename, content)
         except (NoSuchUser, FilesNotAccepted, RecipientBusy):
-            self._sendError(errNotDelivered(whole.receiver, whole.filename))
+            self._sendError(errNotDelivered(receiver, filename))
             return
         if taken is not None:
-            # The receiver is not reading: the file waits for it, and may be
-            # dropped (--file-idle-timeout); then this sender is told.
-            notice = errNotDelivered(whole.receiver, whole.filename)
+            # The receiver is not reading, or must fetch the file: it waits,
+            # and may be dropped (--file-idle-timeout); then this sender is
+            # told.
+            notice = errNotDelivered(receiver, filename)
             taken.addCallback(lambda ok: ok or self._sendError(notice))
             taken.addErrback(self._failed)
 
@@ -738,9 +748,7 @@ class MsrpProtocol(SessionProtocol):
             self._sendError(errFileTooLarge(offer.size, self.fileSizeLimit))
             return
         if not (isinstance(target, MsrpProtocol) and target.mode == P2P):
-            # Only between two clients of the variant, which connect to each
-            # other (docs/msrp.md).
-            self._sendError(errNoFiles(receiver))
+            self._fetchOffer(receiver, offer)
             return
         # The receiver connects to the address in the header: the sender's
         # address as chatd sees it, never one the header names, so no
@@ -758,6 +766,55 @@ class MsrpProtocol(SessionProtocol):
             sender=self.user.name,
             receiver=receiver,
         )
+
+    def _fetchOffer(self, receiver: str, offer: p2p.OfferHeader) -> None:
+        """
+        A file from this client of the variant to someone who cannot fetch
+        it: chatd fetches it from the offered port, at this client's own
+        address, and hands it over whole.
+        """
+        limit = self.presence.fileLimit(receiver) or 0
+        if limit == 0:
+            self._sendError(errNoFiles(receiver))
+            return
+        if offer.size > limit:
+            self._sendError(errFileTooLargeFor(receiver, offer.size, limit))
+            return
+        self.log.info(
+            "msrp fetching file {filename!r} ({size} bytes) from {sender}"
+            " at {host}:{port} for {receiver}",
+            filename=offer.filename,
+            size=offer.size,
+            sender=self.user.name,
+            host=self.peerHost,
+            port=offer.port,
+            receiver=receiver,
+        )
+        d = fetchOffer(
+            self.factory.clock,
+            self.clock,
+            self.peerHost,
+            offer.port,
+            offer.size,
+            self.factory.limits.fileIdleTimeout,
+        )
+
+        def fetched(content: bytes) -> None:
+            if not self._closing:
+                self._handOver(receiver, offer.filename, content)
+
+        def notFetched(failure: Failure) -> None:
+            self.log.info(
+                "msrp file {filename!r} from {sender} not fetched: {why}",
+                filename=offer.filename,
+                sender=self.user.name if self.user else "?",
+                why=failure.getErrorMessage(),
+            )
+            if not self._closing:
+                self._sendError(errNotDelivered(receiver, offer.filename))
+
+        d.addCallbacks(fetched, notFetched)
+        d.addErrback(self._failed)
 
     def deliverOffer(self, offer: bytes) -> bool:
         """
@@ -951,6 +1008,8 @@ class MsrpProtocol(SessionProtocol):
             return
         self._closing = True
         self.presence.logout(self)
+        for offer in list(self._offers):
+            offer.withdraw()
         # As a sender: a file under way can go no further.
         sink, self._sink = self._sink, None
         if sink is not None:
@@ -1004,8 +1063,10 @@ class MsrpProtocol(SessionProtocol):
 
     # IFileReceiver.
 
-    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
-        if self.mode in (HUMAN, P2P) or self._closing:
+    def deliverFile(self, sender: str, filename: str, content: bytes):
+        if self.mode == P2P and not self._closing:
+            return self._offerFile(sender, filename, content)
+        if self.mode == HUMAN or self._closing:
             self.log.warn(
                 "msrp {name}: a file from {sender} cannot be shown, dropped",
                 name=self.user.name if self.user else "?",
@@ -1021,6 +1082,34 @@ class MsrpProtocol(SessionProtocol):
         if content:
             self.outbound.send(content)
         self._remember(name, None)
+
+    def _offerFile(self, sender: str, filename: str, content: bytes):
+        """
+        A whole file for this client of the variant: offered from a port of
+        its own, on the address this client reached chatd at, for this
+        client's address only. Fires with whether it was fetched.
+        """
+        offer = FileOffer(
+            content, self.peerHost, self.clock, self.factory.limits.fileIdleTimeout
+        )
+        interface = self.transport.getHost().host
+        port = offer.listen(self.factory.clock, interface)
+        if interface.startswith("::ffff:") and "." in interface:
+            interface = interface[len("::ffff:") :]  # what an IPv4 client reaches
+        self._offers.add(offer)
+        offer.done.addBoth(lambda written: self._offers.discard(offer) or written)
+        # The client stores recibidos/<file>: a bare name, one word.
+        name = "".join("_" if c.isspace() or c in "/\\" else c for c in filename)
+        header = p2p.OfferHeader(self.user.name, name, len(content), port, interface)
+        self.outbound.send(p2p.encodeOffer(header))
+        self.log.info(
+            "msrp file {filename!r} from {sender} offered to {receiver} on port {port}",
+            filename=filename,
+            sender=sender,
+            receiver=self.user.name,
+            port=port,
+        )
+        return offer.done
 
     # frame type -> handler, shared by every connection (an idle session
     # should cost little memory).

@@ -148,6 +148,19 @@ class DetectionTests(VariantTestMixin, TestCase):
         self.assertEqual(bob.take(), [bytes.fromhex("5b636c74325d3a2071 75c3a9".replace(" ", ""))])
         self.assertEqual(clt2.take(), [])
 
+    def test_nameJoinedWithRequest(self) -> None:
+        """TCP may join the name and the first request: still the variant."""
+        clt2 = self.seed(b"clt2")
+        bob = self.p2p(b"bob\x00\x03")
+        self.assertEqual(bob.protocol.mode, P2P)
+        self.assertEqual(
+            bob.take(), [b"Lista de clientes:\nCliente 1: clt2\nCliente 2: bob\n"]
+        )
+        abcd = self.p2p(b"abcd\x00\x01clt2 hola")
+        self.assertEqual(abcd.protocol.mode, P2P)
+        self.assertEqual(clt2.take(), [b"\x00\x01abcdhola\x00"])
+        self.assertEqual(abcd.take(), [])
+
     def test_offerDetects(self) -> None:
         """An ASCII file header after the name: the variant."""
         abcd = self.p2p(b"abcd")
@@ -546,6 +559,12 @@ class OfferTimeoutTests(TestCase):
         self.assertIsNotNone(
             self.offerFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
         )
+
+    def test_senderLeavesFirst(self) -> None:
+        """The offer ends after its sender left: nobody is told, nothing breaks."""
+        self.clt1.disconnect()
+        self.reactor.advance(30)
+        self.assertEqual(self.bob.take(), [])
 
     def test_receiverLeaves(self) -> None:
         self.bob.disconnect()

@@ -335,6 +335,21 @@ class MsrpProtocol(SessionProtocol):
                 return
         greeting = self._greeting
         greeting += data
+        if variant == AUTO:
+            # The variant's name and first request joined in one read
+            # (TCP may join them): a short name then 0x00 and an opcode.
+            end = greeting.find(b"\x00", 1, NAME_LENGTH)
+            if (
+                end != -1
+                and len(greeting) > end + 1
+                and p2p.OP_MESSAGE <= greeting[end + 1] <= p2p.OP_ERROR
+                and min(greeting[:end]) > 0x20
+            ):
+                head, rest = bytes(greeting[:end]), bytes(greeting[end:])
+                self._greeting = bytearray()
+                self.mode = P2P
+                self._login(head, rest)
+                return
         head = bytes(greeting[:NAME_LENGTH])
         if b"\n" in head or b"\r" in head:
             # Someone typed a name shorter than 4 bytes and Enter.
@@ -346,7 +361,10 @@ class MsrpProtocol(SessionProtocol):
         rest = bytes(greeting[NAME_LENGTH:])
         self._greeting = bytearray()
         if rest:
-            self.mode = BINARY if rest[0] == 0 else HUMAN
+            if variant == AUTO and p2p.looksLikeVariant(rest):
+                self.mode = P2P
+            else:
+                self.mode = BINARY if rest[0] == 0 else HUMAN
             if rest[0] not in b"\x00\r\n":
                 self._refuseName(head, ERR_NAME_LENGTH)
                 return
@@ -597,7 +615,8 @@ class MsrpProtocol(SessionProtocol):
             # and may be dropped (--file-idle-timeout); then this sender is
             # told.
             notice = errNotDelivered(receiver, filename)
-            taken.addCallback(lambda ok: ok or self._sendError(notice))
+            # This sender may have left meanwhile: then nobody is told.
+            taken.addCallback(lambda ok: ok or self._closing or self._sendError(notice))
             taken.addErrback(self._failed)
 
     def _listRequest(self, frame: ListRequest | None) -> None:

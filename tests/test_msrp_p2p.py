@@ -14,6 +14,8 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.usage import UsageError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from chatd.msrp.codec import encodeFileHeader, encodeMessage
@@ -23,6 +25,7 @@ from chatd.presence import InMemoryPresenceService
 from chatd.protobuf import chat_pb2
 from chatd.protobuf.protocol import DELIMITED, ProtobufChatFactory
 from chatd.tap import Options, makeService
+from tests.fuzzing import cut, hostileInput
 from tests.support import ProtobufClient, login, message
 from tests.test_msrp_protocol import FlowTransport, MsrpClient
 
@@ -560,6 +563,27 @@ class OfferTimeoutTests(TestCase):
             self.offerFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
         )
 
+    def test_offersCountAgainstTheQueue(self) -> None:
+        """
+        Files offered and not fetched are held: past --msrp-max-queue more are
+        refused, so a sender cannot make chatd hold more than that for one user.
+        """
+        self.factory.maxQueued = 10
+        self.bob.protocol.maxQueued = 10
+        self.clt1.send(encodeFileHeader(b"bob ", b"h.txt", 8, 0, b"") + b"12345678")
+        self.assertEqual(
+            self.clt1.take(),
+            [
+                "\x00\x05Archivo demasiado grande para bob: 8 bytes (máximo 7).\x00".encode()
+            ],
+        )
+        self.assertEqual(self.bob.take(), [])
+        self.reactor.advance(30)  # the first offer ends: room again
+        self.clt1.take()
+        self.clt1.send(encodeFileHeader(b"bob ", b"h.txt", 8, 0, b"") + b"12345678")
+        (offer,) = self.bob.take()
+        self.assertTrue(offer.startswith(b"\x00\x02bob h.txt 8 "))
+
     def test_senderLeavesFirst(self) -> None:
         """The offer ends after its sender left: nobody is told, nothing breaks."""
         self.clt1.disconnect()
@@ -572,3 +596,53 @@ class OfferTimeoutTests(TestCase):
             self.clt1.take(),
             [b"\x00\x05Error al recibir el archivo. g.txt no se pudo entregar a bob.\x00"],
         )
+
+
+#: What the variant's client sends: requests one per read, names of 1-4 bytes.
+_variantRequests = st.lists(
+    st.one_of(
+        st.builds(lambda t, x: b"\x00\x01" + t + b" " + x, st.sampled_from([b"bob", b"ana", b"zz"]), st.binary(max_size=40)),
+        st.just(b"\x00\x03"),
+        st.builds(lambda n, p: b"\x00\x02bob " + n + b" " + str(p).encode() + b" 8081 1.2.3.4", st.binary(min_size=1, max_size=10), st.integers(0, 10**7)),
+        st.just("No se encontró el archivo.\n".encode()),
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+class FuzzTests(TestCase):
+    """Whatever a client of the variant sends, chatd answers in its terms and survives."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.sampled_from(["auto", "p2p"]),
+        st.binary(min_size=1, max_size=4),
+        hostileInput(_variantRequests),
+        st.lists(st.integers(0, 1 << 16), max_size=6),
+    )
+    def test_hostileVariantClient(self, variant, name, data, points) -> None:
+        presence = InMemoryPresenceService()
+        factory = MsrpFactory(
+            presence, MemoryReactorClock(), maxFileSize=10**6, metrics=presence.metrics,
+            variant=variant,
+        )
+        bob = VariantClient(factory, b"bob")
+        bob.send(b"\x00\x03")
+        bob.take()
+        hostile = VariantClient(factory, name)
+        for chunk in cut(data, points):
+            if hostile.closed or hostile.readingPaused:
+                break
+            hostile.send(chunk)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        if hostile.protocol.mode == P2P:
+            for write in hostile.take():
+                self.assertLessEqual(len(write), MAX_REPLY)
+                self.assertNotIn(b"\x00", write)
+            for write in bob.take():
+                self.assertLessEqual(len(write), MAX_REPLY)
+                self.assertNotIn(b"\x00", write.replace(b"\x00\x02", b"", 1))
+        # Others are still served.
+        ana = VariantClient(factory, b"an\x00\x03")
+        self.assertEqual(ana.protocol.mode, P2P)
+        self.assertTrue(ana.take()[0].startswith(b"Lista de clientes:\n"))

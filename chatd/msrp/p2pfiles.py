@@ -134,6 +134,8 @@ class FileOffer(Factory):
 
     def __init__(self, content: bytes, receiverHost: str, clock, timeout: float) -> None:
         self.content = content
+        #: The bytes held until the receiver fetches them.
+        self.size = len(content)
         self.receiverHost = receiverHost
         self.clock = clock
         self.timeout = timeout
@@ -165,6 +167,7 @@ class FileOffer(Factory):
         connection.transport.write(self.content)
         connection.transport.loseConnection()
         self.content = b""
+        self.size = 0
         self._end(True)
 
     def withdraw(self) -> None:
@@ -172,6 +175,8 @@ class FileOffer(Factory):
         self._end(False)
 
     def _end(self, written: bool) -> None:
+        self.content = b""
+        self.size = 0
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -231,8 +231,11 @@ class MsrpProtocol(SessionProtocol):
         if self.mode == HUMAN or self._closing or self.user is None:
             return 0
         if self.mode == P2P:
-            # Held until the receiver connects for it: bounded like a queue.
-            return min(self.fileSizeLimit, self.maxQueued)
+            # Held until the receiver connects for it: the files offered and
+            # not fetched yet count against its queue like frames waiting.
+            held = sum(offer.size for offer in self._offers)
+            room = self.maxQueued - self.outbound.waitingBytes - held
+            return max(0, min(self.fileSizeLimit, room))
         room = self.maxQueued - self.outbound.waitingBytes
         return max(0, min(self.fileSizeLimit, room))
 
@@ -321,8 +324,12 @@ class MsrpProtocol(SessionProtocol):
         if variant == P2P and not self._greeting:
             # The variant's first read is its name, 1 to 4 bytes; what
             # follows is its first request (its client truncates the name).
+            # A 0x00 ends it early: its first request, joined by TCP.
+            end = data.find(b"\x00", 1, p2p.MAX_NAME)
+            if end == -1:
+                end = p2p.MAX_NAME
             self.mode = P2P
-            self._login(data[: p2p.MAX_NAME], data[p2p.MAX_NAME :])
+            self._login(data[:end], data[end:])
             return
         if variant == AUTO and self._greeting and data[:1] == b"\x00":
             # A name of 1 to 3 bytes in its own read, then a request: the

@@ -65,6 +65,18 @@ class VariantClient(MsrpClient):
             self.send(name)
 
     def take(self) -> list[bytes]:
+        """
+        Every write, once what waits is written: a client of the variant
+        gets one write per --msrp-p2p-gap, so the injected clock is moved on
+        by that until nothing waits.
+        """
+        clock = self.protocol.clock
+        gap = self.protocol.factory.p2pGap
+        if gap and hasattr(clock, "advance"):
+            for _ in range(10000):
+                if self.protocol.closing or not self.protocol.outbound.blocked():
+                    break
+                clock.advance(gap)
         return self.transport.take()
 
 
@@ -224,6 +236,19 @@ class RequestTests(VariantTestMixin, TestCase):
         self.bob.send(b"\x00\x01ana hola mundo")
         self.assertEqual(self.ana.take(), [b"[bob]: hola mundo"])
         self.assertEqual(self.bob.take(), [])
+
+    def test_spaced(self) -> None:
+        """
+        Two messages for a client of the variant: the second waits
+        --msrp-p2p-gap seconds, so that its client reads them apart.
+        """
+        clt1 = self.seed(b"clt1")
+        clt1.send(encodeMessage(b"bob ", b"uno") + encodeMessage(b"bob ", b"dos"))
+        self.assertEqual(self.bob.transport.take(), [b"[clt1]: uno"])
+        self.clock.advance(0.04)
+        self.assertEqual(self.bob.transport.take(), [])
+        self.clock.advance(0.02)
+        self.assertEqual(self.bob.transport.take(), [b"[clt1]: dos"])
 
     def test_unknownTarget(self) -> None:
         self.bob.send(b"\x00\x01zzz hola")
@@ -427,8 +452,10 @@ class FileTests(TestCase):
 
     def setUp(self) -> None:
         self.presence = InMemoryPresenceService()
+        # One write a file: no gap on the real reactor's clock.
         self.factory = MsrpFactory(
-            self.presence, reactor, maxFileSize=10**6, metrics=self.presence.metrics
+            self.presence, reactor, maxFileSize=10**6, metrics=self.presence.metrics,
+            p2pGap=0,
         )
 
     def client(self, name: bytes) -> LoopbackClient:

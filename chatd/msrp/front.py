@@ -11,6 +11,7 @@ from chatd.fronts import DISABLED, IFront, addListener, limit, rate, size
 from chatd.msrp.protocol import (
     AUTO,
     DEFAULT_GREET_AFTER,
+    DEFAULT_P2P_GAP,
     VARIANTS,
     DEFAULT_MAX_FILE,
     DEFAULT_MAX_QUEUED,
@@ -69,6 +70,15 @@ class MsrpFront:
                 "for one of them.",
                 variant,
             ],
+            [
+                "msrp-p2p-gap",
+                None,
+                DEFAULT_P2P_GAP,
+                "Seconds between two writes to a client of the MSRP "
+                "peer-to-peer variant, which reads one recv() as one message; "
+                "0 for none.",
+                rate,
+            ],
         ]
 
     def check(self, config) -> None:
@@ -90,6 +100,7 @@ class MsrpFront:
             metrics=services.metrics,
             greetAfter=config["msrp-greeting"],
             variant=config["msrp-variant"],
+            p2pGap=config["msrp-p2p-gap"],
         )
         addListener(services, reactor, "msrp", "msrp", factory, services.metrics)
 

@@ -148,6 +148,10 @@ AUTO = "auto"
 SEED = "seed"
 VARIANTS = (AUTO, SEED, P2P)
 
+#: Seconds between two writes to a client of the peer-to-peer variant
+#: (C{--msrp-p2p-gap}): its client reads one recv() as one message.
+DEFAULT_P2P_GAP = 0.05
+
 #: Seconds of silence after which a new connection is taken for a person at
 #: nc/telnet and told what to type (C{--msrp-greeting}; 0: never). Binary
 #: clients send their name as soon as they connect, so they never see it.
@@ -459,7 +463,9 @@ class MsrpProtocol(SessionProtocol):
         if self.mode == BINARY:
             self._decoder = MsrpFrameDecoder()
         elif self.mode == P2P:
-            pass  # its reads are its requests; nothing is said on login
+            # Its reads are its requests; nothing is said on login. Its
+            # client reads one recv() as one message: space the writes.
+            self.outbound.gap = self.factory.p2pGap
         else:
             self._lines = LineDecoder()
             self._nameLineOpen = True
@@ -1167,6 +1173,8 @@ class MsrpFactory(SessionFactory):
     @param variant: C{--msrp-variant}: L{AUTO} detects the peer-to-peer
         variant per connection, L{SEED} never takes a connection for it,
         L{P2P} takes every connection for it.
+    @param p2pGap: seconds between two writes to a client of the variant
+        (C{--msrp-p2p-gap}; 0 for none).
     """
 
     #: What clients are told when the server stops (an ERROR frame, or a
@@ -1189,10 +1197,13 @@ class MsrpFactory(SessionFactory):
         metrics: ChatdMetrics | None = None,
         greetAfter: float = 0,
         variant: str = AUTO,
+        p2pGap: float = DEFAULT_P2P_GAP,
     ) -> None:
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
         #: C{--msrp-variant}: AUTO, SEED or P2P.
         self.variant = variant
+        #: C{--msrp-p2p-gap}: seconds between writes to a client of the variant.
+        self.p2pGap = p2pGap
         self.presence = presence
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued

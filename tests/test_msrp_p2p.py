@@ -554,6 +554,31 @@ def readAll(port: int) -> defer.Deferred:
     return connectProtocol(endpoint, reader).addCallback(lambda _: reader.done)
 
 
+class FetchLimitTests(TestCase):
+    """chatd fetches one offered file at a time per sender (injected reactor)."""
+
+    def test_oneAtATime(self) -> None:
+        memory = MemoryReactorClock()
+        presence = InMemoryPresenceService()
+        factory = MsrpFactory(presence, memory, maxFileSize=10**6, metrics=presence.metrics)
+        clt2 = LoopbackClient(factory, b"clt2")
+        bob = LoopbackClient(factory, b"bob\x00\x03")
+        bob.take()
+        bob.send(b"\x00\x02clt2 a.txt 5 4000 10.9.9.9")
+        ((host, port, _, _, _),) = memory.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 4000))
+        bob.send(b"\x00\x02clt2 b.txt 5 4001 127.0.0.1")
+        self.assertEqual(
+            bob.take(),
+            [
+                "Error al recibir el archivo. b.txt: chatd aún recoge otro archivo"
+                " tuyo; no se entregó.\n".encode()
+            ],
+        )
+        self.assertEqual(len(memory.tcpClients), 1)
+        self.assertEqual(clt2.take(), [])
+
+
 class OfferTimeoutTests(TestCase):
     """An offer nobody fetches, and a connection from elsewhere, with an injected clock."""
 

@@ -111,6 +111,7 @@ from chatd.msrp.texts import (
     REFUSALS,
     errAckSenderGone,
     errFileTooLarge,
+    errFetching,
     errFileTooLargeFor,
     errNameInUse,
     errNameProtected,
@@ -223,6 +224,9 @@ class MsrpProtocol(SessionProtocol):
         #: Files offered to this client of the peer-to-peer variant from
         #: ports of their own, until it fetches them.
         self._offers: set[FileOffer] = set()
+        #: Whether chatd is fetching a file this client of the variant
+        #: offered (one at a time: its client serves one while it blocks).
+        self._fetching = False
 
     # IFileReceiver.
 
@@ -812,6 +816,11 @@ class MsrpProtocol(SessionProtocol):
         if offer.size > limit:
             self._sendError(errFileTooLargeFor(receiver, offer.size, limit))
             return
+        if self._fetching:
+            # What chatd holds for one sender stays one file.
+            self._sendError(errFetching(offer.filename))
+            return
+        self._fetching = True
         self.log.info(
             "msrp fetching file {filename!r} ({size} bytes) from {sender}"
             " at {host}:{port} for {receiver}",
@@ -832,10 +841,12 @@ class MsrpProtocol(SessionProtocol):
         )
 
         def fetched(content: bytes) -> None:
+            self._fetching = False
             if not self._closing:
                 self._handOver(receiver, offer.filename, content)
 
         def notFetched(failure: Failure) -> None:
+            self._fetching = False
             self.log.info(
                 "msrp file {filename!r} from {sender} not fetched: {why}",
                 filename=offer.filename,

@@ -9,7 +9,10 @@ from zope.interface import implementer
 
 from chatd.fronts import DISABLED, IFront, addListener, limit, rate, size
 from chatd.msrp.protocol import (
+    AUTO,
     DEFAULT_GREET_AFTER,
+    DEFAULT_P2P_GAP,
+    VARIANTS,
     DEFAULT_MAX_FILE,
     DEFAULT_MAX_QUEUED,
     MsrpFactory,
@@ -58,6 +61,24 @@ class MsrpFront:
                 "on nc/telnet, most likely) is told what to type; 0 for never.",
                 rate,
             ],
+            [
+                "msrp-variant",
+                None,
+                AUTO,
+                "auto: tell the MSRP peer-to-peer variant from the seed's "
+                "clients per connection; seed or p2p: take every connection "
+                "for one of them.",
+                variant,
+            ],
+            [
+                "msrp-p2p-gap",
+                None,
+                DEFAULT_P2P_GAP,
+                "Seconds between two writes to a client of the MSRP "
+                "peer-to-peer variant, which reads one recv() as one message; "
+                "0 for none.",
+                rate,
+            ],
         ]
 
     def check(self, config) -> None:
@@ -78,8 +99,16 @@ class MsrpFront:
             limiter=services.limiter,
             metrics=services.metrics,
             greetAfter=config["msrp-greeting"],
+            variant=config["msrp-variant"],
+            p2pGap=config["msrp-p2p-gap"],
         )
         addListener(services, reactor, "msrp", "msrp", factory, services.metrics)
+
+
+def variant(value: str) -> str:
+    if value not in VARIANTS:
+        raise ValueError("must be one of " + ", ".join(VARIANTS))
+    return value
 
 
 front = MsrpFront()

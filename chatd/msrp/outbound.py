@@ -48,6 +48,10 @@ class Outbound:
         there is one, others' messages and files are refused, so nothing of
         theirs waits behind it).
     @ivar waitingBytes: the bytes waiting, counted against C{maxQueued}.
+    @ivar gap: seconds between two writes, 0 for none. A client of the
+        peer-to-peer variant reads one C{recv()} as one message, and a
+        transport joins the writes of one reactor turn: spaced, each
+        message reaches it alone (C{--msrp-p2p-gap}).
     """
 
     def __init__(self, session: MsrpProtocol) -> None:
@@ -57,19 +61,27 @@ class Outbound:
         self.largeStream: FileStream | None = None
         self.waitingBytes = 0
         self._waiting: deque[bytes | FileStream] = deque()
+        self.gap = 0.0
+        self._spacer = None  # the gap's timer, while one runs
 
     def detach(self) -> None:
         """
         The connection is gone: break the cycle through the transport (which
         holds this as its producer) so that it goes by reference counting.
         """
+        self._stopSpacer()
         self.session = None
 
     # What others may ask.
 
     def blocked(self) -> bool:
         """Whether a frame sent now would wait."""
-        return self.live is not None or self.transportFull or bool(self._waiting)
+        return (
+            self.live is not None
+            or self.transportFull
+            or bool(self._waiting)
+            or self._spacer is not None
+        )
 
     def hasRoom(self, size: int) -> bool:
         """Whether another user's frame of C{size} bytes would be accepted."""
@@ -104,6 +116,23 @@ class Outbound:
             self._checkQueue()
         else:
             session.transport.write(frame)
+            self._space()
+
+    def _space(self) -> None:
+        """After a write, hold the next one back for C{gap} seconds."""
+        if self.gap:
+            self._spacer = self.session.clock.callLater(self.gap, self._spaced)
+
+    def _spaced(self) -> None:
+        self._spacer = None
+        if self.session is not None:
+            self.drain()
+
+    def _stopSpacer(self) -> None:
+        if self._spacer is not None:
+            if self._spacer.active():
+                self._spacer.cancel()
+            self._spacer = None
 
     def enqueueStream(self, stream: FileStream) -> None:
         """Start C{stream} now, or once what waits before it is written."""
@@ -148,6 +177,7 @@ class Outbound:
         """The session closes: drop and return the live file and what waits."""
         live, self.live = self.live, None
         self.largeStream = None
+        self._stopSpacer()
         waiting = list(self._waiting)
         self._waiting.clear()
         self.waitingBytes = 0
@@ -160,11 +190,13 @@ class Outbound:
             and self.live is None
             and not self.transportFull
             and not self.session.closing
+            and self._spacer is None
         ):
             item = self._waiting.popleft()
             if item.__class__ is bytes:
                 self.waitingBytes -= len(item)
                 self.session.transport.write(item)
+                self._space()
             else:
                 self.waitingBytes -= item.queuedBytes()
                 self._goLive(item)

@@ -74,6 +74,8 @@ from chatd.msrp.codec import (
     wireText,
 )
 from chatd.msrp.outbound import Outbound
+from chatd.msrp import p2p
+from chatd.msrp.p2pfiles import FileOffer, fetchOffer
 from chatd.msrp.relay import (
     DISCARD,
     FILL_MAX,
@@ -92,6 +94,7 @@ from chatd.msrp.texts import (
     ERR_BAD_FILENAME,
     ERR_CUT_SHORT,
     ERR_EMPTY,
+    ERR_FORMAT,
     ERR_INTERNAL,
     ERR_LINE_TOO_LONG,
     ERR_NAME_LENGTH,
@@ -99,6 +102,7 @@ from chatd.msrp.texts import (
     ERR_NAME_TIMEOUT,
     ERR_NOT_FOUND,
     ERR_NOT_UTF8,
+    ERR_OPCODE,
     ERR_SHUTDOWN,
     ERR_USAGE,
     HUMAN_BYE,
@@ -107,6 +111,7 @@ from chatd.msrp.texts import (
     REFUSALS,
     errAckSenderGone,
     errFileTooLarge,
+    errFetching,
     errFileTooLargeFor,
     errNameInUse,
     errNameProtected,
@@ -136,6 +141,17 @@ MAX_UNACKED = 256
 
 BINARY = "binary"
 HUMAN = "human"
+#: The peer-to-peer variant (chatd.msrp.p2p), a mode of its own.
+P2P = "p2p"
+
+#: C{--msrp-variant}: detect the variant per connection, or force one.
+AUTO = "auto"
+SEED = "seed"
+VARIANTS = (AUTO, SEED, P2P)
+
+#: Seconds between two writes to a client of the peer-to-peer variant
+#: (C{--msrp-p2p-gap}): its client reads one recv() as one message.
+DEFAULT_P2P_GAP = 0.05
 
 #: Seconds of silence after which a new connection is taken for a person at
 #: nc/telnet and told what to type (C{--msrp-greeting}; 0: never). Binary
@@ -205,6 +221,12 @@ class MsrpProtocol(SessionProtocol):
         # from another protocol): weak, so that a recipient that never ACKs
         # does not keep its senders' connections alive after they leave.
         self._unacked: deque[tuple[bytes, weakref.ref | None]] = deque()
+        #: Files offered to this client of the peer-to-peer variant from
+        #: ports of their own, until it fetches them.
+        self._offers: set[FileOffer] = set()
+        #: Whether chatd is fetching a file this client of the variant
+        #: offered (one at a time: its client serves one while it blocks).
+        self._fetching = False
 
     # IFileReceiver.
 
@@ -216,6 +238,12 @@ class MsrpProtocol(SessionProtocol):
         """
         if self.mode == HUMAN or self._closing or self.user is None:
             return 0
+        if self.mode == P2P:
+            # Held until the receiver connects for it: the files offered and
+            # not fetched yet count against its queue like frames waiting.
+            held = sum(offer.size for offer in self._offers)
+            room = self.maxQueued - self.outbound.waitingBytes - held
+            return max(0, min(self.fileSizeLimit, room))
         room = self.maxQueued - self.outbound.waitingBytes
         return max(0, min(self.fileSizeLimit, room))
 
@@ -291,6 +319,8 @@ class MsrpProtocol(SessionProtocol):
                 self._decideMode(data)
             elif self.mode == BINARY:
                 self._framesReceived(data)
+            elif self.mode == P2P:
+                self._variantReceived(data)
             else:
                 self._linesReceived(data)
         except Exception:
@@ -298,8 +328,43 @@ class MsrpProtocol(SessionProtocol):
             self._closeWith(ERR_INTERNAL, ERROR)
 
     def _nameReceived(self, data: bytes) -> None:
+        variant = self.factory.variant
+        if variant == P2P and not self._greeting:
+            # The variant's first read is its name, 1 to 4 bytes; what
+            # follows is its first request (its client truncates the name).
+            # A 0x00 ends it early: its first request, joined by TCP.
+            end = data.find(b"\x00", 1, p2p.MAX_NAME)
+            if end == -1:
+                end = p2p.MAX_NAME
+            self.mode = P2P
+            self._login(data[:end], data[end:])
+            return
+        if variant == AUTO and self._greeting and data[:1] == b"\x00":
+            # A name of 1 to 3 bytes in its own read, then a request: the
+            # variant (a seed name never holds 0x00, nor is it short).
+            head = bytes(self._greeting)
+            if len(head) < NAME_LENGTH and min(head) > 0x20:
+                self._greeting = bytearray()
+                self.mode = P2P
+                self._login(head, data)
+                return
         greeting = self._greeting
         greeting += data
+        if variant == AUTO:
+            # The variant's name and first request joined in one read
+            # (TCP may join them): a short name then 0x00 and an opcode.
+            end = greeting.find(b"\x00", 1, NAME_LENGTH)
+            if (
+                end != -1
+                and len(greeting) > end + 1
+                and p2p.OP_MESSAGE <= greeting[end + 1] <= p2p.OP_ERROR
+                and min(greeting[:end]) > 0x20
+            ):
+                head, rest = bytes(greeting[:end]), bytes(greeting[end:])
+                self._greeting = bytearray()
+                self.mode = P2P
+                self._login(head, rest)
+                return
         head = bytes(greeting[:NAME_LENGTH])
         if b"\n" in head or b"\r" in head:
             # Someone typed a name shorter than 4 bytes and Enter.
@@ -311,10 +376,17 @@ class MsrpProtocol(SessionProtocol):
         rest = bytes(greeting[NAME_LENGTH:])
         self._greeting = bytearray()
         if rest:
-            self.mode = BINARY if rest[0] == 0 else HUMAN
+            if variant == AUTO and p2p.looksLikeVariant(rest):
+                self.mode = P2P
+            else:
+                self.mode = BINARY if rest[0] == 0 else HUMAN
             if rest[0] not in b"\x00\r\n":
                 self._refuseName(head, ERR_NAME_LENGTH)
                 return
+        self._login(head, rest)
+
+    def _login(self, head: bytes, rest: bytes) -> None:
+        """Log in as the name C{head}; C{rest} is what came after it."""
         try:
             name = head.decode("utf-8")
         except UnicodeDecodeError:
@@ -378,7 +450,9 @@ class MsrpProtocol(SessionProtocol):
         if not data:
             return
         first = data[0]
-        if first == 0:
+        if self.factory.variant == AUTO and p2p.looksLikeVariant(data):
+            self.mode = P2P
+        elif first == 0:
             self.mode = BINARY
         elif first in b"\r\n":
             self.mode = HUMAN
@@ -392,6 +466,10 @@ class MsrpProtocol(SessionProtocol):
     def _startMode(self) -> None:
         if self.mode == BINARY:
             self._decoder = MsrpFrameDecoder()
+        elif self.mode == P2P:
+            # Its reads are its requests; nothing is said on login. Its
+            # client reads one recv() as one message: space the writes.
+            self.outbound.gap = self.factory.p2pGap
         else:
             self._lines = LineDecoder()
             self._nameLineOpen = True
@@ -477,11 +555,7 @@ class MsrpProtocol(SessionProtocol):
         except UnicodeDecodeError:
             self._sendError(ERR_NOT_FOUND)
             return
-        target = self.presence.sessionFor(receiver)
-        if target is None:
-            owner = self.factory.slots.ownerOf(receiver)
-            if owner is not None:
-                receiver, target = owner, self.presence.sessionFor(owner)
+        receiver, target = self._fileTarget(receiver)
         if target is None:
             self._sendError(ERR_NOT_FOUND)
             return
@@ -492,7 +566,7 @@ class MsrpProtocol(SessionProtocol):
         if not filename:
             self._sendError(ERR_BAD_FILENAME)
             return
-        if isinstance(target, MsrpProtocol):
+        if isinstance(target, MsrpProtocol) and target.mode != P2P:
             self._streamTo(target, receiver, frame, filename)
             return
         limit = self.presence.fileLimit(receiver) or 0
@@ -544,24 +618,32 @@ class MsrpProtocol(SessionProtocol):
 
     def wholeFileReceived(self, whole: WholeFile) -> None:
         """The content of C{whole} is all here: hand it to its receiver."""
+        self._handOver(whole.receiver, whole.filename, bytes(whole.content))
+
+    def _handOver(self, receiver: str, filename: str, content: bytes) -> None:
+        """Hand a whole file to a user of another protocol or variant."""
         try:
-            taken = self.presence.sendFile(
-                self, whole.receiver, whole.filename, bytes(whole.content)
-            )
+            taken = self.presence.sendFile(self, receiver, filename, content)
         except (NoSuchUser, FilesNotAccepted, RecipientBusy):
-            self._sendError(errNotDelivered(whole.receiver, whole.filename))
+            self._sendError(errNotDelivered(receiver, filename))
             return
         if taken is not None:
-            # The receiver is not reading: the file waits for it, and may be
-            # dropped (--file-idle-timeout); then this sender is told.
-            notice = errNotDelivered(whole.receiver, whole.filename)
-            taken.addCallback(lambda ok: ok or self._sendError(notice))
+            # The receiver is not reading, or must fetch the file: it waits,
+            # and may be dropped (--file-idle-timeout); then this sender is
+            # told.
+            notice = errNotDelivered(receiver, filename)
+            # This sender may have left meanwhile: then nobody is told.
+            taken.addCallback(lambda ok: ok or self._closing or self._sendError(notice))
             taken.addErrback(self._failed)
 
-    def _listRequest(self, frame: ListRequest) -> None:
+    def _listRequest(self, frame: ListRequest | None) -> None:
         # Binary clients see each user's slot, by which they write to them.
         slots = self.factory.slots
-        text = clientListText([slots.listEntry(info.name) for info in self.presence.users()])
+        entries = [slots.listEntry(info.name) for info in self.presence.users()]
+        if self.mode == P2P:
+            self.outbound.send(p2p.encodeList(entries))
+            return
+        text = clientListText(entries)
         self.outbound.send(encodeClientList(wireText(text)))
 
     def _listText(self) -> str:
@@ -634,10 +716,174 @@ class MsrpProtocol(SessionProtocol):
         receiver, text = parts
         self._sendText(BROADCAST if isBroadcast(receiver) else receiver, text)
 
+    # The peer-to-peer variant (chatd.msrp.p2p).
+
+    def _variantReceived(self, data: bytes) -> None:
+        for opcode, payload in p2p.splitRead(data):
+            if opcode == p2p.OP_MESSAGE:
+                self._variantMessage(payload)
+            elif opcode == p2p.OP_FILE:
+                self._variantOffer(payload)
+            elif opcode == p2p.OP_LIST:
+                self._listRequest(None)
+            elif opcode in (p2p.OP_ACK, p2p.OP_ERROR):
+                # Never sent by the variant's client; its server only logs them.
+                if self.allowance.mayLogError():
+                    self.log.info(
+                        "msrp {name} sent opcode {opcode}: {text}",
+                        name=self.user.name,
+                        opcode=opcode,
+                        text=_show(payload),
+                    )
+            else:
+                # An un-opcoded line (its client's "No se encontró el
+                # archivo.") or an unknown opcode: said, and the session goes
+                # on, as with the variant's own server.
+                self._sendError(ERR_OPCODE)
+            if self._closing:
+                return
+
+    def _variantTarget(self, word: str) -> str:
+        """
+        The receiver a variant's request names: an online user by the whole
+        word, else by its first 4 characters (the variant's server reads
+        C{%4s}), a name or a slot (_sendText and _fileTarget try slots).
+        """
+        if isBroadcast(word):
+            return BROADCAST
+        if self.presence.lookup(word) is not None:
+            return word
+        return word[: p2p.MAX_NAME]
+
+    def _variantMessage(self, payload: bytes) -> None:
+        try:
+            word, text = p2p.parseMessage(payload)
+        except UnicodeDecodeError:
+            self._sendError(ERR_NOT_UTF8)
+            return
+        if not word:
+            self._sendError(ERR_NOT_FOUND)
+        elif not text:
+            self._sendError(ERR_EMPTY)
+        else:
+            self._sendText(self._variantTarget(word), text)
+
+    def _variantOffer(self, payload: bytes) -> None:
+        offer = p2p.parseOffer(payload)
+        if offer is None:
+            self._sendError(ERR_FORMAT)
+            return
+        if not self.allowance.allowMessage():
+            self._sendError(errRate(self.factory.limits.rate))
+            return
+        receiver, target = self._fileTarget(self._variantTarget(offer.target))
+        if target is None or receiver == BROADCAST:
+            self._sendError(ERR_NOT_FOUND)
+            return
+        if offer.size > self.fileSizeLimit:
+            self._sendError(errFileTooLarge(offer.size, self.fileSizeLimit))
+            return
+        if not (isinstance(target, MsrpProtocol) and target.mode == P2P):
+            self._fetchOffer(receiver, offer)
+            return
+        # The receiver connects to the address in the header: the sender's
+        # address as chatd sees it, never one the header names, so no
+        # client can send another to a third host.
+        forwarded = p2p.OfferHeader(
+            receiver, offer.filename, offer.size, offer.port, self.peerHost
+        )
+        if not target.deliverOffer(p2p.encodeOffer(forwarded)):
+            self._sendError(errQueueFull(receiver))
+            return
+        self.log.info(
+            "msrp file offer {filename!r} ({size} bytes) from {sender} to {receiver}",
+            filename=offer.filename,
+            size=offer.size,
+            sender=self.user.name,
+            receiver=receiver,
+        )
+
+    def _fetchOffer(self, receiver: str, offer: p2p.OfferHeader) -> None:
+        """
+        A file from this client of the variant to someone who cannot fetch
+        it: chatd fetches it from the offered port, at this client's own
+        address, and hands it over whole.
+        """
+        limit = self.presence.fileLimit(receiver) or 0
+        if limit == 0:
+            self._sendError(errNoFiles(receiver))
+            return
+        if offer.size > limit:
+            self._sendError(errFileTooLargeFor(receiver, offer.size, limit))
+            return
+        if self._fetching:
+            # What chatd holds for one sender stays one file.
+            self._sendError(errFetching(offer.filename))
+            return
+        self._fetching = True
+        self.log.info(
+            "msrp fetching file {filename!r} ({size} bytes) from {sender}"
+            " at {host}:{port} for {receiver}",
+            filename=offer.filename,
+            size=offer.size,
+            sender=self.user.name,
+            host=self.peerHost,
+            port=offer.port,
+            receiver=receiver,
+        )
+        d = fetchOffer(
+            self.factory.clock,
+            self.clock,
+            self.peerHost,
+            offer.port,
+            offer.size,
+            self.factory.limits.fileIdleTimeout,
+        )
+
+        def fetched(content: bytes) -> None:
+            self._fetching = False
+            if not self._closing:
+                self._handOver(receiver, offer.filename, content)
+
+        def notFetched(failure: Failure) -> None:
+            self._fetching = False
+            self.log.info(
+                "msrp file {filename!r} from {sender} not fetched: {why}",
+                filename=offer.filename,
+                sender=self.user.name if self.user else "?",
+                why=failure.getErrorMessage(),
+            )
+            if not self._closing:
+                self._sendError(errNotDelivered(receiver, offer.filename))
+
+        d.addCallbacks(fetched, notFetched)
+        d.addErrback(self._failed)
+
+    def deliverOffer(self, offer: bytes) -> bool:
+        """
+        Put a variant's file offer on this session's wire, in its own write;
+        whether there was room for it.
+        """
+        if not self.outbound.hasRoom(len(offer)):
+            return False
+        self.outbound.send(offer)
+        return True
+
+    def _fileTarget(self, receiver: str):
+        """C{(receiver, session)} for a file's receiver, name or slot."""
+        target = self.presence.sessionFor(receiver)
+        if target is None:
+            owner = self.factory.slots.ownerOf(receiver)
+            if owner is not None:
+                receiver, target = owner, self.presence.sessionFor(owner)
+        return receiver, target
+
     # Bytes out.
 
     def _render(self, message: ChatMessage) -> bytes:
         """C{message} as this session's wire shows it."""
+        if self.mode == P2P:
+            return p2p.encodeChat(message.sender, message.text)
         if self.mode == HUMAN:
             text = message.text.replace("\r\n", "\n").replace("\r", "\n")
             text = text.replace("\n", "\n  ")
@@ -651,7 +897,9 @@ class MsrpProtocol(SessionProtocol):
         return encodeMessage(slot, wireText(text))
 
     def _sendError(self, text: str) -> None:
-        if self.mode == HUMAN:
+        if self.mode == P2P:
+            self.outbound.send(p2p.encodeErrorLine(text))
+        elif self.mode == HUMAN:
             self._sendLine(f"ERROR: {text}")
         else:
             self.outbound.send(encodeError(wireText(text)))
@@ -803,6 +1051,8 @@ class MsrpProtocol(SessionProtocol):
             return
         self._closing = True
         self.presence.logout(self)
+        for offer in list(self._offers):
+            offer.withdraw()
         # As a sender: a file under way can go no further.
         sink, self._sink = self._sink, None
         if sink is not None:
@@ -824,7 +1074,9 @@ class MsrpProtocol(SessionProtocol):
                 if item.__class__ is bytes:
                     self.transport.write(item)
         if text is not None and live is None:
-            if self.mode == HUMAN:
+            if self.mode == P2P:
+                self.transport.write(p2p.encodeErrorLine(text))
+            elif self.mode == HUMAN:
                 self.transport.write(f"ERROR: {text}\n".encode("utf-8"))
             else:
                 self.transport.write(encodeError(wireText(text)))
@@ -854,7 +1106,9 @@ class MsrpProtocol(SessionProtocol):
 
     # IFileReceiver.
 
-    def deliverFile(self, sender: str, filename: str, content: bytes) -> None:
+    def deliverFile(self, sender: str, filename: str, content: bytes):
+        if self.mode == P2P and not self._closing:
+            return self._offerFile(sender, filename, content)
         if self.mode == HUMAN or self._closing:
             self.log.warn(
                 "msrp {name}: a file from {sender} cannot be shown, dropped",
@@ -871,6 +1125,34 @@ class MsrpProtocol(SessionProtocol):
         if content:
             self.outbound.send(content)
         self._remember(name, None)
+
+    def _offerFile(self, sender: str, filename: str, content: bytes):
+        """
+        A whole file for this client of the variant: offered from a port of
+        its own, on the address this client reached chatd at, for this
+        client's address only. Fires with whether it was fetched.
+        """
+        offer = FileOffer(
+            content, self.peerHost, self.clock, self.factory.limits.fileIdleTimeout
+        )
+        interface = self.transport.getHost().host
+        port = offer.listen(self.factory.clock, interface)
+        if interface.startswith("::ffff:") and "." in interface:
+            interface = interface[len("::ffff:") :]  # what an IPv4 client reaches
+        self._offers.add(offer)
+        offer.done.addBoth(lambda written: self._offers.discard(offer) or written)
+        # The client stores recibidos/<file>: a bare name, one word.
+        name = "".join("_" if c.isspace() or c in "/\\" else c for c in filename)
+        header = p2p.OfferHeader(self.user.name, name, len(content), port, interface)
+        self.outbound.send(p2p.encodeOffer(header))
+        self.log.info(
+            "msrp file {filename!r} from {sender} offered to {receiver} on port {port}",
+            filename=filename,
+            sender=sender,
+            receiver=self.user.name,
+            port=port,
+        )
+        return offer.done
 
     # frame type -> handler, shared by every connection (an idle session
     # should cost little memory).
@@ -899,6 +1181,11 @@ class MsrpFactory(SessionFactory):
     @param limiter: the L{ConnectionLimiter} shared by every listener.
     @param greetAfter: seconds of silence after which a new connection gets
         L{NAME_PROMPT}; 0 for never (C{--msrp-greeting}).
+    @param variant: C{--msrp-variant}: L{AUTO} detects the peer-to-peer
+        variant per connection, L{SEED} never takes a connection for it,
+        L{P2P} takes every connection for it.
+    @param p2pGap: seconds between two writes to a client of the variant
+        (C{--msrp-p2p-gap}; 0 for none).
     """
 
     #: What clients are told when the server stops (an ERROR frame, or a
@@ -920,8 +1207,14 @@ class MsrpFactory(SessionFactory):
         limiter: ConnectionLimiter | None = None,
         metrics: ChatdMetrics | None = None,
         greetAfter: float = 0,
+        variant: str = AUTO,
+        p2pGap: float = DEFAULT_P2P_GAP,
     ) -> None:
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
+        #: C{--msrp-variant}: AUTO, SEED or P2P.
+        self.variant = variant
+        #: C{--msrp-p2p-gap}: seconds between writes to a client of the variant.
+        self.p2pGap = p2pGap
         self.presence = presence
         self.maxFileSize = maxFileSize
         self.maxQueued = maxQueued

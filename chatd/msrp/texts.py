@@ -113,6 +113,10 @@ def errNotDelivered(name: str, filename: str) -> str:
     return f"{ERR_FILE} {filename} no se pudo entregar a {name}."
 
 
+def errFetching(filename: str) -> str:
+    return f"{ERR_FILE} {filename}: chatd aún recoge otro archivo tuyo; no se entregó."
+
+
 def errNoSuchAck(filename: str) -> str:
     return f"Ningún archivo {filename} espera confirmación."
 

@@ -64,6 +64,7 @@ from soak.behaviours.msrp import (
     msrpSession,
     msrpSlot,
     msrpStalledFile,
+    msrpVariant,
 )
 from soak.behaviours.protobuf import (
     pbDeaf,
@@ -103,6 +104,7 @@ BEHAVIOURS = [
     ("msrp stalled file sender", msrpStalledFile, 1),
     ("msrp large file cut short", msrpLargeFileCut, 1),
     ("msrp deaf", msrpDeaf, 2),
+    ("msrp peer-to-peer variant", msrpVariant, 2),
     ("msgr session", msgrSession, 8),
     ("msgr takeover", msgrTakeover, 1),
     ("msgr unbound hostile", msgrUnbound, 4),

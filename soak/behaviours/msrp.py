@@ -763,3 +763,55 @@ async def msrpDeaf(soak: Soak) -> None:
     finally:
         soak.online.pop(name, None)
         client.connection.reset()
+
+
+async def msrpVariant(soak: Soak) -> None:
+    """
+    A client of the peer-to-peer variant (docs/msrp.md): its name alone, a
+    message to itself, the list, the un-opcoded line its client sends, and
+    its last request repeated in a tight loop; every answer is plain text.
+    """
+    name = soak.msrpName()
+    connection = await Connection.open(soak.ports["msrp"], soak.timeout)
+    received = bytearray()
+
+    async def answer(predicate) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + soak.timeout
+        while not predicate(received.decode("utf-8", "replace")):
+            received.extend(await connection.read(max(0.01, deadline - loop.time())))
+        text = received.decode("utf-8", "replace")
+        if text.startswith("\x00\x05") and isLimit(text):
+            raise Limited(text)  # refused before the name, as any MSRP client
+        # Plain text, but for file offers from others (00 02 + a header).
+        _expect(
+            b"\x00" not in received.replace(b"\x00\x02", b""),
+            f"msrp variant: a 0x00 in {bytes(received)!r}",
+        )
+        received.clear()
+
+    try:
+        # Its client sends the name alone and a request when its user types
+        # one; here they go together, as TCP may join them, so that the
+        # session is the variant's from its login (a message for a 4-byte
+        # name that came alone, before its first request, is the seed's
+        # frame: docs/msrp.md, "How it is detected").
+        await connection.send(
+            name.encode() + f"\x00\x01{name} hola {name}".encode(), soak.timeout
+        )
+        await answer(lambda t: f"[{name}]: hola {name}" in t or isLimit(t))
+        soak.online[name] = "msrp"
+        await connection.send(b"\x00\x03", soak.timeout)
+        # Others' messages may come first; a long list ends with how many
+        # it left out (the newest users, this one among them).
+        await answer(
+            lambda t: "Lista de clientes:\n" in t and (f": {name}\n" in t or " más)\n" in t)
+        )
+        await connection.send("No se encontró el archivo.\n".encode(), soak.timeout)
+        await answer(lambda t: "Código de operación incorrecto.\n" in t)
+        # The end of its input: the last line again and again.
+        await connection.send(f"\x00\x01{name} otra vez".encode() * 10, soak.timeout)
+        await answer(lambda t: f"[{name}]: otra vez" in t or "Demasiados mensajes" in t)
+    finally:
+        soak.online.pop(name, None)
+        await connection.end(soak.abrupt(0.5))

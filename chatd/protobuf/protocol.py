@@ -71,10 +71,12 @@ COURSE = "course"
 DIALECTS = (AUTO, SEED, COURSE)
 
 #: Seconds between two messages to one raw connection (--protobuf-raw-gap).
-#: The raw clients read one recv() as one message; a human-paced client is
-#: back in recv() within milliseconds of printing what it got, so a quarter
-#: of a second keeps every message in a read of its own.
-DEFAULT_RAW_GAP = 0.25
+#: The raw clients read one recv() as one message; a client that reads in
+#: its own thread (as both course clients do) is back in recv() within a
+#: millisecond or two of printing what it got, so 50 ms keeps every message
+#: in a read of its own, while a raw connection still takes 20 messages a
+#: second (the default --rate of one sender) in a busy chat.
+DEFAULT_RAW_GAP = 0.05
 
 #: How long a raw request that may still grow is waited for, in seconds.
 DEFAULT_RAW_WAIT = 0.05

@@ -66,6 +66,7 @@ from soak.behaviours.msrp import (
     msrpStalledFile,
 )
 from soak.behaviours.protobuf import (
+    pbCourseSession,
     pbDeaf,
     pbGarbage,
     pbHalfClose,
@@ -90,6 +91,7 @@ BEHAVIOURS = [
     ("protobuf look-alike", pbLookalike, 2),
     ("protobuf slow readers vanish", pbSlowReadersVanish, 1),
     ("protobuf half-close", pbHalfClose, 3),
+    ("protobuf course revision", pbCourseSession, 3),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),

@@ -200,9 +200,11 @@ class ClientBReplayTests(CourseMixin, TestCase):
         Requests joined in one read are split on their 0x00, and their
         answers go out in a write each.
         """
+        self.factory.rawGap = 0.05
         self.bob()
         alice = self.alice()
         alice.send(B_LIST + B_INFO_BOB)
+        self.clock.pump([0.05] * 2)
         writes = alice.writes()
         self.assertEqual(len(writes), 2)
         self.assertEqual(writes[0][:2], H("0802"))
@@ -320,13 +322,16 @@ class ResponseRuleTests(CourseMixin, TestCase):
 
     def test_longMessageInPieces(self) -> None:
         """A long message arrives as consecutive deliveries, each under 1,024 bytes."""
+        self.factory.rawGap = 0.05
         bob = self.bob()
         alice = self.alice()
+        self.clock.advance(1)
         text = "ñ" * 1500
         bob.send(
             H("0805")
             + request(messg=chat_pb2.Message(receiver="alice", text=text)).SerializeToString()
         )
+        self.clock.pump([0.05] * 3)
         writes = alice.writes()
         self.assertEqual(len(writes), 3)
         self.assertCourse(writes, nul=True)

@@ -126,6 +126,9 @@ LIMIT_OPTIONS = (
     "max-connections",
     "max-connections-per-ip",
     "max-send-queue",
+    # Not a limit but a pace: a load generator is not a human-paced client
+    # reading one recv() per message (docs/protobuf.md).
+    "protobuf-raw-gap",
 )
 
 

@@ -155,6 +155,10 @@ class RawFramer:
 
     neededFields: dict[int, int] = {}
     lastField = 0
+    #: Set when a message ends at a C{0x00} terminator (never cleared here:
+    #: the reader that cares clears it), so that a protocol can answer a
+    #: client that ends its requests with C{0x00} in the same way.
+    endedByZero = False
 
     def __init__(self, maxFrameSize: int = DEFAULT_MAX_FRAME) -> None:
         self.maxFrameSize = maxFrameSize
@@ -253,6 +257,7 @@ class RawFramer:
                     continue
                 frame = bytes(buf[start:pos])
                 self._reset(pos + 1)
+                self.endedByZero = True
                 return frame
             if tag < 0x80:  # a one-byte tag, as every field of chat.proto's
                 valueStart = pos + 1
@@ -349,6 +354,7 @@ class DelimitedFramer:
     """
 
     waiting = False
+    endedByZero = False
 
     def __init__(self, maxFrameSize: int = DEFAULT_MAX_FRAME) -> None:
         self.maxFrameSize = maxFrameSize

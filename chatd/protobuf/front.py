@@ -10,7 +10,14 @@ from zope.interface import implementer
 
 from chatd.fronts import DISABLED, IFront, addListener, limit, positiveFloat, size
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
-from chatd.protobuf.protocol import DEFAULT_RAW_WAIT, FRAMINGS, ProtobufChatFactory
+from chatd.protobuf.protocol import (
+    AUTO,
+    DEFAULT_RAW_GAP,
+    DEFAULT_RAW_WAIT,
+    DIALECTS,
+    FRAMINGS,
+    ProtobufChatFactory,
+)
 
 
 @implementer(IFront)
@@ -50,6 +57,21 @@ class ProtobufFront:
                 "Seconds a raw request that may still grow is waited for.",
                 positiveFloat,
             ],
+            [
+                "protobuf-dialect",
+                None,
+                AUTO,
+                "Revision of the protobuf chat: 'auto' (told per connection by "
+                "its first request), 'seed' (0-based) or 'course' (1-based).",
+            ],
+            [
+                "protobuf-raw-gap",
+                None,
+                DEFAULT_RAW_GAP,
+                "Seconds between two messages to one raw connection (its "
+                "clients read one recv() as one message). 0 for none.",
+                float,
+            ],
         ]
 
     def check(self, config) -> None:
@@ -57,6 +79,12 @@ class ProtobufFront:
             raise usage.UsageError(
                 f"--protobuf-framing must be one of {', '.join(FRAMINGS)}"
             )
+        if config["protobuf-dialect"] not in DIALECTS:
+            raise usage.UsageError(
+                f"--protobuf-dialect must be one of {', '.join(DIALECTS)}"
+            )
+        if config["protobuf-raw-gap"] < 0:
+            raise usage.UsageError("--protobuf-raw-gap must be 0 or more")
 
     def openAccounts(self, config, reactor, owner) -> None:
         return None
@@ -73,6 +101,8 @@ class ProtobufFront:
             limits=services.limits,
             limiter=services.limiter,
             metrics=services.metrics,
+            dialect=config["protobuf-dialect"],
+            rawGap=config["protobuf-raw-gap"],
         )
         addListener(services, reactor, "protobuf", "protobuf", factory, services.metrics)
 

@@ -8,6 +8,7 @@ each. docs/protobuf.md is the normative description.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 from google.protobuf.message import DecodeError
@@ -61,6 +62,21 @@ SUCCESSFUL = Response.SUCCESSFUL_OPERATION
 RAW = "raw"
 DELIMITED = "delimited"
 FRAMINGS = (RAW, DELIMITED)
+
+#: Which revision of seed 000 a listener speaks: told per connection from its
+#: first request (C{auto}), or forced (docs/protobuf.md).
+AUTO = "auto"
+SEED = "seed"
+COURSE = "course"
+DIALECTS = (AUTO, SEED, COURSE)
+
+#: Seconds between two messages to one raw connection (--protobuf-raw-gap).
+#: The raw clients read one recv() as one message; a client that reads in
+#: its own thread (as both course clients do) is back in recv() within a
+#: millisecond or two of printing what it got, so 50 ms keeps every message
+#: in a read of its own, while a raw connection still takes 20 messages a
+#: second (the default --rate of one sender) in a busy chat.
+DEFAULT_RAW_GAP = 0.05
 
 #: How long a raw request that may still grow is waited for, in seconds.
 DEFAULT_RAW_WAIT = 0.05
@@ -147,6 +163,9 @@ class ProtobufChatProtocol(SessionProtocol):
 
     protocolName = "protobuf"
     log = Logger()
+    #: Whether the next request may reveal the course revision (set by the
+    #: factory for C{--protobuf-dialect auto}; cleared after the first).
+    _detect = False
 
     def __init__(
         self,
@@ -273,11 +292,28 @@ class ProtobufChatProtocol(SessionProtocol):
         try:
             request = Request.FromString(frame)
         except DecodeError:
+            self._detect = False
             self._fail(
                 scanOption(frame), "malformed request: not a chat.ClientRequest"
             )
             return
         option = request.option
+        if self._detect:
+            self._detect = False
+            # The seed's option 1 is CONNECTED_USERS, meaningless before a
+            # login: with newuser set it is the course revision's USER_LOGIN.
+            if option == CONNECTED_USERS and request.HasField("newuser"):
+                self.log.info(
+                    "protobuf connection from {peer} speaks the course revision",
+                    peer=self.peerHost,
+                    protocol=self.protocolName,
+                    dialect=COURSE,
+                )
+                # The connection takes the revision's class (its handlers and
+                # encoders): the seed's connections pay nothing for it.
+                self.__class__ = self.factory.courseClass(self.__class__)
+                self._handleFrame(frame)
+                return
         if option == USER_LOGIN and not request.HasField("option"):
             # (Any other value was set.) proto2 keeps an enum value it does
             # not know among the unknown fields, and reads the field as its
@@ -570,6 +606,98 @@ ProtobufChatProtocol._handlers = {
 }
 
 
+class RawProtobufChatProtocol(ProtobufChatProtocol):
+    """
+    A client with raw framing. Its clients read one C{recv()} as one message,
+    so every message is a write of its own (a read's answers are not joined),
+    and consecutive messages are spaced by the factory's C{rawGap}: they wait
+    their turn in a queue of this connection's, in order, and count towards
+    C{--max-sendq}.
+    """
+
+    _gapQueue: deque | None = None  # messages waiting for their turn
+    _gapCall: IDelayedCall | None = None
+    _gapBytes = 0
+    _nextWrite = 0.0  # when the next message may go
+    _closeAfterGap = False
+
+    def dataReceived(self, data: bytes) -> None:
+        # No cork: it would join a read's answers into one write.
+        if self._closing:
+            return
+        self._framesReceived(data)
+
+    def _write(self, data: bytes) -> bool | None:
+        gap = self.factory.rawGap
+        if not gap or self._closing:
+            return self._out(data)
+        queue = self._gapQueue
+        if queue is None:
+            now = self.clock.seconds()
+            if now >= self._nextWrite:
+                self._nextWrite = now + gap
+                return self._out(data)
+            queue = self._gapQueue = deque()
+            self._gapCall = self.clock.callLater(self._nextWrite - now, self._gapEnded)
+        queue.append(data)
+        self._gapBytes += len(data)
+        limit = self.factory.limits.maxSendQueue
+        if limit and self._gapBytes > limit:
+            self._sendQueueFull()
+            return False
+        return True
+
+    def holdWrites(self, seconds: float) -> None:
+        """Send nothing more for C{seconds} (what comes meanwhile waits)."""
+        if self.factory.rawGap:
+            self._nextWrite = max(self._nextWrite, self.clock.seconds() + seconds)
+
+    def _gapEnded(self) -> None:
+        self._gapCall = None
+        queue = self._gapQueue
+        data = queue.popleft()
+        self._gapBytes -= len(data)
+        gap = self.factory.rawGap
+        self._nextWrite = self.clock.seconds() + gap
+        if queue:
+            self._gapCall = self.clock.callLater(gap, self._gapEnded)
+        else:
+            self._gapQueue = None
+        self._out(data)
+        if self._gapQueue is None and self._closeAfterGap:
+            self._closeAfterGap = False
+            ProtobufChatProtocol.disconnect(self, None)
+
+    def _flushGap(self) -> None:
+        """Write what waits for its turn at once: the connection is closing."""
+        if self._gapCall is not None:
+            self._gapCall.cancel()
+            self._gapCall = None
+        queue, self._gapQueue = self._gapQueue, None
+        self._gapBytes = 0
+        for data in queue or ():
+            self._out(data)
+
+    def disconnect(self, reason: str | None) -> None:
+        if self._closing:
+            return
+        if reason is None and self._gapQueue:
+            # A client that half-closed still reads its answers one at a
+            # time: the close waits for the last one. The name is free now.
+            self.presence.logout(self)
+            self._closeAfterGap = True
+            return
+        self._flushGap()
+        ProtobufChatProtocol.disconnect(self, reason)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._gapCall is not None:
+            self._gapCall.cancel()
+            self._gapCall = None
+        self._gapQueue = None
+        ProtobufChatProtocol.connectionLost(self, reason)
+
+
 class ProtobufChatFactory(SessionFactory):
     """
     Builds L{ProtobufChatProtocol}s that share one presence service.
@@ -578,6 +706,11 @@ class ProtobufChatFactory(SessionFactory):
     @param metrics: the server's L{ChatdMetrics}, passed by the front;
         without one (a test's factory) it counts in a L{ChatdMetrics} of its
         own (L{SessionFactory}).
+    @param dialect: L{AUTO} (tell the course revision by its first request),
+        L{SEED} or L{COURSE}. The front passes C{--protobuf-dialect} (default
+        C{auto}); a factory built in code speaks the seed unless told.
+    @param rawGap: seconds between two messages to one raw connection; the
+        front passes C{--protobuf-raw-gap}, a factory built in code has none.
     """
 
     def __init__(
@@ -590,14 +723,26 @@ class ProtobufChatFactory(SessionFactory):
         limits: Limits | None = None,
         limiter: ConnectionLimiter | None = None,
         metrics: ChatdMetrics | None = None,
+        dialect: str = SEED,
+        rawGap: float = 0.0,
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, not {dialect!r}")
         SessionFactory.__init__(self, clock, limits, limiter, metrics)
         self.presence = presence
         self.framing = framing
         self.maxFrameSize = maxFrameSize
         self.rawWait = rawWait
+        self.dialect = dialect
+        #: Seconds between two messages to one raw connection (0: none).
+        self.rawGap = rawGap
+        # The course revision builds on this module (chatd/protobuf/course.py).
+        from chatd.protobuf.course import courseClass
+
+        #: The course revision's class for a connection of the given class.
+        self.courseClass = courseClass
         #: How many of this factory's connections are inside dataReceived;
         #: while it is not 0, responses are held (ProtobufChatProtocol._write).
         self.corked = 0
@@ -614,10 +759,17 @@ class ProtobufChatFactory(SessionFactory):
     def buildProtocol(self, addr) -> ProtobufChatProtocol:
         if self.framing == RAW:
             framer, encode = RawRequestFramer(self.maxFrameSize), encodeRaw
+            # Without a gap Twisted would join the separate writes of one
+            # reactor turn into one send() anyway: the corked connection,
+            # which joins them for less, is kept (make bench runs so).
+            cls = RawProtobufChatProtocol if self.rawGap else ProtobufChatProtocol
         else:
             framer, encode = DelimitedFramer(self.maxFrameSize), encodeDelimited
-        protocol = ProtobufChatProtocol(
-            self.presence, self.clock, framer, encode, self.rawWait
-        )
+            cls = ProtobufChatProtocol
+        if self.dialect == COURSE:
+            cls = self.courseClass(cls)
+        protocol = cls(self.presence, self.clock, framer, encode, self.rawWait)
+        if self.dialect == AUTO:
+            protocol._detect = True
         protocol.factory = self
         return protocol

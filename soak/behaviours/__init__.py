@@ -67,6 +67,7 @@ from soak.behaviours.msrp import (
     msrpVariant,
 )
 from soak.behaviours.protobuf import (
+    pbCourseSession,
     pbDeaf,
     pbGarbage,
     pbHalfClose,
@@ -91,6 +92,7 @@ BEHAVIOURS = [
     ("protobuf look-alike", pbLookalike, 2),
     ("protobuf slow readers vanish", pbSlowReadersVanish, 1),
     ("protobuf half-close", pbHalfClose, 3),
+    ("protobuf course revision", pbCourseSession, 3),
     ("msrp session", msrpSession, 10),
     ("msrp person (nc)", msrpPerson, 3),
     ("msrp slot of a long name", msrpSlot, 2),

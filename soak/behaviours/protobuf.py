@@ -325,3 +325,63 @@ async def pbSlowReadersVanish(soak: Soak) -> None:
         for _, reader in readers:
             reader.connection.reset()
         await writer.connection.end(soak.abrupt(0.5))
+
+
+def _courseField(field: int, data: bytes) -> bytes:
+    return bytes((field << 3 | 2,)) + encodeVarint(len(data)) + data
+
+
+async def pbCourseSession(soak: Soak) -> None:
+    """
+    A client of the course revision (1-based, client B's habits: 0x00 after
+    every request): log in, list, ask about itself, write to itself, then
+    close or vanish. Every response must follow the revision's rules: a
+    code, no 0x00 inside and one after, under 1,024 bytes. Deliveries from
+    others (broadcasts) arrive in between and are checked the same way.
+    """
+    name = soak.pbName()
+    me = name.encode()
+    connection = await Connection.open(soak.ports["protobuf"], soak.timeout)
+    pending = bytearray()
+
+    async def next(option: int, wanted: bytes = b"") -> bytes:
+        # The next message with this option (and bytes), split on the 0x00
+        # that ends each: the revision puts none inside a message.
+        while True:
+            while 0 not in pending:
+                pending.extend(await connection.read(soak.timeout))
+            end = pending.index(0)
+            frame = bytes(pending[:end])
+            del pending[: end + 1]
+            _expect(len(frame) + 1 < 1024, f"course: a response of {len(frame) + 1} bytes")
+            _expect(
+                frame[2:4] in (b"\x10\x01", b"\x10\x02") or frame[:2] in (b"\x10\x01",),
+                f"course: a response without its code: {frame[:40].hex(' ')}",
+            )
+            if frame[:2] == bytes((8, option)) and wanted in frame:
+                return frame
+
+    try:
+        await connection.send(b"\x08\x01" + _courseField(2, _courseField(1, me)) + b"\x00", soak.timeout)
+        frame = await next(1)
+        _expect(frame.startswith(b"\x08\x01\x10\x02"), f"course: login answered {frame[:40].hex(' ')}")
+        await connection.send(b"\x08\x02\x00", soak.timeout)
+        frame = await next(2)
+        # A list over 1,024 bytes leaves the last users out, and says so.
+        _expect(
+            frame.startswith(b"\x08\x02\x10\x02") and (me in frame or b" left out (" in frame),
+            "course: not in its own list",
+        )
+        await connection.send(b"\x08\x03" + _courseField(3, _courseField(1, me)) + b"\x00", soak.timeout)
+        frame = await next(3)
+        _expect(frame.startswith(b"\x08\x03\x10\x02"), f"course: information answered {frame[:40].hex(' ')}")
+        text = f"hola {soak.rng.randrange(10**6)}".encode()
+        await connection.send(
+            b"\x08\x05" + _courseField(5, _courseField(1, me) + _courseField(2, me) + _courseField(3, text))
+            + b"\x00",
+            soak.timeout,
+        )
+        frame = await next(5, text)
+        _expect(frame.startswith(b"\x08\x05\x10\x02\x32"), f"course: a delivery {frame[:40].hex(' ')}")
+    finally:
+        await connection.end(soak.abrupt(0.4))

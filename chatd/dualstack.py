@@ -55,10 +55,16 @@ def _plainAddress(port: tcp.Port, address: tuple):
 
 
 class DualStackServer(tcp.Server):
-    """A connection accepted by a L{DualStackPort}: its peer as L{_plainAddress}."""
+    """
+    A connection accepted by a L{DualStackPort}: its peer, and its own end,
+    as L{_plainAddress} (an IPv4 client reached chatd at an IPv4 address).
+    """
 
     def getPeer(self):
         return _plainAddress(self.server, self.client)
+
+    def getHost(self):
+        return _plainAddress(self.server, self.socket.getsockname())
 
 
 class DualStackPort(tcp.Port):

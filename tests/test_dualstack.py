@@ -26,6 +26,7 @@ class _Peers(protocol.Factory):
     def __init__(self) -> None:
         self.hosts: list[str] = []
         self.peers: list = []
+        self.hostsReached: list[str] = []
         self.accepted: defer.DeferredQueue = defer.DeferredQueue()
 
     def buildProtocol(self, addr):
@@ -38,6 +39,7 @@ class _Peers(protocol.Factory):
 class _Peer(protocol.Protocol):
     def connectionMade(self) -> None:
         self.factory.peers.append(self.transport.getPeer())
+        self.factory.hostsReached.append(self.transport.getHost().host)
         self.factory.accepted.put(self)
 
 
@@ -81,6 +83,7 @@ class DualStackTests(TestCase):
             [(type(a).__name__, a.host) for a in peers.peers],
             [("IPv4Address", "127.0.0.1"), ("IPv6Address", "::1")],
         )
+        self.assertEqual(peers.hostsReached, ["127.0.0.1", "::1"])
 
     def test_namedInterfaceKept(self):
         """An endpoint that names its interface listens there, as Twisted's does."""

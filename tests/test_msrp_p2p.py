@@ -322,6 +322,16 @@ class RequestTests(VariantTestMixin, TestCase):
         self.assertEqual(self.bob.take(), [BAD_FORMAT])
         self.assertEqual(self.ana.take(), [])
 
+    def test_offerWithControlCharacter(self) -> None:
+        """
+        A control character in a field (0x01 here, between tabs; the fuzz
+        found a 0x00) is a bad offer, not forwarded: a 0x00 would end the
+        receiving client's C string.
+        """
+        self.bob.send(b"\x00\x02ana\t\x01\t18\t8081\th")
+        self.assertEqual(self.bob.take(), [BAD_FORMAT])
+        self.assertEqual(self.ana.take(), [])
+
     def test_offerTooLarge(self) -> None:
         self.bob.send(b"\x00\x02ana f.txt 2000000 8081 127.0.0.1")
         self.assertEqual(

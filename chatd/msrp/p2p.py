@@ -109,7 +109,8 @@ def parseMessage(payload: bytes) -> tuple[str, str]:
 def parseOffer(payload: bytes) -> OfferHeader | None:
     """
     C{"<target> <file> <size> <port> <ip>"}, or C{None} when it has fewer
-    than 5 fields, or a size or port that is no number.
+    than 5 fields, a size or port that is no number, or a control character
+    (C{0x00} among them) in a field.
     """
     try:
         fields = payload.decode("ascii").split()
@@ -119,6 +120,10 @@ def parseOffer(payload: bytes) -> OfferHeader | None:
         return None
     target, filename, size, port, ip = fields[:5]
     if not (size.isdigit() and port.isdigit()):
+        return None
+    if not all(field.isprintable() for field in fields[:5]):
+        # A 0x00 or another control character in a field (split() keeps
+        # them): forwarded, it would end the receiving client's C string.
         return None
     return OfferHeader(target, filename, int(size), int(port), ip)
 

@@ -35,9 +35,20 @@ from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
 from chatd.msgr.protocol import MsgrChatFactory
 from chatd.msgr.service import MsgrService
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE, TokenRegistry
+from chatd.msgr.uqjava import DIALECTS, SEED, UQ_JAVA, UqJavaLogins
 from chatd.sessions import CountedHTTPFactory
 
 log = Logger()
+
+
+def dialect(value: str) -> str:
+    """The value of C{--msgr-dialect}."""
+    if value not in DIALECTS:
+        raise ValueError(f"not one of {', '.join(DIALECTS)}")
+    return value
+
+
+dialect.coerceDoc = "One of seed, uq-java."  # type: ignore[attr-defined]
 
 
 #: What SQLite may create next to the database file.
@@ -162,6 +173,14 @@ class MsgrFront:
                 limit,
             ],
             [
+                "msgr-dialect",
+                None,
+                SEED,
+                "What the MSGR HTTP form paths speak: seed (the document's codes)"
+                " or uq-java (the reference Java client's; see docs/msgr.md).",
+                dialect,
+            ],
+            [
                 "msgr-register-window",
                 None,
                 msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
@@ -210,6 +229,15 @@ class MsgrFront:
         )
         msgr.setName("msgr-accounts")
         msgr.setServiceParent(services)  # stopping it closes the database
+        logins = None
+        if config["msgr-dialect"] == UQ_JAVA:
+            logins = UqJavaLogins(msgr.tokens)
+            log.warn(
+                "MSGR dialect uq-java: its client sends passwords in clear and"
+                " proves nothing but its address; an account id is trusted from"
+                " the address of its last /status login (docs/msgr.md)",
+                event="uq-java-dialect",
+            )
         if config["http"] != DISABLED:
             # With a private --metrics listener, the public one keeps the
             # counts to itself (how many are online is nobody else's
@@ -219,6 +247,7 @@ class MsgrFront:
                 reactor=reactor,
                 metrics=metrics,
                 serveMetrics=config["metrics"] == DISABLED,
+                uqJavaLogins=logins,
             )
             if limits.loginTimeout:
                 site.timeOut = limits.loginTimeout

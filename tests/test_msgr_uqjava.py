@@ -148,6 +148,7 @@ class TransportTests(unittest.TestCase):
     def test_badBodyIsACodeNotAPage(self):
         answer = yield self.h.java("/status", rawBody=b"usr=\xff\xfe&pass=%ZZ")
         self.assertEqual(answer.code(), "200")
+        self.assertEqual(answer.response.status, 200)
         answer = yield self.h.java("/nada")
         self.assertEqual(answer.response.status, 404)
 

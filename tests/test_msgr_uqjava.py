@@ -7,6 +7,7 @@ writes them (HTTP/1.0, no Host), and answers read as it reads them
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from urllib.parse import urlencode
 
@@ -19,9 +20,9 @@ from twisted.trial import unittest
 
 from chatd.msgr import accounts, admin
 from chatd.msgr.http import makeSite
-from chatd.msgr.uqjava import UqJavaLogins
+from chatd.msgr.uqjava import GUEST_IDS, UqJavaChatFactory, UqJavaLogins
 
-from tests.test_msgr_helpers import FAST_SCRYPT, HttpResponse, MsgrHarness
+from tests.test_msgr_helpers import FAST_SCRYPT, HttpResponse, MsgrHarness, RecordingSession
 
 #: The codes the client's whitelist reader keeps (dialects.md 3.3).
 WHITELIST = {"200", "202", "203", "301", "101", "102", "103"}
@@ -68,6 +69,34 @@ class JavaAnswer:
         return rows
 
 
+def clientReads(line: str) -> tuple[str, list[str]]:
+    """
+    What the Swing client's reader thread does with one server line, or an
+    AssertionError where it would throw (and never read another line):
+    StringTokenizer on "|" after appending "\\n", then per type.
+    """
+    tokens = [t for t in (line + "\n").split("|") if t]
+    assert len(tokens) >= 4, f"under 4 tokens: {line!r}"
+    kind = tokens[0]
+    if kind in ("#MSJ", "#LISTA_USUARIOS", "#SOLICITUDES"):
+        assert len(tokens) >= 5, f"{kind} under 5 tokens: {line!r}"
+    if kind in ("#LISTA_USUARIOS", "#SOLICITUDES"):
+        entries = tokens[4].split("&&")
+        while entries and entries[-1] == "":
+            entries.pop()
+        assert entries[-1] == "\n", f"not &&-terminated: {line!r}"
+        entries = entries[:-1]
+        assert entries, f"an empty list: {line!r}"
+        for entry in entries:
+            int(entry)  # clicked, parsed as an int
+        return kind, entries
+    if kind == "#ARCHIVO":
+        assert len(tokens) >= 6, f"#ARCHIVO under 6 tokens: {line!r}"
+        base64.b64decode(tokens[5], validate=True)
+        assert "/" not in tokens[4] and "\\" not in tokens[4], tokens[4]
+    return kind, tokens[1:]
+
+
 class UqJavaHarness(MsgrHarness):
     """L{MsgrHarness} whose HTTP site speaks uq-java."""
 
@@ -77,6 +106,20 @@ class UqJavaHarness(MsgrHarness):
         self.site = makeSite(
             self.msgr, reactor=self.clock, metrics=self.msgr.metrics, uqJavaLogins=self.logins
         )
+        self.factory = UqJavaChatFactory(
+            self.msgr, self.logins, maxLine=4096, maxFileSize=1024, metrics=self.msgr.metrics
+        )
+
+    def javaLines(self, client) -> list[tuple[str, list[str]]]:
+        """The lines a client got, each read as the Swing client reads it."""
+        return [clientReads(line) for line in client.lines()]
+
+    @defer.inlineCallbacks
+    def hola(self, uid: int, host: str):
+        client = self.connect(host)
+        client.send(f"#HOLA||FQLSHP||{uid}||s3rv1d0r||{uid}\n\n")
+        yield self.settle()
+        return client
 
     def java(
         self, path: str, host: str = "10.0.0.1", rawBody: bytes | None = None, **fields
@@ -314,3 +357,125 @@ class IdMigrationTests(unittest.TestCase):
         admin.createAccount(connection, "dani", "pw", {}, scrypt=FAST_SCRYPT)
         ids = dict(connection.execute("SELECT name, uid FROM accounts"))
         self.assertEqual(ids, {"zoe": 1, "ana": 2, "dani": 4})
+
+
+class SocketTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.h = UqJavaHarness(self)
+        yield self.h.create("juan")
+        yield self.h.create("ana")
+        self.juan = yield self.h.javaLogin("juan", host="10.0.0.5")
+        self.ana = yield self.h.javaLogin("ana", host="10.0.0.7")
+
+    @defer.inlineCallbacks
+    def befriend(self):
+        yield self.h.java("/enviarsolicitud", host="10.0.0.5", de=str(self.juan), para=str(self.ana))
+        [(requestId, _)] = yield self.h.store.pendingRequestIds("ana")
+        answer = yield self.h.java("/aceptarsolicitud", host="10.0.0.7", id=str(requestId))
+        assert answer.last == "602", answer.raw
+        yield self.h.settle()
+
+    @defer.inlineCallbacks
+    def test_holaFromAnotherAddressIsRefused(self):
+        client = yield self.h.hola(self.juan, "10.0.0.9")
+        self.assertTrue(client.closed)
+        self.assertIsNone(self.h.presence.lookup("juan"))
+        client.lose()
+
+    @defer.inlineCallbacks
+    def test_holaAfterTheLoginExpiredIsRefused(self):
+        self.h.clock.advance(self.h.tokens.idleTimeout + 1)
+        client = yield self.h.hola(self.juan, "10.0.0.5")
+        self.assertTrue(client.closed)
+        client.lose()
+
+    @defer.inlineCallbacks
+    def test_noFriendsNoRequestsNoLine(self):
+        client = yield self.h.hola(self.juan, "10.0.0.5")
+        self.assertFalse(client.closed)
+        self.assertEqual(self.h.presence.lookup("juan").protocol, "msgr")
+        # Only the bind's answer, which the client ignores; no empty list.
+        self.assertEqual([kind for kind, _ in self.h.javaLines(client)], ["#RESPUESTA"])
+        client.send("\n\n\n")
+        self.assertEqual(client.lines(), [])
+        client.lose()
+
+    @defer.inlineCallbacks
+    def test_requestsThenFriendsArePushedWithIds(self):
+        ana = yield self.h.hola(self.ana, "10.0.0.7")
+        juan = yield self.h.hola(self.juan, "10.0.0.5")
+        ana.lines(), juan.lines()
+        yield self.h.java("/enviarsolicitud", host="10.0.0.5", de=str(self.juan), para=str(self.ana))
+        yield self.h.settle()
+        [(requestId, _)] = yield self.h.store.pendingRequestIds("ana")
+        self.assertEqual(self.h.javaLines(ana), [("#SOLICITUDES", [str(requestId)])])
+        yield self.h.java("/aceptarsolicitud", host="10.0.0.7", id=str(requestId))
+        yield self.h.settle()
+        self.assertIn(("#LISTA_USUARIOS", [str(self.juan)]), self.h.javaLines(ana))
+        self.assertIn(("#LISTA_USUARIOS", [str(self.ana)]), self.h.javaLines(juan))
+        ana.lose(), juan.lose()
+
+    @defer.inlineCallbacks
+    def test_messagesBothWays(self):
+        yield self.befriend()
+        ana = yield self.h.hola(self.ana, "10.0.0.7")
+        juan = yield self.h.hola(self.juan, "10.0.0.5")
+        ana.lines(), juan.lines()
+        juan.send(f"#MSJ||FQLSHP||{self.juan}||{self.ana}||Hola ;) a|b\n\n")
+        self.assertEqual(
+            ana.lines(), [f"#MSJ||tokenOK||{self.juan}||{self.ana}||Hola ;) a|b"]
+        )
+        ana.send(f"#MSJ||FQLSHP||{self.ana}||{self.juan}||xD\n\n")
+        self.assertEqual(self.h.javaLines(ana)[0][1][-1], "704\n")
+        [line] = [l for l in juan.lines() if l.startswith("#MSJ")]
+        self.assertEqual(clientReads(line), ("#MSJ", ["tokenOK", str(self.ana), str(self.juan), "xD\n"]))
+        # An id that was not offered, or a sender id that is not yours: refused.
+        juan.send(f"#MSJ||FQLSHP||{self.juan}||99||hola\n\n")
+        juan.send(f"#MSJ||FQLSHP||{self.ana}||{self.juan}||hola\n\n")
+        self.assertEqual(
+            [fields[-1].strip() for _, fields in self.h.javaLines(juan)], ["804", "903"]
+        )
+        self.assertEqual(ana.lines(), [])
+        ana.lose(), juan.lose()
+
+    @defer.inlineCallbacks
+    def test_guestOfAnotherProtocol(self):
+        tux = RecordingSession("protobuf")
+        yield self.h.presence.login(tux, "tux", "10.1.1.1")
+        juan = yield self.h.hola(self.juan, "10.0.0.5")
+        lists = [fields for kind, fields in self.h.javaLines(juan) if kind == "#LISTA_USUARIOS"]
+        self.assertEqual(lists, [[str(GUEST_IDS)]])
+        juan.send(f"#MSJ||FQLSHP||{self.juan}||{GUEST_IDS}||hola tux\n\n")
+        self.assertEqual([(m.sender, m.text) for m in tux.messages], [("juan", "hola tux")])
+        self.h.presence.sendMessage(tux, "juan", "linea1\nlinea2")
+        self.h.presence.sendMessage(tux, "juan", "|||")
+        self.h.presence.sendFile(tux, "juan", "../fotos/a|b.png", b"\x89PNG")
+        lines = juan.lines()
+        self.assertEqual(
+            lines[-3:],
+            [
+                f"#MSJ||tokenOK||{GUEST_IDS}||{self.juan}||linea1 linea2",
+                f"#MSJ||tokenOK||{GUEST_IDS}||{self.juan}||///",
+                f"#ARCHIVO||tokenOK||{GUEST_IDS}||{self.juan}||a_b.png||iVBORw==||",
+            ],
+        )
+        for line in lines:
+            clientReads(line)
+        # Gone: the list is pushed without it (and so no line at all).
+        self.h.presence.logout(tux)
+        yield self.h.settle()
+        self.assertEqual(juan.lines(), [])
+        juan.send(f"#MSJ||FQLSHP||{self.juan}||{GUEST_IDS}||hola\n\n")
+        self.assertEqual([f[-1].strip() for _, f in self.h.javaLines(juan)], ["804"])
+        juan.lose()
+
+    @defer.inlineCallbacks
+    def test_desconectarEndsTheLogin(self):
+        juan = yield self.h.hola(self.juan, "10.0.0.5")
+        juan.send(f"#DESCONECTAR||FQLSHP||{self.juan}||s3rv1d0r||{self.juan}\n\n")
+        self.assertTrue(juan.closed)
+        juan.lose()
+        again = yield self.h.hola(self.juan, "10.0.0.5")
+        self.assertTrue(again.closed)
+        again.lose()

@@ -35,7 +35,7 @@ from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
 from chatd.msgr.protocol import MsgrChatFactory
 from chatd.msgr.service import MsgrService
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE, TokenRegistry
-from chatd.msgr.uqjava import DIALECTS, SEED, UQ_JAVA, UqJavaLogins
+from chatd.msgr.uqjava import DIALECTS, SEED, UQ_JAVA, UqJavaChatFactory, UqJavaLogins
 from chatd.sessions import CountedHTTPFactory
 
 log = Logger()
@@ -176,8 +176,9 @@ class MsgrFront:
                 "msgr-dialect",
                 None,
                 SEED,
-                "What the MSGR HTTP form paths speak: seed (the document's codes)"
-                " or uq-java (the reference Java client's; see docs/msgr.md).",
+                "What the MSGR HTTP form paths and chat socket speak: seed (the"
+                " document's codes) or uq-java (the reference Java client's; see"
+                " docs/msgr.md).",
                 dialect,
             ],
             [
@@ -257,7 +258,11 @@ class MsgrFront:
             )
             addListener(services, reactor, "msgr-http", "http", counted, metrics)
         if config["msgr"] != DISABLED:
-            factory = MsgrChatFactory(
+            # The same options either way; uq-java only changes the lines.
+            make = MsgrChatFactory
+            if logins is not None:
+                make = lambda msgr, **kw: UqJavaChatFactory(msgr, logins, **kw)  # noqa: E731
+            factory = make(
                 msgr,
                 maxLine=size(config, "msgr-max-line"),
                 maxFileSize=size(config, "msgr-max-file"),

@@ -15,18 +15,38 @@ The operations are the seed's (L{MsgrService}); only the wire differs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from chatd.msgr import codec
 from chatd.msgr.http import MAX_BODY, BadBody, MsgrEndpoint, _Call
+from chatd.msgr.protocol import (
+    ARCHIVO,
+    DESCONECTAR,
+    HOLA,
+    IMG,
+    LISTA_USUARIOS,
+    MEME,
+    MEME_TEXT,
+    MSJ,
+    SOLICITUDES,
+    MsgrChatFactory,
+    MsgrChatProtocol,
+)
+from chatd.presence import LOGIN, LOGOUT, NoSuchUser, PresenceError, UserInfo, nameKey
 from chatd.msgr.service import (
     BLOCKED,
     LOGIN_OK,
+    NO_CREDENTIALS,
     NO_SUCH_USER,
     REQUEST_MISSING,
+    SENT_OK,
+    UPDATE_FAILED,
     UPDATE_OK,
     MsgrService,
     Outcome,
@@ -55,6 +75,15 @@ UQ_MODIFIED, UQ_NOT_MODIFIED = 103, 203
 #: /aceptarsolicitud, /rechazarsolicitud: no such request.
 UQ_NO_SUCH_REQUEST = 904
 
+#: The first id of users of other protocols (who have no account); account
+#: ids stay below it.
+GUEST_IDS = 1_000_000_000
+
+#: The token and the sender of the lines chatd pushes (the client ignores
+#: both).
+PUSH_TOKEN = "tokenOK"
+SERVER_NAME = "s3rv1d0r"
+
 #: The marker line of /obtenerusuarios.
 LIST_MARKER = "#LISTA_USUARIOS"
 
@@ -73,6 +102,10 @@ class UqJavaLogins:
         self.tokens = tokens
         # (account id, address) -> token of the latest login from there.
         self._logins: dict[tuple[int, str], str] = {}
+        self._accountIds: dict[str, int] = {}
+        self._guests: dict[str, int] = {}
+        self._guestNames: dict[int, str] = {}
+        self._nextGuest = GUEST_IDS - 1
 
     def loggedIn(self, uid: int, address: str, token: str) -> None:
         """Record a successful login of C{uid} from C{address}."""
@@ -80,6 +113,44 @@ class UqJavaLogins:
         if old is not None and old != token:
             self.tokens.revoke(old)
         self._logins[(uid, address)] = token
+        self.remember(self.tokens.validate(token) or "", uid)
+
+    def tokenFor(self, uid: int, address: str) -> str | None:
+        """The live token of C{uid}'s login from C{address}, or C{None}."""
+        if self.nameFor(uid, address) is None:
+            return None
+        return self._logins.get((uid, address))
+
+    # Ids of the users the chat socket names: accounts' (from the database,
+    # cached here once seen) and, for users of other protocols who have no
+    # account, ids from GUEST_IDS on, kept while they are online.
+
+    def remember(self, name: str, uid: int) -> None:
+        if name:
+            self._accountIds[nameKey(name)] = uid
+
+    def idOf(self, name: str) -> int | None:
+        """The id C{name} shows as, if known without the database."""
+        key = nameKey(name)
+        uid = self._accountIds.get(key)
+        return uid if uid is not None else self._guests.get(key)
+
+    def guestJoined(self, name: str) -> int:
+        key = nameKey(name)
+        if key not in self._guests:
+            self._nextGuest += 1
+            self._guests[key] = self._nextGuest
+            self._guestNames[self._nextGuest] = name
+        return self._guests[key]
+
+    def guestLeft(self, name: str) -> None:
+        uid = self._guests.pop(nameKey(name), None)
+        if uid is not None:
+            self._guestNames.pop(uid, None)
+
+    def guests(self) -> list[tuple[int, str]]:
+        """The online users of other protocols: [(id, name)], by id."""
+        return sorted(self._guestNames.items())
 
     def nameFor(self, uid: int, address: str) -> str | None:
         """
@@ -303,3 +374,289 @@ def makeUqJavaResource(
         root.putChild(path, UqJavaEndpoint(msgr, operation, errorCode, maxBody))
     root.putChild(b"api", api)
     return root
+
+
+def javaTokens(line: str) -> list[str]:
+    """
+    A line's fields as the client's C{StringTokenizer(line, "||")} cuts them:
+    every C{|} separates, and empty tokens are dropped.
+    """
+    return [token for token in line.split("|") if token]
+
+
+def safeText(text: str) -> str | None:
+    """
+    Text for a C{#MSJ} line to this client: one line (a line break would be a
+    line of its own, which kills the client's reader), and never empty once
+    its C{|}s are dropped (an empty token shifts the fields left). C{None}
+    for text with nothing left to show.
+    """
+    text = text.replace("\r", " ").replace("\n", " ")
+    if not text.replace("|", ""):
+        text = text.replace("|", "/")
+    return text or None
+
+
+def safeFileName(filename: str) -> str:
+    """A bare file name without separators (the client writes it in its
+    working directory)."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if c in "|&" or not c.isprintable() else c for c in name)
+    name = name.strip()
+    return name if name not in ("", ".", "..") else "archivo"
+
+
+class UqJavaChatProtocol(MsgrChatProtocol):
+    """
+    The chat socket in the uq-java dialect (docs/msgr.md, "The uq-java
+    dialect"): C{#HOLA} names an account id, which must have a live
+    C{/status} login from this address; C{#MSJ} names its receiver by id,
+    among those last pushed in C{#LISTA_USUARIOS}; the pushes carry ids and
+    request ids, C{&&}-terminated, and no line it cannot parse is ever
+    written.
+
+    The answers of the seed dialect (C{#RESPUESTA}, six non-empty fields)
+    are kept: this client ignores them, and a person on C{nc} sees them.
+    """
+
+    def __init__(self, msgr: MsgrService, maxLine: int, maxFileSize: int, logins: UqJavaLogins):
+        super().__init__(msgr, maxLine, maxFileSize)
+        self.logins = logins
+        self.uid: int | None = None
+        # id -> name of what the last #LISTA_USUARIOS offered: the ids #MSJ
+        # may name.
+        self.contacts: dict[int, str] = {}
+        self._pushes: defer.Deferred = defer.succeed(None)
+
+    def _bind(self, line: str) -> None:
+        if self._loggingIn:
+            return
+        fields = javaTokens(line)
+        uid = parseId(fields[2]) if len(fields) >= 3 and fields[0] == HOLA else None
+        token = None if uid is None else self.logins.tokenFor(uid, self.peerHost)
+        if token is None:
+            self._refuse(
+                HOLA, NO_CREDENTIALS, "#HOLA without the id of a live login from this address"
+            )
+            return
+        self.uid = uid
+        self.token = token
+        self.msgr.tokens.hold(token)
+        self._loggingIn = True
+        lineId = self.lineNumber
+        self.transport.pauseProducing()
+        d = self.msgr.store.sessionData(self.msgr.tokens.validate(token))
+        d.addCallback(self._gotSessionData, lineId)
+        d.addErrback(self._bindFailed, lineId)
+        d.addBoth(self._bound)
+
+    def _loggedIn(self, info: UserInfo, data, lineId: int) -> None:
+        self.factory.watchGuests()
+        super()._loggedIn(info, data, lineId)
+
+    def _dispatch(self, line: str) -> None:
+        fields = javaTokens(line)
+        command = fields[0] if fields else ""
+        if command == DESCONECTAR:
+            self._logout(command, fields)
+            return
+        if command == HOLA:
+            self._rebind(command, fields)
+            return
+        if command != MSJ:
+            self._refuse(command or None, REQUEST_MISSING, "unknown command")
+            return
+        parts = line.split("||", 4)
+        if len(fields) < 5 or len(parts) < 5 or parseId(fields[2]) != self.uid:
+            self._refuse(command, REQUEST_MISSING, "#MSJ||<token>||<your id>||<id>||<text>")
+            return
+        to = self.contacts.get(parseId(fields[3]) or 0)
+        if to is None:
+            self._refuse(command, NO_SUCH_USER, "no such id in your list")
+            return
+        if not self.allowance.allowMessage():
+            self._answer(command, UPDATE_FAILED)
+            return
+        text = parts[4]
+        try:
+            self.presence.sendMessage(self, to, text)
+        except NoSuchUser as e:
+            self._refuse(command, NO_SUCH_USER, str(e))
+            return
+        except PresenceError as e:
+            self._refuse(command, UPDATE_FAILED, str(e))
+            return
+        self._answer(command, SENT_OK)
+
+    # Lines out, as the client parses them.
+
+    def _writeJava(self, *fields: str, trailing: bool = False) -> bool:
+        if self._closing:
+            return False
+        line = "||".join(fields) + ("||" if trailing else "") + "\n"
+        data = line.encode("utf-8")
+        if self.outbound is None:
+            self.transport.write(data)
+            return True
+        return self.outbound.write(data)
+
+    def _push(self, work) -> None:
+        # One push at a time, in order: each replaces the client's list.
+        def run(ignored):
+            if self.user is None or self._closing:
+                return None
+            return work()
+
+        self._pushes.addCallback(run)
+        self._pushes.addErrback(
+            lambda f: self.log.failure("uq-java push to {user} failed", f, user=self.uid)
+        )
+
+    def pushFriends(self, online: list[str]) -> None:
+        if self.user is None:
+            return
+        name = self.user.name
+
+        @defer.inlineCallbacks
+        def push():
+            friends = yield self.msgr.store.friends(name)
+            ids = yield self.msgr.store.idsOf(friends)
+            contacts = {}
+            for friend in friends:
+                uid = ids.get(nameKey(friend))
+                if uid is not None:
+                    self.logins.remember(friend, uid)
+                    contacts[uid] = friend
+            for uid, guest in self.logins.guests():
+                contacts[uid] = guest
+            self.contacts = contacts
+            if contacts:  # an empty list would kill the client's reader
+                listing = "".join(f"{uid}&&" for uid in contacts)
+                self._writeJava(LISTA_USUARIOS, PUSH_TOKEN, SERVER_NAME, str(self.uid), listing)
+
+        self._push(push)
+
+    def pushRequests(self, pending: list[str]) -> None:
+        if self.user is None:
+            return
+        name = self.user.name
+
+        @defer.inlineCallbacks
+        def push():
+            requests = yield self.msgr.store.pendingRequestIds(name)
+            if requests:
+                listing = "".join(f"{rid}&&" for rid, _ in requests)
+                self._writeJava(SOLICITUDES, PUSH_TOKEN, SERVER_NAME, str(self.uid), listing)
+
+        self._push(push)
+
+    def _fromId(self, sender: str, then: Callable[[int], None]) -> None:
+        uid = self.logins.idOf(sender)
+        if uid is not None:
+            then(uid)
+            return
+
+        def found(ids):
+            uid = ids.get(nameKey(sender))
+            if uid is None:
+                self.log.info(
+                    "uq-java: a line from {sender}, who has no id, not shown to {user}",
+                    sender=sender,
+                    user=self.uid,
+                )
+                return
+            self.logins.remember(sender, uid)
+            then(uid)
+
+        self.msgr.store.idsOf([sender]).addCallback(found).addErrback(
+            lambda f: self.log.failure("uq-java: id of {sender}", f, sender=sender)
+        )
+
+    def deliverMessage(self, message) -> None:
+        text = safeText(message.text)
+        if text is None or self.user is None:
+            return
+        uid = self.uid
+
+        def write(fromId: int) -> None:
+            self._writeJava(MSJ, PUSH_TOKEN, str(fromId), str(uid), text)
+
+        self._fromId(message.sender, write)
+
+    def deliverFile(self, sender: str, filename: str, content: bytes):
+        if self.user is None:
+            return None
+        name = safeFileName(filename)
+        encoded = base64.b64encode(content).decode("ascii")
+        uid = self.uid
+
+        def write(fromId: int) -> None:
+            # The trailing separator keeps the line end out of the base64
+            # field, which the client's decoder would refuse.
+            self._writeJava(
+                ARCHIVO, PUSH_TOKEN, str(fromId), str(uid), name, encoded, trailing=True
+            )
+
+        self._fromId(sender, write)
+        return None
+
+    def deliverLine(self, command: str, sender: str, *fields: str) -> None:
+        # From a seed-dialect MSGR user: files as files, memes as text.
+        if command in (ARCHIVO, IMG):
+            filename, encoded = fields
+            try:
+                content = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return self.deliverFile(sender, filename, content)
+        if command == MEME:
+            self._fromId(
+                sender,
+                lambda fromId: self._writeJava(
+                    MSJ, PUSH_TOKEN, str(fromId), str(self.uid),
+                    safeText(MEME_TEXT.format(name=fields[0])) or "[meme]",
+                ),
+            )
+        return None
+
+
+class UqJavaChatFactory(MsgrChatFactory):
+    """
+    Builds L{UqJavaChatProtocol}s; keeps the ids of online users of other
+    protocols and pushes new lists when they come and go.
+    """
+
+    def __init__(self, msgr: MsgrService, logins: UqJavaLogins, **kwargs) -> None:
+        super().__init__(msgr, **kwargs)
+        self.logins = logins
+        self._watching = False
+
+    def watchGuests(self) -> None:
+        """Follow presence (from the first bind on), for guests' ids."""
+        if not self._watching:
+            self._watching = True
+            for info in self.msgr.presence.users():
+                self._presenceChanged(LOGIN, info, push=False)
+            self.msgr.presence.addObserver(self._presenceChanged)
+
+    def _presenceChanged(self, kind: str, info: UserInfo, push: bool = True) -> None:
+        if kind not in (LOGIN, LOGOUT) or self.msgr.store.isProtectedName(info.name):
+            return
+        if kind == LOGIN:
+            self.logins.guestJoined(info.name)
+        else:
+            self.logins.guestLeft(info.name)
+        if push:
+            for session in list(self.sessions()):
+                session.pushFriends([])
+
+    def sessions(self):
+        for info in self.msgr.presence.users():
+            session = self.msgr.presence.sessionFor(info.name)
+            if isinstance(session, UqJavaChatProtocol):
+                yield session
+
+    def buildProtocol(self, addr) -> UqJavaChatProtocol:
+        protocol = UqJavaChatProtocol(self.msgr, self.maxLine, self.maxFileSize, self.logins)
+        protocol.factory = self
+        return protocol

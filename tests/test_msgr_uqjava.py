@@ -22,6 +22,7 @@ from chatd.msgr import accounts, admin
 from chatd.msgr.http import makeSite
 from chatd.msgr.uqjava import GUEST_IDS, UqJavaChatFactory, UqJavaLogins
 
+from tests.test_msgr_accounts import databaseBefore
 from tests.test_msgr_helpers import FAST_SCRYPT, HttpResponse, MsgrHarness, RecordingSession
 
 #: The codes the client's whitelist reader keeps (dialects.md 3.3).
@@ -328,15 +329,29 @@ class FriendTests(unittest.TestCase):
         self.assertEqual(answer.last, "203")
 
 
+class LoginsTests(unittest.TestCase):
+    def test_expiredLoginsAreSwept(self):
+        from twisted.internet.task import Clock
+
+        from chatd.msgr.tokens import TokenRegistry
+
+        clock = Clock()
+        tokens = TokenRegistry(clock, 10)
+        logins = UqJavaLogins(tokens)
+        for n in range(63):
+            logins.loggedIn(1, f"10.0.{n}.1", tokens.issue("juan"))
+        clock.advance(11)
+        logins.loggedIn(1, "10.9.9.9", tokens.issue("juan"))
+        self.assertEqual(len(logins), 1)
+        self.assertEqual(logins.nameFor(1, "10.9.9.9"), "juan")
+        self.assertIsNone(logins.nameFor(1, "10.0.0.1"))
+
+
 class IdMigrationTests(unittest.TestCase):
     def test_existingAccountsGetIdsInRegistrationOrder(self):
         path = self.mktemp() + ".sqlite3"
-        connection = accounts.connect(path)
-        connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        connection.execute("INSERT INTO schema_version VALUES (3)")
+        connection = databaseBefore(path, accounts._numericIds)
         cursor = connection.cursor()
-        for step in (1, 2, 3):
-            accounts.MIGRATIONS[step](cursor)
         for name in ("zoe", "ana", "bea"):
             cursor.execute(
                 "INSERT INTO accounts (name_key, name, password, skeleton)"

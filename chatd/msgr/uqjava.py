@@ -4,7 +4,7 @@ the reference Java server gives and its Swing client understands
 (/work/shared/notes/dialects.md section 3; docs/msgr.md, "The uq-java
 dialect").
 
-The client names users by numeric id (L{chatd.msgr.accounts}, schema 4),
+The client names users by numeric id (L{chatd.msgr.accounts._numericIds}),
 sends no real token, and reads the first three characters of the last line
 of each answer. Since it proves nothing but its address, an id is trusted
 only from the address of a live C{/status} login of that id
@@ -88,6 +88,10 @@ SERVER_NAME = "s3rv1d0r"
 LIST_MARKER = "#LISTA_USUARIOS"
 
 
+#: How many logins are kept before the first sweep of expired ones.
+_FIRST_SWEEP = 64
+
+
 class UqJavaLogins:
     """
     Which address logged in as which account id, through C{/status}.
@@ -106,6 +110,7 @@ class UqJavaLogins:
         self._guests: dict[str, int] = {}
         self._guestNames: dict[int, str] = {}
         self._nextGuest = GUEST_IDS - 1
+        self._sweepAt = _FIRST_SWEEP
 
     def loggedIn(self, uid: int, address: str, token: str) -> None:
         """Record a successful login of C{uid} from C{address}."""
@@ -114,6 +119,15 @@ class UqJavaLogins:
             self.tokens.revoke(old)
         self._logins[(uid, address)] = token
         self.remember(self.tokens.validate(token) or "", uid)
+        if len(self._logins) >= self._sweepAt:
+            # Logins that expired unused are only dropped when looked up:
+            # sweep now and then, so that addresses that never come back
+            # cost nothing for ever (the registry drops expired tokens).
+            self._logins = {k: t for k, t in self._logins.items() if t in self.tokens}
+            self._sweepAt = max(_FIRST_SWEEP, 2 * len(self._logins))
+
+    def __len__(self) -> int:
+        return len(self._logins)
 
     def tokenFor(self, uid: int, address: str) -> str | None:
         """The live token of C{uid}'s login from C{address}, or C{None}."""
@@ -205,17 +219,19 @@ class UqJavaEndpoint(MsgrEndpoint):
 
     def _fields(self, request: server.Request) -> dict[str, str]:
         if getattr(request, "multipart", False):
-            raise BadBody("multipart bodies are not accepted")
+            log.info("bad uq-java request body: multipart")
+            return {}
         request.content.seek(0)
         body = request.content.read(self.maxBody + 1)
-        if len(body) > self.maxBody:
-            raise BadBody(f"the body is larger than {self.maxBody} bytes")
-        return self._formFields(body)
-
-    def _serve(self, request: server.Request, readBody: bool):
-        # The client ignores the status: a refusal is a code like any other.
-        request.setResponseCode = lambda code, message=None: None  # type: ignore
-        return super()._serve(request, readBody)
+        try:
+            if len(body) > self.maxBody:
+                raise BadBody(f"the body is larger than {self.maxBody} bytes")
+            return self._formFields(body)
+        except BadBody as e:
+            # A 400 would be a page to this client: the operation runs
+            # without fields and refuses in its own code (200, 202, ...).
+            log.info("bad uq-java request body: {reason}", reason=str(e))
+            return {}
 
     def _methodNotAllowed(self, request):
         return self._encode(request, Outcome(self.call.missingCode))

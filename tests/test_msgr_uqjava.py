@@ -11,7 +11,7 @@ import base64
 import sqlite3
 from urllib.parse import urlencode
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -327,6 +327,23 @@ class FriendTests(unittest.TestCase):
             "/usuarimodificar", host="10.0.0.9", usr="juan", nombres="Intruso"
         )
         self.assertEqual(answer.last, "203")
+
+
+class OptionTests(unittest.TestCase):
+    def test_dialectOption(self):
+        from twisted.python import usage
+
+        from chatd import tap
+
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["msgr-dialect"], "seed")
+        options = tap.Options()
+        options.parseOptions(["--msgr-dialect", "uq-java"])
+        self.assertEqual(options["msgr-dialect"], "uq-java")
+        with self.assertRaises(usage.UsageError) as caught:
+            tap.Options().parseOptions(["--msgr-dialect", "java"])
+        self.assertIn("seed, uq-java", str(caught.exception))
 
 
 class LoginsTests(unittest.TestCase):

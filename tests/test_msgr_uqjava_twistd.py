@@ -104,7 +104,7 @@ class UqJavaOverTwistdTests(TestCase):
         )
         self.addCleanup(server.stop)
         self.ports = yield server.start()
-        self.assertIn(b"uq-java", server.output)  # the start-up warning
+        self.assertIn(b"MSGR dialect uq-java: its client sends passwords in clear", server.output)
 
         juan, juanSocket = yield self.desktopClient("juan")
         ana, anaSocket = yield self.desktopClient("ana")

@@ -12,6 +12,7 @@ database access goes through the store's database thread.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.logger import Logger
@@ -261,7 +262,7 @@ class MsgrFront:
             # The same options either way; uq-java only changes the lines.
             make = MsgrChatFactory
             if logins is not None:
-                make = lambda msgr, **kw: UqJavaChatFactory(msgr, logins, **kw)  # noqa: E731
+                make = functools.partial(UqJavaChatFactory, logins=logins)
             factory = make(
                 msgr,
                 maxLine=size(config, "msgr-max-line"),

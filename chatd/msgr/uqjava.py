@@ -23,7 +23,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from chatd.msgr import codec
 from chatd.msgr.http import MAX_BODY, BadBody, MsgrEndpoint, _Call
 from chatd.msgr.protocol import (
     ARCHIVO,

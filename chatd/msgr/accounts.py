@@ -136,7 +136,7 @@ def verifyPassword(password: str, stored: str) -> bool:
 # Schema.
 
 #: The schema version this code writes; older databases are migrated.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _schemaV1(cursor: sqlite3.Cursor) -> None:
@@ -267,8 +267,36 @@ def _addSkeletons(cursor: sqlite3.Cursor) -> None:
         )
 
 
+def _numericIds(cursor: sqlite3.Cursor) -> None:
+    """
+    Give every account a numeric id (the MSGR UQ reference dialect names
+    users by number, docs/msgr.md): existing accounts get 1, 2, ... in
+    registration (rowid) order, and every later insert the next number of
+    a sequence that never goes back, so that the id of a deleted account
+    is never given to another one. A trigger assigns it, so chatd-admin's
+    inserts get one too.
+    """
+    cursor.execute("ALTER TABLE accounts ADD COLUMN uid INTEGER")
+    cursor.execute("SELECT rowid FROM accounts ORDER BY rowid")
+    for number, (rowid,) in enumerate(cursor.fetchall(), start=1):
+        cursor.execute("UPDATE accounts SET uid = ? WHERE rowid = ?", (number, rowid))
+    cursor.execute("CREATE UNIQUE INDEX accounts_uid ON accounts (uid)")
+    cursor.execute("CREATE TABLE account_ids (last INTEGER NOT NULL)")
+    cursor.execute("INSERT INTO account_ids SELECT COALESCE(MAX(uid), 0) FROM accounts")
+    cursor.execute(
+        """
+        CREATE TRIGGER accounts_uid AFTER INSERT ON accounts WHEN NEW.uid IS NULL
+        BEGIN
+            UPDATE account_ids SET last = last + 1;
+            UPDATE accounts SET uid = (SELECT last FROM account_ids)
+                WHERE rowid = NEW.rowid;
+        END
+        """
+    )
+
+
 #: version -> the step that brings a database from version - 1 to it.
-MIGRATIONS = {1: _schemaV1, 2: _revocationLog, 3: _addSkeletons}
+MIGRATIONS = {1: _schemaV1, 2: _revocationLog, 3: _addSkeletons, 4: _numericIds}
 
 #: The kinds of row in the revocations table.
 REVOKE = "revoke"
@@ -833,6 +861,82 @@ class AccountStore:
             return AnswerOutcome(row[0], tuple(_pending(cursor, key)))
 
         return self._run(write)
+
+
+    # Numeric ids (the uq-java dialect, docs/msgr.md).
+
+    def idsOf(self, names: Iterable[str]) -> defer.Deferred:
+        """A L{Deferred} firing with {nameKey: numeric id} of those names."""
+        keys = [nameKey(name) for name in names]
+
+        def read(cursor):
+            found = {}
+            for key in keys:
+                cursor.execute("SELECT uid FROM accounts WHERE name_key = ?", (key,))
+                row = cursor.fetchone()
+                if row is not None:
+                    found[key] = row[0]
+            return found
+
+        return self._run(read)
+
+    def nameOfId(self, uid: int) -> defer.Deferred:
+        """A L{Deferred} firing with the name of the account C{uid}, or C{None}."""
+
+        def read(cursor):
+            cursor.execute("SELECT name FROM accounts WHERE uid = ?", (uid,))
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+
+        return self._run(read)
+
+    def directory(self) -> defer.Deferred:
+        """
+        A L{Deferred} firing with (id, name, nombres, apellidos) of every
+        account, by id.
+        """
+
+        def read(cursor):
+            cursor.execute(
+                "SELECT uid, name, nombres, apellidos FROM accounts ORDER BY uid"
+            )
+            return cursor.fetchall()
+
+        return self._run(read)
+
+    def pendingRequestIds(self, name: str) -> defer.Deferred:
+        """
+        A L{Deferred} firing with the ids of the requests pending for
+        C{name}: [(request id, requester name)], by requester.
+        """
+        key = nameKey(name)
+
+        def read(cursor):
+            cursor.execute(
+                "SELECT r.rowid, a.name FROM friend_requests r JOIN accounts a"
+                " ON a.name_key = r.from_key WHERE r.to_key = ? ORDER BY a.name_key",
+                (key,),
+            )
+            return cursor.fetchall()
+
+        return self._run(read)
+
+    def requestById(self, requestId: int) -> defer.Deferred:
+        """
+        A L{Deferred} firing with (requester name, receiver name) of the
+        pending request C{requestId}, or C{None}.
+        """
+
+        def read(cursor):
+            cursor.execute(
+                "SELECT f.name, t.name FROM friend_requests r"
+                " JOIN accounts f ON f.name_key = r.from_key"
+                " JOIN accounts t ON t.name_key = r.to_key WHERE r.rowid = ?",
+                (requestId,),
+            )
+            return cursor.fetchone()
+
+        return self._run(read)
 
 
 class HashSlots:

@@ -12,6 +12,7 @@ database access goes through the store's database thread.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.logger import Logger
@@ -35,9 +36,20 @@ from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
 from chatd.msgr.protocol import MsgrChatFactory
 from chatd.msgr.service import MsgrService
 from chatd.msgr.tokens import DEFAULT_TOKEN_IDLE, TokenRegistry
+from chatd.msgr.uqjava import DIALECTS, SEED, UQ_JAVA, UqJavaChatFactory, UqJavaLogins
 from chatd.sessions import CountedHTTPFactory
 
 log = Logger()
+
+
+def dialect(value: str) -> str:
+    """The value of C{--msgr-dialect}."""
+    if value not in DIALECTS:
+        raise ValueError(f"not one of {', '.join(DIALECTS)}")
+    return value
+
+
+dialect.coerceDoc = "One of seed, uq-java."  # type: ignore[attr-defined]
 
 
 #: What SQLite may create next to the database file.
@@ -162,6 +174,15 @@ class MsgrFront:
                 limit,
             ],
             [
+                "msgr-dialect",
+                None,
+                SEED,
+                "What the MSGR HTTP form paths and chat socket speak: seed (the"
+                " document's codes) or uq-java (the reference Java client's; see"
+                " docs/msgr.md).",
+                dialect,
+            ],
+            [
                 "msgr-register-window",
                 None,
                 msgr_lockout.DEFAULT_REGISTRATION_WINDOW,
@@ -210,6 +231,15 @@ class MsgrFront:
         )
         msgr.setName("msgr-accounts")
         msgr.setServiceParent(services)  # stopping it closes the database
+        logins = None
+        if config["msgr-dialect"] == UQ_JAVA:
+            logins = UqJavaLogins(msgr.tokens)
+            log.warn(
+                "MSGR dialect uq-java: its client sends passwords in clear and"
+                " proves nothing but its address; an account id is trusted from"
+                " the address of its last /status login (docs/msgr.md)",
+                event="uq-java-dialect",
+            )
         if config["http"] != DISABLED:
             # With a private --metrics listener, the public one keeps the
             # counts to itself (how many are online is nobody else's
@@ -219,6 +249,7 @@ class MsgrFront:
                 reactor=reactor,
                 metrics=metrics,
                 serveMetrics=config["metrics"] == DISABLED,
+                uqJavaLogins=logins,
             )
             if limits.loginTimeout:
                 site.timeOut = limits.loginTimeout
@@ -228,7 +259,11 @@ class MsgrFront:
             )
             addListener(services, reactor, "msgr-http", "http", counted, metrics)
         if config["msgr"] != DISABLED:
-            factory = MsgrChatFactory(
+            # The same options either way; uq-java only changes the lines.
+            make = MsgrChatFactory
+            if logins is not None:
+                make = functools.partial(UqJavaChatFactory, logins=logins)
+            factory = make(
                 msgr,
                 maxLine=size(config, "msgr-max-line"),
                 maxFileSize=size(config, "msgr-max-file"),

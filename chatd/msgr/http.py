@@ -429,16 +429,24 @@ def makeSite(
     maxBody: int = MAX_BODY,
     metrics: ChatdMetrics | None = None,
     serveMetrics: bool = True,
+    uqJavaLogins=None,
 ) -> server.Site:
     """
     A L{server.Site} serving L{makeResource}, without tracebacks, and
     C{/healthz} and (if C{serveMetrics}) C{/metrics} (L{chatd.exporter}); it
     counts its responses in C{metrics}: the server's, passed by the front,
     or (a test's site) a L{ChatdMetrics} of its own.
+
+    With C{uqJavaLogins} (a L{chatd.msgr.uqjava.UqJavaLogins}), the form
+    paths speak the uq-java dialect and the JSON API stays under C{/api/}.
     """
     if metrics is None:
         metrics = ChatdMetrics()
     root = makeResource(msgr, maxBody)
+    if uqJavaLogins is not None:
+        from chatd.msgr.uqjava import makeUqJavaResource
+
+        root = makeUqJavaResource(msgr, uqJavaLogins, root.children[b"api"], maxBody)
     addResources(root, metrics, serveMetrics)
     site = CountingSite(
         root, metrics, "msgr-http", requestFactory=MsgrRequest, reactor=reactor

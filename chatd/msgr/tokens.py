@@ -106,6 +106,10 @@ class TokenRegistry:
     def __len__(self) -> int:
         return len(self._grants)
 
+    def __contains__(self, token: str) -> bool:
+        """Whether C{token} is still kept (without using it)."""
+        return token in self._grants
+
     def _purge(self, now: float) -> None:
         # Expired tokens are dropped lazily; a sweep at most once per idle
         # period keeps the cost of a login constant on average.

@@ -472,6 +472,27 @@ class SocketTests(unittest.TestCase):
         ana.lose(), juan.lose()
 
     @defer.inlineCallbacks
+    def test_latin1BothWays(self):
+        """
+        The client writes ISO-8859-1 bytes: "José ñ" reaches a protobuf user
+        as such (it was refused as not UTF-8); text to the client goes out
+        in ISO-8859-1, a character past U+00FF as "?".
+        """
+        tux = RecordingSession("protobuf")
+        yield self.h.presence.login(tux, "tux", "10.1.1.1")
+        juan = yield self.h.hola(self.juan, "10.0.0.5")
+        juan.transport.clear()
+        juan.send(f"#MSJ||FQLSHP||{self.juan}||{GUEST_IDS}||Jos\u00e9 \u00f1\n\n".encode("latin-1"))
+        self.assertEqual([(m.sender, m.text) for m in tux.messages], [("juan", "Jos\u00e9 \u00f1")])
+        juan.transport.clear()
+        self.h.presence.sendMessage(tux, "juan", "ma\u00f1ana \u20ac")
+        self.assertEqual(
+            juan.transport.value(),
+            f"#MSJ||tokenOK||{GUEST_IDS}||{self.juan}||ma\u00f1ana ?\n".encode("latin-1"),
+        )
+        juan.lose()
+
+    @defer.inlineCallbacks
     def test_guestOfAnotherProtocol(self):
         tux = RecordingSession("protobuf")
         yield self.h.presence.login(tux, "tux", "10.1.1.1")

@@ -172,7 +172,7 @@ class MsgrChatProtocol(SessionProtocol):
             if isinstance(item, codec.LineTooLong):
                 self._refuse(None, UPDATE_FAILED, str(item))
                 return
-            line = codec.decodeLine(item)
+            line = self._decodeLine(item)
             if self.user is None:
                 self._bind(line)
             else:
@@ -183,6 +183,10 @@ class MsgrChatProtocol(SessionProtocol):
             if self.allowance.mayLogError():
                 self.log.failure("MSGR line from {peer} failed", peer=self.peerHost)
             self._answer(None, REQUEST_MISSING)
+
+    def _decodeLine(self, raw: bytes) -> str:
+        """The text of one line's bytes (UTF-8; L{codec.NotUtf8} if not)."""
+        return codec.decodeLine(raw)
 
     def _refuse(self, command: str | None, code: int, reason: str) -> None:
         """Answer an error; before binding, close the connection too."""

@@ -503,13 +503,24 @@ class UqJavaChatProtocol(MsgrChatProtocol):
             return
         self._answer(command, SENT_OK)
 
+    # The client writes each character's low byte (ISO-8859-1 up to U+00FF)
+    # and reads bytes in its platform's charset (dialects.md 3.5): its lines
+    # are read as ISO-8859-1, which takes every byte, so "José" from it is
+    # "José" to everyone else, never a refused line; and its lines are
+    # written back the same way, a character past U+00FF as "?".
+
+    def _decodeLine(self, raw: bytes) -> str:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return raw.decode("latin-1")
+
     # Lines out, as the client parses them.
 
     def _writeJava(self, *fields: str, trailing: bool = False) -> bool:
         if self._closing:
             return False
         line = "||".join(fields) + ("||" if trailing else "") + "\n"
-        data = line.encode("utf-8")
+        data = line.encode("latin-1", "replace")
         if self.outbound is None:
             self.transport.write(data)
             return True

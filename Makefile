@@ -32,10 +32,13 @@ test: $(VENV)/.installed-test test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Programs some tests run as a user would (the nc recipes of docs/*.md, curl
-# and openssl against TLS listeners), as COMMAND:DEBIAN-PACKAGE. On Debian as
+# and openssl against TLS listeners), and the real servers the cluster tests
+# start on free ports in temporary folders (chatd/testservers.py: redis-server,
+# PostgreSQL), as COMMAND:DEBIAN-PACKAGE. On Debian as
 # root (the CI machine) the missing ones are installed; elsewhere the tests
 # that need them are skipped, and this says which.
-TEST_TOOLS := nc:netcat-openbsd xxd:xxd curl:curl openssl:openssl
+TEST_TOOLS := nc:netcat-openbsd xxd:xxd curl:curl openssl:openssl \
+	redis-server:redis-server redis-cli:redis-tools
 test-tools:
 	@missing=; for pair in $(TEST_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \

@@ -91,8 +91,12 @@ class TokenRegistry:
         """Forget C{token} now (logout)."""
         self._grants.pop(token, None)
 
-    def revokeAll(self, name: str, keep: str | None = None) -> None:
-        """Forget every token of the account C{name} (but C{keep})."""
+    def revokeAll(self, name: str, keep: str | None = None, blocked: bool = False) -> None:
+        """
+        Forget every token of the account C{name} (but C{keep}). C{blocked}
+        (the account was blocked) matters to a cluster's registry, which
+        tells the other nodes; here the caller closes the one socket.
+        """
         key = nameKey(name)
         for token in [t for t, g in self._grants.items() if nameKey(g.name) == key]:
             if token != keep:

@@ -271,6 +271,24 @@ class TokenTests(TwoNodes):
         self.assertEqual(response.status, 200)
 
     @defer.inlineCallbacks
+    def test_blockFoundOnAClosesTheSocketOnBWith802(self):
+        """An HTTP call on A that finds the account blocked closes B's socket with 802."""
+        from tests.test_msgr_http import setBlocked
+
+        token = yield self.b.login("Ana", "clave")
+        client = yield self.bind(self.b, "Ana", token)
+        client.lines()
+        other = yield self.a.login("Ana", "clave")
+        setBlocked(self.a.path, "Ana", True)
+        response = yield self.a.form("/obtenerusuarios", token=other)
+        self.assertEqual((response.status, response.body), (403, "802"))
+        self.clock.advance(REVOCATION_POLL)
+        yield self.b.settle()
+        self.assertEqual(client.lines(), ["#RESPUESTA||-||0||#DESCONECTAR||Ana||802"])
+        self.assertTrue(client.closed)
+        client.lose()
+
+    @defer.inlineCallbacks
     def test_ownerSocketOnBKeptOnPasswordChange(self):
         """The socket bound on B with the caller's own token stays open."""
         owner = yield self.a.login("Ana", "clave")
@@ -427,6 +445,23 @@ class UnreachableTests(unittest.TestCase):
         )
         self.assertEqual(response.json(), {"code": 902, "reason": "internal error"})
         self.assertEqual(len(self.flushLoggedErrors(defer.TimeoutError)), 1)
+
+    @defer.inlineCallbacks
+    def test_tokenThatCannotBeCheckedIsRefused(self):
+        """
+        #HOLA is answered 901 and closed; an HTTP call gets 500 with its
+        general code.
+        """
+        other = self.node.connect("10.0.0.7")
+        other.sendLine(f"#HOLA||{self.token}||Ana")
+        self.clock.advance(REDIS_TIMEOUT)
+        self.assertEqual(other.lines(), ["#RESPUESTA||-||1||#HOLA||-||901"])
+        self.assertTrue(other.closed)
+        other.lose()
+        response = yield self.answer(self.node.form("/obtenerusuarios", token=self.token))
+        self.assertEqual((response.status, response.body), (500, "903"))
+        # Both failures logged (and the revocation reads that timed out).
+        self.assertGreaterEqual(len(self.flushLoggedErrors(defer.TimeoutError)), 2)
 
     @defer.inlineCallbacks
     def test_boundSocketKeepsWorking(self):

@@ -151,6 +151,29 @@ class TokenTests(TwoNodes):
         client.lose()
 
     @defer.inlineCallbacks
+    def test_linesMustCarryTheBoundToken(self):
+        """
+        A bound socket's lines are checked on its node: its own token is
+        accepted, another user's (bound on the same node) is 901.
+        """
+        yield self.a.register("Bea", "clave")
+        anaToken = yield self.a.login("Ana", "clave")
+        beaToken = yield self.a.login("Bea", "clave")
+        ana = yield self.bind(self.b, "Ana", anaToken)
+        bea = yield self.bind(self.b, "Bea", beaToken, host="10.0.0.3")
+        ana.lines()
+        bea.lines()
+        ana.sendLine(f"#MSJ||{beaToken}||Ana||Bea||hola")
+        ana.sendLine(f"#MSJ||{anaToken}||Ana||Bea||hola")
+        self.assertEqual(
+            ana.lines(),
+            ["#RESPUESTA||-||2||#MSJ||Ana||901", "#RESPUESTA||-||3||#MSJ||Ana||704"],
+        )
+        self.assertEqual(len(bea.lines()), 1)
+        ana.lose()
+        bea.lose()
+
+    @defer.inlineCallbacks
     def test_unknownTokenRefusedOnB(self):
         client = yield self.bind(self.b, "Ana", "forged-token")
         self.assertEqual(client.lines(), ["#RESPUESTA||-||1||#HOLA||-||901"])
@@ -532,7 +555,8 @@ class WiringTests(unittest.TestCase):
         for nodeId in ("n1", "n2"):
             redis = yield connect(server.port)
             self.addCleanup(redis.disconnect)
-            trees.append(self.tree(path, SimpleNamespace(redis=redis, prefix=prefix, nodeId=nodeId)))
+            cluster = SimpleNamespace(redis=redis, prefix=prefix, nodeId=nodeId)
+            trees.append(self.tree(path, cluster))
         one, two = (t.getServiceNamed("msgr-accounts") for t in trees)
         self.assertIsInstance(one.tokens, RedisTokenRegistry)
         self.assertIsInstance(one.lockout, RedisLoginLockout)

@@ -221,7 +221,7 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         #: Called with (name, blocked, spared) for each revocation written by
         #: another node; C{spared(token)} says whether a token was kept.
         self.onRevoked: Callable[[str, bool, Callable[[str | None], bool]], None] | None = None
-        # Tokens held by this node's sockets: token -> [name, holds].
+        # Tokens held by this node's sockets: token -> [holds, name key].
         self._held: dict[str, list] = {}
         self._lastRevocation: str | None = None
         self._loops: list[task.LoopingCall] = []
@@ -263,11 +263,14 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         # 'n:' before the name: the client reads '123' as a number.
         return d.addCallback(lambda name: None if name is None else name[2:])
 
-    def hold(self, token: str) -> None:
-        """Keep C{token} alive until L{release} (a chat socket is bound here)."""
+    def hold(self, token: str, name: str | None = None) -> None:
+        """
+        Keep C{token} alive until L{release} (a chat socket is bound here as
+        C{name}, the name L{validate} gave).
+        """
         held = self._held.get(token)
         if held is None:
-            self._held[token] = [1]
+            self._held[token] = [1, nameKey(name or "")]
         else:
             held[0] += 1
 
@@ -283,17 +286,19 @@ class RedisTokenRegistry(_RedisUser, service.Service):
 
     def belongsTo(self, token: str, name: str) -> bool:
         """Whether C{token} is held here, by a socket bound as C{name}."""
-        # The socket checks its own name; holding the token means it was
-        # valid for that name when the socket bound, and a revocation closes
-        # the socket.
-        return token in self._held
+        # Held means it was valid for that name when the socket bound, and
+        # a revocation closes the socket: no need to ask Redis each line.
+        held = self._held.get(token)
+        return held is not None and held[1] == nameKey(name)
 
     def revoke(self, token: str) -> defer.Deferred:
         """Forget C{token} now, on every node (logout)."""
         digest = tokenDigest(token)
         return self._eval(_REVOKE, [self._tokenKey(digest)], [digest])
 
-    def revokeAll(self, name: str, keep: str | None = None, blocked: bool = False) -> defer.Deferred:
+    def revokeAll(
+        self, name: str, keep: str | None = None, blocked: bool = False
+    ) -> defer.Deferred:
         """
         Forget every token of the account C{name} but C{keep}, and tell the
         other nodes to close the sockets bound with them (with C{802} when

@@ -331,7 +331,7 @@ class MsgrChatProtocol(SessionProtocol):
             self._bindRefused(lineId, BAD_CREDENTIALS, f"the token is not {claimed!r}'s")
             return None
         self.token = token
-        self.msgr.tokens.hold(token)
+        self.msgr.tokens.hold(token, owner)
         d = self.msgr.store.sessionData(owner)
         d.addCallback(self._gotSessionData, lineId)
         return d

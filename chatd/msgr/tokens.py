@@ -74,8 +74,11 @@ class TokenRegistry:
         # usable about other tokens.
         return self._grants.get(token)
 
-    def hold(self, token: str) -> None:
-        """Keep C{token} alive until L{release} (a chat socket is bound)."""
+    def hold(self, token: str, name: str | None = None) -> None:
+        """
+        Keep C{token} alive until L{release} (a chat socket is bound as
+        C{name}: a cluster's registry keeps it; this one knows it).
+        """
         grant = self._grants.get(token)
         if grant is not None:
             grant.holds += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import sqlite3
+import threading
 
 import txredisapi
 from twisted.internet import defer, reactor
@@ -310,6 +311,36 @@ class TokenTests(TwoNodes):
         self.assertEqual(client.lines(), ["#RESPUESTA||-||0||#DESCONECTAR||Ana||802"])
         self.assertTrue(client.closed)
         client.lose()
+
+    @defer.inlineCallbacks
+    def test_revokedWhileBindingOnB(self):
+        """
+        A revocation read by B while a socket there is between its token
+        check and its attach closes that socket as soon as it is attached.
+        """
+        stolen = yield self.b.login("Ana", "clave")
+        owner = yield self.a.login("Ana", "clave")
+        # B's database work waits behind this until the revocation is read.
+        gate = threading.Event()
+        blocked = self.b.store._pool.runInteraction(lambda cursor: gate.wait(30))
+        thief = self.b.connect()
+        thief.sendLine(f"#HOLA||{stolen}||Ana")
+        yield self.b.redis.ping()  # its token was checked
+        response = yield self.a.form(
+            "/usuariomodificar", token=owner, **{"pass": "nueva", "pass_actual": "clave"}
+        )
+        self.assertEqual(response.body, "702")
+        self.clock.advance(REVOCATION_POLL)
+        yield self.b.redis.ping()  # B read the revocation
+        self.assertEqual(thief.lines(), [])
+        gate.set()
+        yield blocked
+        yield self.b.settle()
+        lines = thief.lines()
+        self.assertEqual(lines[0], "#RESPUESTA||-||1||#HOLA||Ana||701")
+        self.assertEqual(lines[-1], "#RESPUESTA||-||0||#DESCONECTAR||Ana||901")
+        self.assertTrue(thief.closed)
+        thief.lose()
 
     @defer.inlineCallbacks
     def test_ownerSocketOnBKeptOnPasswordChange(self):

@@ -221,7 +221,8 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         #: Called with (name, blocked, spared) for each revocation written by
         #: another node; C{spared(token)} says whether a token was kept.
         self.onRevoked: Callable[[str, bool, Callable[[str | None], bool]], None] | None = None
-        # Tokens held by this node's sockets: token -> [holds, name key].
+        # Tokens held by this node's sockets: token -> [holds, name key,
+        # revoked since].
         self._held: dict[str, list] = {}
         self._lastRevocation: str | None = None
         self._loops: list[task.LoopingCall] = []
@@ -270,7 +271,7 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         """
         held = self._held.get(token)
         if held is None:
-            self._held[token] = [1, nameKey(name or "")]
+            self._held[token] = [1, nameKey(name or ""), False]
         else:
             held[0] += 1
 
@@ -289,7 +290,21 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         # Held means it was valid for that name when the socket bound, and
         # a revocation closes the socket: no need to ask Redis each line.
         held = self._held.get(token)
-        return held is not None and held[1] == nameKey(name)
+        return held is not None and held[1] == nameKey(name) and not held[2]
+
+    def __contains__(self, token: str) -> bool:
+        """
+        Whether C{token}, held here, has not been revoked since: a socket
+        that was binding when it was is closed once it is attached.
+        """
+        held = self._held.get(token)
+        return held is not None and not held[2]
+
+    def _revokedHere(self, name: str, spared) -> None:
+        key = nameKey(name)
+        for token, held in self._held.items():
+            if held[1] == key and not spared(token):
+                held[2] = True
 
     def revoke(self, token: str) -> defer.Deferred:
         """Forget C{token} now, on every node (logout)."""
@@ -304,6 +319,7 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         other nodes to close the sockets bound with them (with C{802} when
         C{blocked}, else C{901}).
         """
+        self._revokedHere(name, lambda token: keep is not None and token == keep)
         return self._eval(
             _REVOKE_ALL,
             [self._userKey(name), self._stream],
@@ -374,14 +390,16 @@ class RedisTokenRegistry(_RedisUser, service.Service):
         for entryId, fields in reply[0][1]:
             self._lastRevocation = entryId
             entry = {f: str(v)[2:] for f, v in zip(fields[::2], fields[1::2])}
-            if entry.get("node") == self.nodeId or self.onRevoked is None:
+            if entry.get("node") == self.nodeId:
                 continue  # this node closed its own sockets already
             keep = entry.get("keep", "")
 
             def spared(token: str | None, keep: str = keep) -> bool:
                 return bool(keep) and token is not None and tokenDigest(token) == keep
 
-            self.onRevoked(entry.get("name", ""), entry.get("blocked") == "1", spared)
+            self._revokedHere(entry.get("name", ""), spared)
+            if self.onRevoked is not None:
+                self.onRevoked(entry.get("name", ""), entry.get("blocked") == "1", spared)
 
     def _logFailure(self, failure, what: str) -> None:
         self.log.failure("Redis: {what} failed", failure, what=what)

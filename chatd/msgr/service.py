@@ -611,6 +611,10 @@ class MsgrService(service.Service):
         self._friends[key] = {nameKey(f): f for f in data.friends}
         session.pushFriends(self.onlineFriends(data.account.name))
         session.pushRequests(list(data.pending))
+        if session.token is not None and session.token not in self.tokens:
+            # Revoked while the socket was binding (after its token was
+            # checked, before it was attached here to be found).
+            session.tokenRevoked()
 
     def detach(self, session: PushTarget, name: str) -> None:
         """Forget the socket bound to C{name}, if it is C{session}."""

@@ -30,6 +30,11 @@ from chatd.fronts import (
 )
 from chatd.msgr import lockout as msgr_lockout
 from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
+from chatd.msgr.cluster import (
+    RedisLoginLockout,
+    RedisRegistrationLimit,
+    RedisTokenRegistry,
+)
 from chatd.msgr.http import makeSite
 from chatd.msgr.lockout import LoginLockout, RegistrationLimit
 from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
@@ -87,6 +92,68 @@ def openAccounts(
                     gid=gid,
                 )
     return store
+
+
+def _inMemory(config, reactor):
+    """The tokens, lockout and registration limit of one process."""
+    return (
+        TokenRegistry(reactor, config["msgr-token-idle"]),
+        LoginLockout(
+            reactor,
+            accountFailures=config["msgr-lockout-failures"],
+            addressFailures=config["msgr-lockout-address-failures"],
+            window=config["msgr-lockout-window"],
+            lockTime=config["msgr-lockout-time"],
+        ),
+        RegistrationLimit(
+            reactor, config["msgr-register-per-ip"], config["msgr-register-window"]
+        ),
+    )
+
+
+def _shared(config, reactor, cluster):
+    """
+    The same, in the cluster's Redis (C{ChatdService.cluster}: C{.redis},
+    C{.prefix}, C{.nodeId}), counted and valid on every node.
+    """
+    redis, prefix = cluster.redis, cluster.prefix
+    if config["msgr-dialect"] == UQ_JAVA:
+        # uq-java binds a socket by the address of its /status login, kept
+        # by the node that answered it (UqJavaLogins): its tokens stay on
+        # that node, and a load balancer keeps an address on one node.
+        log.warn(
+            "MSGR dialect uq-java on a cluster: its logins are valid on the"
+            " node that answered them only (docs/cluster.md)",
+            event="uq-java-cluster",
+        )
+        tokens = TokenRegistry(reactor, config["msgr-token-idle"])
+    else:
+        tokens = RedisTokenRegistry(
+            redis,
+            prefix,
+            reactor,
+            config["msgr-token-idle"],
+            nodeId=str(getattr(cluster, "nodeId", "") or ""),
+        )
+    return (
+        tokens,
+        RedisLoginLockout(
+            redis,
+            prefix,
+            reactor,
+            accountFailures=config["msgr-lockout-failures"],
+            addressFailures=config["msgr-lockout-address-failures"],
+            window=config["msgr-lockout-window"],
+            lockTime=config["msgr-lockout-time"],
+        ),
+        RedisRegistrationLimit(
+            redis,
+            prefix,
+            reactor,
+            config["msgr-register-per-ip"],
+            config["msgr-register-window"],
+        ),
+    )
 
 
 @implementer(IFront)
@@ -212,25 +279,20 @@ class MsgrFront:
         if store is None:
             return  # --db none: check() made sure both listeners are off
         metrics, limits = services.metrics, services.limits
+        cluster = getattr(services, "cluster", None)
+        if cluster is None:
+            tokens, lockout, registrations = _inMemory(config, reactor)
+        else:
+            tokens, lockout, registrations = _shared(config, reactor, cluster)
         msgr = MsgrService(
-            store,
-            services.presence,
-            reactor,
-            TokenRegistry(reactor, config["msgr-token-idle"]),
-            LoginLockout(
-                reactor,
-                accountFailures=config["msgr-lockout-failures"],
-                addressFailures=config["msgr-lockout-address-failures"],
-                window=config["msgr-lockout-window"],
-                lockTime=config["msgr-lockout-time"],
-            ),
-            metrics,
-            RegistrationLimit(
-                reactor, config["msgr-register-per-ip"], config["msgr-register-window"]
-            ),
+            store, services.presence, reactor, tokens, lockout, metrics, registrations
         )
         msgr.setName("msgr-accounts")
         msgr.setServiceParent(services)  # stopping it closes the database
+        if isinstance(tokens, RedisTokenRegistry):
+            tokens.onRevoked = msgr.revokedElsewhere
+            tokens.setName("msgr-tokens")
+            tokens.setServiceParent(services)
         logins = None
         if config["msgr-dialect"] == UQ_JAVA:
             logins = UqJavaLogins(msgr.tokens)

@@ -379,7 +379,7 @@ class _LogoutEndpoint(MsgrEndpoint):
         account = yield self.msgr.authenticateToken(token)
         if isinstance(account, Outcome):
             return (401 if account.code == NO_CREDENTIALS else 403), account
-        self.msgr.tokens.revoke(token)
+        yield defer.maybeDeferred(self.msgr.tokens.revoke, token)
         log.info(
             "{user} logged out over HTTP",
             protocol=MSGR_HTTP,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
@@ -310,22 +311,30 @@ class MsgrChatProtocol(SessionProtocol):
             self._refuse(HOLA, NO_CREDENTIALS, "#HOLA needs a token and a user")
             return
         token, claimed = unescape(fields[1]), unescape(fields[2])
-        owner = self.msgr.tokens.validate(token)
-        if owner is None:
-            self._refuse(HOLA, NO_CREDENTIALS, "unknown or expired token")
-            return
-        if nameKey(owner) != nameKey(claimed):
-            self._refuse(HOLA, BAD_CREDENTIALS, f"the token is not {claimed!r}'s")
-            return
-        self.token = token
-        self.msgr.tokens.hold(token)
         self._loggingIn = True
         lineId = self.lineNumber
         self.transport.pauseProducing()
-        d = self.msgr.store.sessionData(owner)
-        d.addCallback(self._gotSessionData, lineId)
+        # In memory the token is checked at once; on a cluster in Redis, and
+        # the lines that follow wait for the answer.
+        d = defer.maybeDeferred(self.msgr.tokens.validate, token)
+        d.addCallback(self._gotOwner, token, claimed, lineId)
         d.addErrback(self._bindFailed, lineId)
         d.addBoth(self._bound)
+
+    def _gotOwner(self, owner: str | None, token: str, claimed: str, lineId: int):
+        if self._closing:
+            return None
+        if owner is None:
+            self._bindRefused(lineId, NO_CREDENTIALS, "unknown or expired token")
+            return None
+        if nameKey(owner) != nameKey(claimed):
+            self._bindRefused(lineId, BAD_CREDENTIALS, f"the token is not {claimed!r}'s")
+            return None
+        self.token = token
+        self.msgr.tokens.hold(token, owner)
+        d = self.msgr.store.sessionData(owner)
+        d.addCallback(self._gotSessionData, lineId)
+        return d
 
     def _gotSessionData(self, data: SessionData | None, lineId: int):
         if self._closing:
@@ -614,7 +623,8 @@ class MsgrChatProtocol(SessionProtocol):
         )
         self._answer(command, UPDATE_OK)
         if self.token is not None:
-            self.msgr.tokens.revoke(self.token)
+            revoked = defer.maybeDeferred(self.msgr.tokens.revoke, self.token)
+            revoked.addErrback(lambda f: self.log.failure("revoking a token failed", f))
         self._close()
         self._unbind()
 

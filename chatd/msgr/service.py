@@ -207,7 +207,12 @@ class MsgrService(service.Service):
                     user=name,
                     event="tokens-revoked",
                 )
-                self.revokeTokens(name, blocked=kind == accounts.BLOCK)
+                d = self.revokeTokens(name, blocked=kind == accounts.BLOCK)
+                d.addErrback(
+                    lambda f, name=name: self.log.failure(
+                        "revoking the tokens of {user} failed", f, user=name
+                    )
+                )
 
         def failed(failure) -> None:
             # Logged and tried again at the next tick: a failure must not
@@ -217,16 +222,41 @@ class MsgrService(service.Service):
         d = self.store.revocationsSince(self._revocationSeq)
         return d.addCallbacks(read, failed)
 
-    def revokeTokens(self, name: str, blocked: bool = False, keep: str | None = None) -> None:
+    def revokeTokens(
+        self, name: str, blocked: bool = False, keep: str | None = None
+    ) -> defer.Deferred:
         """
         Revoke every token of the account C{name} but C{keep}, and close its
         chat socket unless it is bound with C{keep}: with C{802} when the
-        account is C{blocked}, else C{901}.
+        account is C{blocked}, else C{901}. Fires once the tokens are
+        revoked (at once in memory; once Redis has them on a cluster, whose
+        other nodes then close their sockets: L{revokedElsewhere}).
         """
-        self.tokens.revokeAll(name, keep)
+        d = defer.maybeDeferred(self.tokens.revokeAll, name, keep, blocked)
         session = self._sessions.get(nameKey(name))
         if session is None or (keep is not None and session.token == keep):
+            return d
+        if blocked:
+            session.accountBlocked()
+        else:
+            session.tokenRevoked()
+        return d
+
+    def revokedElsewhere(self, name: str, blocked: bool, spared) -> None:
+        """
+        Another node revoked the tokens of C{name} (a cluster's
+        L{chatd.msgr.cluster.RedisTokenRegistry} calls this): close the chat
+        socket bound here unless C{spared(its token)}, with the codes of
+        L{revokeTokens}.
+        """
+        session = self._sessions.get(nameKey(name))
+        if session is None or spared(session.token):
             return
+        self.log.info(
+            "tokens of {user} revoked on another node: its socket is closed",
+            user=name,
+            event="tokens-revoked",
+        )
         if blocked:
             session.accountBlocked()
         else:
@@ -256,20 +286,29 @@ class MsgrService(service.Service):
             return defer.succeed(refused(NO_CREDENTIALS, "no user or password"))
         if not name or not password:
             return defer.succeed(refused(EMPTY_FIELDS, "empty user or password"))
-        # Counted before the hash runs, so that concurrent guesses cannot
-        # outrun the lockout.
-        attempt = self.lockout.reserve(name, address)
-        if attempt.refusal is not None:
-            return defer.succeed(refused(BLOCKED, attempt.refusal))
+        def reserved(attempt):
+            # Counted before the hash runs, so that concurrent guesses
+            # cannot outrun the lockout.
+            if attempt.refusal is not None:
+                return refused(BLOCKED, attempt.refusal)
 
-        def checked(account: Account | None) -> Outcome:
-            if account is None:
-                attempt.failed()
-                return refused(BAD_CREDENTIALS, "no such user or wrong password")
-            attempt.succeeded()
-            if account.bloqueado:
-                return refused(BLOCKED, "the account is blocked", account.name)
-            token = self.tokens.issue(account.name)
+            def checked(account: Account | None):
+                if account is None:
+                    attempt.failed()
+                    return refused(BAD_CREDENTIALS, "no such user or wrong password")
+                attempt.succeeded()
+                if account.bloqueado:
+                    return refused(BLOCKED, "the account is blocked", account.name)
+                # On a cluster the token is stored in Redis before the
+                # answer goes out, so that any node accepts it at once.
+                issued = defer.maybeDeferred(self.tokens.issue, account.name)
+                return issued.addCallback(loggedIn, account)
+
+            d = self.store.authenticate(name, password)
+            d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
+            return d
+
+        def loggedIn(token: str, account: Account) -> Outcome:
             self.log.info(
                 "{user} logged in over HTTP from {peer}",
                 protocol=MSGR_HTTP,
@@ -280,8 +319,10 @@ class MsgrService(service.Service):
             self.metrics.loginAccepted(MSGR_HTTP)
             return Outcome(LOGIN_OK, {"token": token, "user": account.name})
 
-        d = self.store.authenticate(name, password)
-        d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
+        # A lockout that cannot count (Redis down, on a cluster) fails the
+        # login: refused with the general code, never let through uncounted.
+        d = defer.maybeDeferred(self.lockout.reserve, name, address)
+        d.addCallback(reserved)
         return self._guard(d, NO_CREDENTIALS, "login")
 
     def register(self, fields: dict[str, str], address: str = "") -> defer.Deferred:
@@ -306,18 +347,23 @@ class MsgrService(service.Service):
             return defer.succeed(Outcome(UPDATE_FAILED, {"reason": str(e)}))
         if self.store.isProtectedName(name):
             return defer.succeed(Outcome(UPDATE_FAILED, {"reason": f"the name {name} is taken"}))
-        if not self.registrations.allow(address):
-            self.log.info(
-                "registration of {user!r} from {peer} refused: too many from"
-                " this address",
-                protocol=MSGR_HTTP,
-                user=name,
-                peer=address,
-                event="register-refused",
-            )
-            return defer.succeed(
-                Outcome(UPDATE_FAILED, {"reason": "too many registrations from your address"})
-            )
+
+        def allowed(allow: bool):
+            if not allow:
+                self.log.info(
+                    "registration of {user!r} from {peer} refused: too many from"
+                    " this address",
+                    protocol=MSGR_HTTP,
+                    user=name,
+                    peer=address,
+                    event="register-refused",
+                )
+                return Outcome(
+                    UPDATE_FAILED, {"reason": "too many registrations from your address"}
+                )
+            d = self.store.register(name, password, profile)
+            d.addCallbacks(done, refused)
+            return d
 
         def done(account: Account) -> Outcome:
             self.log.info("account {user} registered", user=account.name)
@@ -327,8 +373,9 @@ class MsgrService(service.Service):
             failure.trap(NameTaken, InvalidAccountData, InvalidName)
             return Outcome(UPDATE_FAILED, {"reason": str(failure.value)})
 
-        d = self.store.register(name, password, profile)
-        d.addCallbacks(done, refused)
+        # A limit that cannot count (Redis down) fails the registration.
+        d = defer.maybeDeferred(self.registrations.allow, address)
+        d.addCallback(allowed)
         return self._guard(d, UPDATE_MISSING, "register")
 
     def authenticateToken(self, token: str | None) -> defer.Deferred:
@@ -337,23 +384,26 @@ class MsgrService(service.Service):
         (no valid token) or C{802} (the account was blocked since; its
         tokens are revoked and its chat socket closed).
         """
-        name = self.tokens.validate(token)
-        if name is None:
-            return defer.succeed(Outcome(NO_CREDENTIALS))
 
-        def found(account: Account | None):
-            if account is None:
-                self.tokens.revokeAll(name)
+        def validated(name: str | None):
+            if name is None:
                 return Outcome(NO_CREDENTIALS)
+            return self.store.getAccount(name).addCallback(found, name)
+
+        def found(account: Account | None, name: str):
+            if account is None:
+                return self._revoked(self.tokens.revokeAll(name), Outcome(NO_CREDENTIALS))
             if account.bloqueado:
-                self.tokens.revokeAll(name)
-                session = self._sessions.get(nameKey(name))
-                if session is not None:
-                    session.accountBlocked()
-                return Outcome(BLOCKED)
+                return self._revoked(
+                    self.revokeTokens(name, blocked=True), Outcome(BLOCKED)
+                )
             return account
 
-        return self.store.getAccount(name).addCallback(found)
+        return defer.maybeDeferred(self.tokens.validate, token).addCallback(validated)
+
+    def _revoked(self, revoked, outcome: Outcome):
+        # The answer waits for the revocation (a cluster's goes to Redis).
+        return defer.maybeDeferred(lambda: revoked).addCallback(lambda _: outcome)
 
     def update(
         self,
@@ -403,23 +453,27 @@ class MsgrService(service.Service):
             )
             return Outcome(code, {"reason": reason})
 
-        attempt = self.lockout.reserve(account.name, address)
-        if attempt.refusal is not None:
-            return defer.succeed(refused(BLOCKED, attempt.refusal))
-        current = fields.get("pass_actual")
-        if not current:
-            attempt.failed()
-            return defer.succeed(refused(UPDATE_FAILED, "the current password is missing"))
-
-        def checked(verified: Account | None):
-            if verified is None:
+        def reserved(attempt):
+            if attempt.refusal is not None:
+                return refused(BLOCKED, attempt.refusal)
+            current = fields.get("pass_actual")
+            if not current:
                 attempt.failed()
-                return refused(UPDATE_FAILED, "the current password is wrong")
-            attempt.succeeded()
-            return self._update(account, profile, password, token)
+                return refused(UPDATE_FAILED, "the current password is missing")
 
-        d = self.store.authenticate(account.name, current)
-        d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
+            def checked(verified: Account | None):
+                if verified is None:
+                    attempt.failed()
+                    return refused(UPDATE_FAILED, "the current password is wrong")
+                attempt.succeeded()
+                return self._update(account, profile, password, token)
+
+            d = self.store.authenticate(account.name, current)
+            d.addCallbacks(checked, lambda failure: (attempt.abandoned(), failure)[1])
+            return d
+
+        d = defer.maybeDeferred(self.lockout.reserve, account.name, address)
+        d.addCallback(reserved)
         return self._guard(d, UPDATE_MISSING, "update")
 
     def _update(self, account, profile, password, token=None) -> defer.Deferred:
@@ -432,16 +486,18 @@ class MsgrService(service.Service):
                     self.presence.setStatus(session, updated.estado)
                 except PresenceError:
                     pass
+            self.log.info("account {user} updated", user=updated.name)
             if password is not None:
-                # A thief's token must not outlive the password it was got with.
-                self.revokeTokens(updated.name, keep=token)
+                # A thief's token must not outlive the password it was got
+                # with; the answer waits until it is revoked everywhere.
+                revoked = self.revokeTokens(updated.name, keep=token)
                 self.log.info(
                     "account {user} changed its password; its other tokens are revoked",
                     protocol=MSGR_HTTP,
                     user=updated.name,
                     event="password-changed",
                 )
-            self.log.info("account {user} updated", user=updated.name)
+                return revoked.addCallback(lambda _: Outcome(UPDATE_OK))
             return Outcome(UPDATE_OK)
 
         def refused(failure) -> Outcome:
@@ -555,6 +611,10 @@ class MsgrService(service.Service):
         self._friends[key] = {nameKey(f): f for f in data.friends}
         session.pushFriends(self.onlineFriends(data.account.name))
         session.pushRequests(list(data.pending))
+        if session.token is not None and session.token not in self.tokens:
+            # Revoked while the socket was binding (after its token was
+            # checked, before it was attached here to be found).
+            session.tokenRevoked()
 
     def detach(self, session: PushTarget, name: str) -> None:
         """Forget the socket bound to C{name}, if it is C{session}."""

@@ -74,8 +74,11 @@ class TokenRegistry:
         # usable about other tokens.
         return self._grants.get(token)
 
-    def hold(self, token: str) -> None:
-        """Keep C{token} alive until L{release} (a chat socket is bound)."""
+    def hold(self, token: str, name: str | None = None) -> None:
+        """
+        Keep C{token} alive until L{release} (a chat socket is bound as
+        C{name}: a cluster's registry keeps it; this one knows it).
+        """
         grant = self._grants.get(token)
         if grant is not None:
             grant.holds += 1
@@ -91,8 +94,12 @@ class TokenRegistry:
         """Forget C{token} now (logout)."""
         self._grants.pop(token, None)
 
-    def revokeAll(self, name: str, keep: str | None = None) -> None:
-        """Forget every token of the account C{name} (but C{keep})."""
+    def revokeAll(self, name: str, keep: str | None = None, blocked: bool = False) -> None:
+        """
+        Forget every token of the account C{name} (but C{keep}). C{blocked}
+        (the account was blocked) matters to a cluster's registry, which
+        tells the other nodes; here the caller closes the one socket.
+        """
         key = nameKey(name)
         for token in [t for t, g in self._grants.items() if nameKey(g.name) == key]:
             if token != keep:

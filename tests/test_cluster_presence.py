@@ -239,12 +239,16 @@ class ClaimTests(ClusterTestCase):
         b.addObserver(lambda kind, info: seen.append((kind, info.name, info.status)))
         loggedOut = events(b, LOGOUT, "alice")
         session = yield self.login(a, "alice")
-        a.setStatus(session, "away")
+        a.setStatus(session, "fuera 😀 ñ")
         a.logout(session)
         yield loggedOut
         self.assertEqual(
             seen,
-            [(LOGIN, "alice", "ACTIVO"), (STATUS, "alice", "away"), (LOGOUT, "alice", "away")],
+            [
+                (LOGIN, "alice", "ACTIVO"),
+                (STATUS, "alice", "fuera 😀 ñ"),
+                (LOGOUT, "alice", "fuera 😀 ñ"),
+            ],
         )
         self.assertIsNone(b.lookup("alice"))
         # The name is free again, on either node.
@@ -262,6 +266,35 @@ class ClaimTests(ClusterTestCase):
         yield gone
         self.assertEqual(b.users(), [])
         self.assertEqual(self.redis.command("HLEN", self.prefix + "names").strip(), "0")
+
+
+class ReclaimTests(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_reclaimAfterRedisLostTheDirectory(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        yield self.login(a, "alice")
+        yield self.login(a, "José87", status="en clase 📚")
+        seen = events(a, LOGIN, "bob")
+        yield self.login(b, "bob")
+        yield seen
+        # Redis loses the names (as a restart of a cache-only Redis would).
+        yield a.connection.redis.delete(self.prefix + "names")
+        # Meanwhile another node takes one of a's names.
+        results = yield defer.DeferredList(
+            [b._claimInRedis("alice", "alice", '{"name":"alice","key":"alice",'
+             '"skel":"alice","proto":"protobuf","ip":"","status":"x","node":"b",'
+             '"auth":false,"files":false}', False)]
+        )
+        self.assertEqual(results[0][1][0], "ok")
+        lost = yield a.reclaimLocalUsers()
+        self.assertEqual([info.name for info in lost], ["alice"])
+        stored = self.redis.command("HGET", self.prefix + "names", "josé87")
+        self.assertIn('"node":"a"', stored)
+        self.assertIn("en clase 📚", stored)
+        # Claimed again twice: still ours, nothing lost.
+        lost = yield a.reclaimLocalUsers()
+        self.assertEqual([info.name for info in lost], ["alice"])
 
 
 class ReapTests(ClusterTestCase):
@@ -289,6 +322,22 @@ class ReapTests(ClusterTestCase):
         clock.advance(a.ttl / 3)
         yield gone
         yield self.login(a, "bob")
+
+    @defer.inlineCallbacks
+    def test_restartUnderTheSameId(self):
+        """A node that starts with a dead node's id frees its names first."""
+        a = yield self.node("a")
+        b = yield self.node("b")
+        seen = events(b, LOGIN, "alice")
+        yield self.login(a, "alice")
+        yield seen
+        a._heartbeat.stop()
+        yield a.connection.stopService()  # died, its heartbeat still alive
+        gone = events(b, LOGOUT, "alice")
+        again = yield self.node("a")
+        yield gone
+        self.assertEqual(again.users(), [])
+        yield self.login(again, "alice")
 
     @defer.inlineCallbacks
     def test_realTTL(self):

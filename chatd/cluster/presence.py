@@ -281,7 +281,9 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         for e in entries:
             if e["node"] != self.nodeId:
                 self._applyRemote({"k": LOGIN, "seq": seq, "e": e})
-        self._seq = max(self._seq, seq)
+        # The snapshot is the truth at its instant, even when the counter
+        # went back (a Redis that restarted empty).
+        self._seq = seq
         buffered, self._buffer = self._buffer, None
         for event in buffered:
             self._applyEvent(event)
@@ -316,19 +318,12 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 "node": self.nodeId,
                 "auth": bool(authenticated),
                 "files": IFileReceiver(session, None) is not None,
-            }
+            },
+            # UTF-8 as it is: Lua's cjson passes it through untouched.
+            ensure_ascii=False,
         )
         self._pending.add(session)
-        d = self.connection.evalScript(
-            scripts.CLAIM,
-            [
-                self._names,
-                self.connection.key("skel", skeleton),
-                self.connection.key("users", self.nodeId),
-                self._seqKey,
-            ],
-            [key, stored, "1" if authenticated else "0", self._events],
-        )
+        d = self._claimInRedis(key, skeleton, stored, authenticated)
 
         def claimed(reply):
             self._pending.discard(session)
@@ -370,6 +365,56 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             )
 
         return d.addCallbacks(claimed, failed)
+
+    def _claimInRedis(self, key, skeleton, stored, authenticated) -> defer.Deferred:
+        return self.connection.evalScript(
+            scripts.CLAIM,
+            [
+                self._names,
+                self.connection.key("skel", skeleton),
+                self.connection.key("users", self.nodeId),
+                self._seqKey,
+            ],
+            [key, stored, "1" if authenticated else "0", self._events],
+        )
+
+    @defer.inlineCallbacks
+    def reclaimLocalUsers(self):
+        """
+        Claim again, in Redis, every user of this node: for a Redis that
+        lost them (restarted empty). A user this node still holds in Redis
+        is left as it is.
+
+        @return: a Deferred firing with the L{UserInfo} of the local users
+            whose names someone else holds now (or that look like one held);
+            what becomes of them is the caller's rule.
+        """
+        lost = []
+        for entry in list(self._bySession.values()):
+            info = entry.info
+            stored = json.dumps(
+                {
+                    "name": info.name,
+                    "key": entry.key,
+                    "skel": entry.skeleton,
+                    "proto": info.protocol,
+                    "ip": info.ip,
+                    "status": info.status,
+                    "node": self.nodeId,
+                    "auth": bool(entry.authenticated),
+                    "files": IFileReceiver(entry.session, None) is not None,
+                },
+                ensure_ascii=False,
+            )
+            reply = yield self._claimInRedis(
+                entry.key, entry.skeleton, stored, entry.authenticated
+            )
+            outcome = _text(reply[0])
+            if outcome == "ok":
+                entry.seq = int(_text(reply[1]))
+            elif not (outcome == "inuse" and _text(reply[2]) == self.nodeId):
+                lost.append(info)
+        return lost
 
     def _check(self, session, name, status, authenticated) -> tuple[str, str]:
         # What needs no Redis first, in the in-memory service's order.
@@ -583,7 +628,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         return count
 
     def _publish(self, channel: str, data: dict) -> None:
-        d = self.connection.redis.publish(channel, json.dumps(data))
+        d = self.connection.redis.publish(channel, json.dumps(data, ensure_ascii=False))
         d.addErrback(lambda f: self.log.failure("cluster publish on {channel} failed", f, channel=channel))
 
     def _deliverBroadcast(self, data: dict) -> None:

@@ -228,6 +228,8 @@ class ClusterConnection(service.Service):
             factory.startConnecting(clientEndpoint(self.reactor, self.address))
 
     def stopService(self):
+        if not self.running:
+            return defer.succeed(None)  # stopped already (a test's kill)
         super().stopService()
         self.connected = False
         return defer.gatherResults(

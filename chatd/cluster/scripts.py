@@ -20,11 +20,14 @@ whole files) and C{seq} (the counter when it logged in: the login order).
 
 #: KEYS: names, the skeleton's set, the node's users, seq.
 #: ARGV: key, entry JSON, authenticated ("1"/"0"), events channel.
-#: Returns ["ok", seq], ["inuse", name] or ["alike", name of the first
-#: look-alike online].
+#: Returns ["ok", seq], ["inuse", name, its node] or ["alike", name of the
+#: first look-alike online].
 CLAIM = """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if existing then return {'inuse', cjson.decode(existing).name} end
+if existing then
+  local d = cjson.decode(existing)
+  return {'inuse', d.name, d.node}
+end
 local first, firstSeq = nil, nil
 local allAuthenticated = ARGV[3] == '1'
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[2])) do

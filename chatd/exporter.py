@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import (
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from twisted.web import resource, server
 
@@ -126,6 +127,8 @@ class _ChatdCollector:
             m.httpRequests,
         )
         yield from self._listeners()
+        if m.cluster is not None:
+            yield from _cluster(m.cluster)
 
     def _online(self) -> GaugeMetricFamily:
         counts = dict.fromkeys(PROTOCOLS, 0)
@@ -181,6 +184,70 @@ def _buildInfo() -> Metric:
     )
 
 
+def _cluster(cluster) -> Iterable[Metric]:
+    # A cluster node's own series (chatd.cluster.metrics), each labelled
+    # with its node id, so that one dashboard can show every node.
+    node = [cluster.nodeId]
+
+    def gauge(name: str, documentation: str, value) -> Metric:
+        family = GaugeMetricFamily(name, documentation, labels=["node"])
+        family.add_metric(node, value)
+        return family
+
+    def counter(name: str, documentation: str, value) -> Metric:
+        family = CounterMetricFamily(name, documentation, labels=["node"])
+        family.add_metric(node, value)
+        return family
+
+    yield gauge(
+        "chatd_cluster_connected",
+        "1 while both connections to the cluster's Redis are up.",
+        1 if cluster.connected else 0,
+    )
+    yield counter(
+        "chatd_cluster_reconnects",
+        "Connections to the cluster's Redis that came back after a loss.",
+        cluster.reconnects,
+    )
+    yield gauge(
+        "chatd_cluster_directory_users",
+        "Users online in the whole cluster, as this node's replica has them.",
+        cluster.directorySize,
+    )
+    yield gauge(
+        "chatd_cluster_local_users", "Users online on this node.", cluster.localUsers
+    )
+    yield counter(
+        "chatd_cluster_remote_sent",
+        "Messages and files published for users on other nodes (a broadcast"
+        " once).",
+        cluster.remoteSent,
+    )
+    yield counter(
+        "chatd_cluster_remote_delivered",
+        "Messages and files from other nodes handed to this node's users.",
+        cluster.remoteDelivered,
+    )
+    yield counter(
+        "chatd_cluster_bounced",
+        "Messages from other nodes this node could not deliver (receiver"
+        " busy or gone); their senders were told.",
+        cluster.bounced,
+    )
+    roundTrip = SummaryMetricFamily(
+        "chatd_cluster_redis_round_trip_seconds",
+        "Round trips to the cluster's Redis (the heartbeat's), in seconds.",
+        labels=["node"],
+    )
+    roundTrip.add_metric(node, cluster.roundTripCount, cluster.roundTripSum)
+    yield roundTrip
+    yield gauge(
+        "chatd_cluster_redis_last_round_trip_seconds",
+        "The last round trip to the cluster's Redis, in seconds.",
+        cluster.lastRoundTrip,
+    )
+
+
 def _counter(name: str, documentation: str, labels: list[str], values) -> Metric:
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, value in sorted(dict(values).items()):
@@ -227,11 +294,25 @@ class HealthResource(_Plain):
     """
     C{GET /healthz}: C{200 ok}, written by the reactor's thread at once, so an
     answer proves the reactor is turning.
+
+    On a cluster node a second line names the node and its connection to
+    Redis; while that is down the answer is C{503} (the node cannot take
+    new logins: a load balancer should send them elsewhere).
     """
+
+    def __init__(self, metrics: ChatdMetrics | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ok\n"
+        cluster = None if self.metrics is None else self.metrics.cluster
+        if cluster is None:
+            return b"ok\n"
+        if cluster.connected:
+            return f"ok\ncluster: connected (node {cluster.nodeId})\n".encode()
+        request.setResponseCode(503)
+        return f"unavailable\ncluster: disconnected (node {cluster.nodeId})\n".encode()
 
 
 class OnlineResource(_Plain):
@@ -269,7 +350,7 @@ def addResources(
     """Put C{/healthz}, and C{/metrics} if C{serveMetrics}, under C{root}."""
     if serveMetrics:
         root.putChild(b"metrics", MetricsResource(metrics))
-    root.putChild(b"healthz", HealthResource())
+    root.putChild(b"healthz", HealthResource(metrics))
 
 
 class CountingSite(server.Site):

@@ -148,12 +148,29 @@ class ListenerService(StreamServerEndpointService):
         if port is None:
             return None  # cancelled, or failed later (Twisted logged why)
         self.port = port
+        whenReady = getattr(self.parent, "whenReady", None)
+        ready = defer.succeed(None) if whenReady is None else whenReady()
+        if not ready.called:
+            # A cluster node loads the directory first: the port is bound
+            # (before twistd drops privileges) but connections wait in its
+            # backlog until then.
+            stopReading = getattr(port, "stopReading", None)
+            if stopReading is not None:
+                stopReading()
+        ready.addCallback(lambda _: self._accepting(port))
+        return port
+
+    def _accepting(self, port: IListeningPort) -> None:
+        if self.port is not port:
+            return  # stopped meanwhile
+        startReading = getattr(port, "startReading", None)
+        if startReading is not None and not getattr(port, "disconnected", False):
+            startReading()
         self.log.info(
             LISTENING_FORMAT,
             label=self.label,
             address=describeAddress(port.getHost(), self.secure),
         )
-        return port
 
     def stopService(self) -> defer.Deferred:
         """

@@ -77,6 +77,8 @@ class ChatdMetrics:
         self.httpRequests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.presence = None
         self.listeners: dict[str, object] = {}
+        #: A cluster node's own counts (chatd.cluster.metrics), or None.
+        self.cluster = None
 
     # Following the rest of the server.
 

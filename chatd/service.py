@@ -5,6 +5,7 @@ The root of chatd's service tree, and what every front shares.
 from __future__ import annotations
 
 from twisted.application import service
+from twisted.internet import defer
 
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import ChatdMetrics
@@ -27,6 +28,10 @@ class ChatdService(service.MultiService):
         across all listeners at once.
     @ivar accounts: the account store whose names C{presence} protects
         (MSGR's, from C{--db}), or C{None} with C{--db none}.
+    @ivar cluster: C{None} for one process on its own; with C{--cluster},
+        this node's L{chatd.cluster.redis.ClusterConnection} (C{.nodeId},
+        C{.prefix}, C{.redis}, C{.connected}, C{.whenConnected()}), for the
+        parts of chatd that keep state in the cluster's Redis.
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class ChatdService(service.MultiService):
         limits: Limits,
         limiter: ConnectionLimiter,
         accounts=None,
+        cluster=None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -45,3 +51,17 @@ class ChatdService(service.MultiService):
         self.limits = limits
         self.limiter = limiter
         self.accounts = accounts
+        self.cluster = cluster
+        if service.IService.providedBy(presence):
+            # A cluster's presence service connects and loads the directory
+            # as a child, started before (and stopped after) the listeners.
+            presence.setName("presence")
+            presence.setServiceParent(self)
+
+    def whenReady(self) -> defer.Deferred:
+        """
+        Fires when the listeners may accept connections: at once in one
+        process; once a cluster node has loaded the directory.
+        """
+        whenReady = getattr(self.presence, "whenReady", None)
+        return defer.succeed(None) if whenReady is None else whenReady()

@@ -19,7 +19,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chatd import __version__, limits as L
+from chatd import __version__, cluster, limits as L
 from chatd.config import ConfiguredOptions, versionText
 from chatd.fronts import (
     DISABLED,
@@ -34,7 +34,6 @@ from chatd.limits import ConnectionLimiter, Limits
 from chatd.listener import DEFAULT_SHUTDOWN_GRACE
 from chatd.exporter import makeMetricsSite
 from chatd.metrics import ChatdMetrics
-from chatd.presence import InMemoryPresenceService
 from chatd.service import ChatdService
 from chatd.web import DEFAULT_REQUEST_TIMEOUT
 
@@ -166,7 +165,7 @@ class Options(ConfiguredOptions):
             "SQLite file of the MSGR accounts (created on first run), or 'none' "
             "for no accounts (then --http and --msgr must be 'none').",
         ],
-    ] + [option for front in FRONTS for option in front.options()]
+    ] + cluster.options() + [option for front in FRONTS for option in front.options()]
 
     #: The options that name a listener's endpoint: the fronts', then the
     #: metrics listener's.
@@ -186,6 +185,7 @@ class Options(ConfiguredOptions):
                 endpoints.serverFromString(reactor, self[option])
             except Exception as e:
                 raise usage.UsageError(f"--{option} {self[option]}: {e}")
+        cluster.check(self)
         for front in FRONTS:
             front.check(self)
 
@@ -298,15 +298,20 @@ def makeService(config: Options, reactor=None) -> ChatdService:
     accounts = None
     for front in FRONTS:
         accounts = front.openAccounts(config, reactor, owner) or accounts
-    if accounts is not None:
-        presence = InMemoryPresenceService(accounts.isProtectedName, metrics)
-    else:
-        presence = InMemoryPresenceService(metrics=metrics)
+    # In memory, or a node of a cluster (--cluster): chatd/cluster/.
+    presence, clusterConnection = cluster.makePresence(
+        config,
+        reactor,
+        accounts.isProtectedName if accounts is not None else None,
+        metrics,
+    )
     # One limiter for every listener: the connection limits hold across all
     # protocols at once.
     limits = _limits(config)
     limiter = ConnectionLimiter(limits.maxConnections, limits.maxConnectionsPerAddress)
-    top = ChatdService(config, presence, metrics, limits, limiter, accounts)
+    top = ChatdService(
+        config, presence, metrics, limits, limiter, accounts, clusterConnection
+    )
     _ensureFileLimit(limits.maxConnections)
     _returnFreedMemory()
     for front in FRONTS:

@@ -1,0 +1,782 @@
+"""
+L{ClusterPresenceService}: the presence service of a chatd cluster.
+
+It is L{InMemoryPresenceService} (same errors, same events, same counts for
+local users) over a local replica of the whole cluster's directory, kept up
+to date from Redis:
+
+  - a login claims the name with the L{CLAIM} script, which checks the name
+    and its look-alikes cluster-wide and writes and publishes the entry in
+    one atomic step; logouts and status changes are scripts too. Every
+    change is published on the events channel, so every node applies them
+    in Redis' order;
+  - the replica holds remote users as entries without a session, so
+    C{users()}, C{lookup()}, C{lookalike()} and C{infoFor()} stay local and
+    synchronous, and C{sessionFor()} of a remote user is C{None};
+  - a message to a remote user is published on its node's channel and
+    delivered there; a broadcast is published once on the broadcast
+    channel. Messages between local users never touch Redis.
+
+docs/cluster.md says what a protocol's "delivered" means for a remote user.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Callable
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd.cluster import DEFAULT_TTL, scripts
+from chatd.cluster.metrics import ClusterMetrics
+from chatd.cluster.redis import ClusterConnection
+from chatd.metrics import BUSY, ChatdMetrics
+from chatd.presence import (
+    BROADCAST,
+    DEFAULT_STATUS,
+    LOGIN,
+    LOGOUT,
+    MAX_IP_LENGTH,
+    STATUS,
+    AlreadyLoggedIn,
+    ChatMessage,
+    FilesNotAccepted,
+    IChatSession,
+    IFileReceiver,
+    InMemoryPresenceService,
+    IPresenceService,
+    NameInUse,
+    NameProtected,
+    NoSuchUser,
+    PresenceError,
+    RecipientBusy,
+    UserInfo,
+    _Entry,
+    checkName,
+    checkStatus,
+    nameKey,
+    nameSkeleton,
+)
+
+#: The largest whole file handed to a user on another node (it travels in
+#: one Redis message). Larger MSRP files streamed across nodes are not
+#: carried yet: the sender is told the receiver takes files of at most this.
+REMOTE_FILE_LIMIT = 8 * 1024 * 1024
+
+
+class ClusterUnavailable(PresenceError):
+    """The cluster's Redis cannot be reached: a name cannot be claimed now."""
+
+
+class _RemoteEntry(_Entry):
+    """A user held by another node: no session here."""
+
+    __slots__ = ("node", "files", "seq")
+
+    def __init__(self, info, key, skeleton, authenticated, node, files, seq):
+        super().__init__(None, info, key, skeleton, authenticated)
+        self.node = node
+        self.files = files
+        self.seq = seq
+
+
+class _LocalEntry(_Entry):
+    __slots__ = ("seq",)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@implementer(IPresenceService)
+class ClusterPresenceService(InMemoryPresenceService, service.Service):
+    """
+    L{IPresenceService} for one node of a cluster (see the module).
+
+    A service: starting it connects to Redis, subscribes, loads the
+    directory and starts the heartbeat; L{whenReady} fires once the replica
+    is loaded (the listeners accept connections only then). Stopping it
+    removes this node's users from the cluster at once.
+
+    @param connection: this node's L{ClusterConnection} (not started: this
+        service starts and stops it).
+    @param ttl: seconds this node's heartbeat key lives; it is refreshed
+        every third of that, and every node reaps, as often, the users of
+        nodes whose heartbeat is gone.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        connection: ClusterConnection,
+        isProtectedName: Callable[[str], bool] = lambda name: False,
+        metrics: ChatdMetrics | None = None,
+        ttl: float = DEFAULT_TTL,
+        clock=None,
+    ) -> None:
+        InMemoryPresenceService.__init__(self, isProtectedName, metrics)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.connection = connection
+        self.nodeId = connection.nodeId
+        self.ttl = ttl
+        self.clusterMetrics = ClusterMetrics(self)
+        self.metrics.cluster = self.clusterMetrics
+        key = connection.key
+        self._names = key("names")
+        self._seqKey = key("seq")
+        self._nodes = key("nodes")
+        self._alive = key("alive", self.nodeId)
+        self._events = key("events")
+        self._broadcast = key("broadcast")
+        self._inbox = key("to", self.nodeId)
+        connection.channels = [self._events, self._broadcast, self._inbox]
+        connection.onMessage = self._received
+        connection.addConnectionObserver(self._connectionChanged)
+        #: The last event applied (the seq counter); older ones are skipped.
+        self._seq = 0
+        # Events that arrive while the directory loads, applied after it.
+        self._buffer: list[dict] | None = []
+        self._loading = False
+        self._ready = defer.Deferred()
+        self._pending: set[IChatSession] = set()
+        self._files: dict[str, tuple[defer.Deferred, str]] = {}
+        self._fileIds = itertools.count(1)
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = clock
+        self._stopping = False
+
+    # The service.
+
+    def whenReady(self) -> defer.Deferred:
+        """Fires once the replica is loaded (and at once after that)."""
+        d = defer.Deferred()
+        if self._ready.called:
+            d.callback(None)
+        else:
+            self._ready.addCallback(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.log.info(
+            "cluster node {node} joining {address} (prefix {prefix!r}, ttl {ttl}s)",
+            node=self.nodeId,
+            address=self.connection.address.describe(),
+            prefix=self.connection.prefix,
+            ttl=self.ttl,
+            event="cluster-start",
+        )
+        self.connection.startService()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self._stopping = True
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for d, _ in list(self._files.values()):
+            d.callback(False)
+        self._files.clear()
+        d = defer.succeed(None)
+        if self.connection.connected:
+            # Free this node's names at once: the others need not wait for
+            # the heartbeat to lapse.
+            d = self.connection.redis.execute_command("DEL", self._alive)
+            d.addCallback(lambda _: self._reap(self.nodeId))
+            d.addErrback(
+                lambda f: self.log.failure("cluster node {node} could not leave", f, node=self.nodeId)
+            )
+        return d.addBoth(lambda _: self.connection.stopService())
+
+    def _connectionChanged(self, connected: bool) -> None:
+        if connected and not self._stopping:
+            # Each (re)connection loads the directory again: pub/sub keeps
+            # nothing for a subscriber that was away.
+            self._join()
+
+    @defer.inlineCallbacks
+    def _join(self):
+        try:
+            if not self._ready.called:
+                # Another process with this node id left entries behind
+                # (restarted within the TTL): they are not ours any more.
+                yield self._reap(self.nodeId)
+            yield self._refreshHeartbeat()
+            yield self.connection.redis.execute_command("SADD", self._nodes, self.nodeId)
+            yield self._load()
+        except Exception:
+            self.log.failure("cluster node {node} could not join", node=self.nodeId)
+            return
+        if not self._heartbeat.running:
+            self._heartbeat.start(self.ttl / 3, now=False)
+        if not self._ready.called:
+            self.log.info(
+                "cluster node {node} ready: {count} users online in the cluster",
+                node=self.nodeId,
+                count=len(self._byName),
+                event="cluster-ready",
+            )
+            self._ready.callback(None)
+
+    def _refreshHeartbeat(self) -> defer.Deferred:
+        started = self.clock.seconds()
+        d = self.connection.redis.execute_command(
+            "SET", self._alive, "1", "PX", int(self.ttl * 1000)
+        )
+
+        def measured(result):
+            self.clusterMetrics.roundTrip(self.clock.seconds() - started)
+            return result
+
+        return d.addCallback(measured)
+
+    def _beat(self) -> None:
+        if not self.connection.connected:
+            return
+        d = self._refreshHeartbeat()
+        d.addCallback(lambda _: self._reap(""))
+        d.addCallback(self._reaped)
+        d.addErrback(lambda f: self.log.failure("cluster heartbeat failed", f))
+
+    def _reaped(self, count) -> None:
+        if count:
+            self.log.info(
+                "cluster node {node} freed {count} names of nodes whose"
+                " heartbeat is gone",
+                node=self.nodeId,
+                count=int(count),
+                event="cluster-reaped",
+            )
+
+    def _reap(self, node: str) -> defer.Deferred:
+        return self.connection.evalScript(
+            scripts.REAP,
+            [self._nodes, self._names, self._seqKey],
+            [self.connection.prefix, self._events, node],
+        )
+
+    @defer.inlineCallbacks
+    def _load(self):
+        self._buffer = []
+        reply = yield self.connection.evalScript(
+            scripts.SNAPSHOT, [self._seqKey, self._names], []
+        )
+        seq = int(_text(reply[0]))
+        entries = sorted(
+            (json.loads(_text(stored)) for stored in reply[1:]),
+            key=lambda e: e["seq"],
+        )
+        present = {e["key"] for e in entries}
+        # Remote users the cluster no longer has (a reconnect after losses).
+        for entry in list(self._byName.values()):
+            if isinstance(entry, _RemoteEntry) and entry.key not in present:
+                self._removeRemote(entry)
+        for e in entries:
+            if e["node"] != self.nodeId:
+                self._applyRemote({"k": LOGIN, "seq": seq, "e": e})
+        # The snapshot is the truth at its instant, even when the counter
+        # went back (a Redis that restarted empty).
+        self._seq = seq
+        buffered, self._buffer = self._buffer, None
+        for event in buffered:
+            self._applyEvent(event)
+
+    def localSessions(self) -> list[IChatSession]:
+        """The sessions of this node's users."""
+        return list(self._bySession)
+
+    # Claims.
+
+    def login(
+        self,
+        session: IChatSession,
+        name: str,
+        ip: str,
+        status: str = DEFAULT_STATUS,
+        authenticated: bool = False,
+    ) -> defer.Deferred:
+        try:
+            key, skeleton = self._check(session, name, status, authenticated)
+        except PresenceError as e:
+            return self._refused(session, name, ip, e)
+        info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
+        stored = json.dumps(
+            {
+                "name": name,
+                "key": key,
+                "skel": skeleton,
+                "proto": info.protocol,
+                "ip": info.ip,
+                "status": status,
+                "node": self.nodeId,
+                "auth": bool(authenticated),
+                "files": IFileReceiver(session, None) is not None,
+            },
+            # UTF-8 as it is: Lua's cjson passes it through untouched.
+            ensure_ascii=False,
+        )
+        self._pending.add(session)
+        d = self._claimInRedis(key, skeleton, stored, authenticated)
+
+        def claimed(reply):
+            self._pending.discard(session)
+            outcome, detail = _text(reply[0]), _text(reply[1])
+            if outcome == "inuse":
+                return self._refused(
+                    session, name, ip, NameInUse(f"the name {name} is already online")
+                )
+            if outcome == "alike":
+                return self._refused(
+                    session,
+                    name,
+                    ip,
+                    NameInUse(f"the name {name} looks like {detail}, who is online"),
+                )
+            entry = _LocalEntry(session, info, key, skeleton, authenticated)
+            entry.seq = int(detail)
+            self._byName[key] = entry
+            self._bySkeleton.setdefault(skeleton, []).append(entry)
+            self._bySession[session] = entry
+            self.log.info(
+                "{user} logged in ({protocol}, {peer})",
+                user=info.name,
+                protocol=info.protocol,
+                peer=info.ip,
+                node=self.nodeId,
+                event="login",
+            )
+            self._notify(LOGIN, info)
+            return info
+
+        def failed(failure):
+            self._pending.discard(session)
+            if failure.check(PresenceError):
+                return failure
+            self.log.failure("cluster claim of {user!r} failed", failure, user=name)
+            return self._refused(
+                session, name, ip, ClusterUnavailable("the cluster cannot be reached")
+            )
+
+        return d.addCallbacks(claimed, failed)
+
+    def _claimInRedis(self, key, skeleton, stored, authenticated) -> defer.Deferred:
+        return self.connection.evalScript(
+            scripts.CLAIM,
+            [
+                self._names,
+                self.connection.key("skel", skeleton),
+                self.connection.key("users", self.nodeId),
+                self._seqKey,
+            ],
+            [key, stored, "1" if authenticated else "0", self._events],
+        )
+
+    @defer.inlineCallbacks
+    def reclaimLocalUsers(self):
+        """
+        Claim again, in Redis, every user of this node: for a Redis that
+        lost them (restarted empty). A user this node still holds in Redis
+        is left as it is.
+
+        @return: a Deferred firing with the L{UserInfo} of the local users
+            whose names someone else holds now (or that look like one held);
+            what becomes of them is the caller's rule.
+        """
+        lost = []
+        for entry in list(self._bySession.values()):
+            info = entry.info
+            stored = json.dumps(
+                {
+                    "name": info.name,
+                    "key": entry.key,
+                    "skel": entry.skeleton,
+                    "proto": info.protocol,
+                    "ip": info.ip,
+                    "status": info.status,
+                    "node": self.nodeId,
+                    "auth": bool(entry.authenticated),
+                    "files": IFileReceiver(entry.session, None) is not None,
+                },
+                ensure_ascii=False,
+            )
+            reply = yield self._claimInRedis(
+                entry.key, entry.skeleton, stored, entry.authenticated
+            )
+            outcome = _text(reply[0])
+            if outcome == "ok":
+                entry.seq = int(_text(reply[1]))
+            elif not (outcome == "inuse" and _text(reply[2]) == self.nodeId):
+                lost.append(info)
+        return lost
+
+    def _check(self, session, name, status, authenticated) -> tuple[str, str]:
+        # What needs no Redis first, in the in-memory service's order.
+        if session in self._bySession:
+            raise AlreadyLoggedIn(
+                f"already logged in as {self._bySession[session].info.name}"
+            )
+        if session in self._pending:
+            raise AlreadyLoggedIn("a login is under way")
+        checkName(name)
+        checkStatus(status)
+        key = nameKey(name)
+        if key in self._byName:
+            raise NameInUse(f"the name {name} is already online")
+        skeleton = nameSkeleton(name)
+        alike = self._bySkeleton.get(skeleton, ())
+        if alike and not (authenticated and all(e.authenticated for e in alike)):
+            raise NameInUse(
+                f"the name {name} looks like {alike[0].info.name}, who is online"
+            )
+        if not authenticated and self.isProtectedName(name):
+            raise NameProtected(f"the name {name} belongs to a registered account")
+        if not self.connection.connected or not self._ready.called:
+            raise ClusterUnavailable("the cluster cannot be reached")
+        return key, skeleton
+
+    def _refused(self, session, name, ip, error) -> defer.Deferred:
+        self.metrics.loginRefused(session.protocolName)
+        mayLog = getattr(getattr(session, "allowance", None), "mayLogError", None)
+        if mayLog is None or mayLog():
+            self.log.info(
+                "{protocol} login of {user!r} from {peer} refused: {reason}",
+                user=name,
+                protocol=session.protocolName,
+                peer=ip,
+                reason=str(error),
+                event="login-refused",
+            )
+        return defer.fail(error)
+
+    def logout(self, session: IChatSession) -> None:
+        entry = self._bySession.get(session)
+        InMemoryPresenceService.logout(self, session)
+        if entry is None or self._stopping or not self.connection.connected:
+            return
+        d = self.connection.evalScript(
+            scripts.RELEASE,
+            [self._names, self._seqKey],
+            [entry.key, self.nodeId, self._events, self.connection.prefix],
+        )
+        d.addErrback(
+            lambda f: self.log.failure("cluster release of {user} failed", f, user=entry.info.name)
+        )
+
+    def setStatus(self, session: IChatSession, status: str) -> UserInfo:
+        info = InMemoryPresenceService.setStatus(self, session, status)
+        if self.connection.connected:
+            key = self._bySession[session].key
+            d = self.connection.evalScript(
+                scripts.STATUS,
+                [self._names, self._seqKey],
+                [key, self.nodeId, status, self._events],
+            )
+            d.addErrback(
+                lambda f: self.log.failure("cluster status of {user} failed", f, user=info.name)
+            )
+        return info
+
+    # The replica.
+
+    def _received(self, channel, message) -> None:
+        channel = _text(channel)
+        data = json.loads(_text(message))
+        if channel == self._events:
+            if self._buffer is not None:
+                self._buffer.append(data)
+            else:
+                self._applyEvent(data)
+        elif channel == self._broadcast:
+            if data["node"] != self.nodeId:
+                self._deliverBroadcast(data)
+        elif channel == self._inbox:
+            self._inboxMessage(data)
+
+    def _applyEvent(self, event: dict) -> None:
+        if event["seq"] <= self._seq:
+            return  # already in the replica (loaded with the directory)
+        self._seq = event["seq"]
+        entry = event["e"]
+        if entry["node"] == self.nodeId:
+            if event["k"] == LOGOUT:
+                self._ownUserRemoved(entry)
+            return  # local changes are applied when they are made
+        self._applyRemote(event)
+
+    def _applyRemote(self, event: dict) -> None:
+        e = event["e"]
+        kind = event["k"]
+        key = e["key"]
+        current = self._byName.get(key)
+        if kind == LOGOUT:
+            if isinstance(current, _RemoteEntry) and current.node == e["node"]:
+                self._removeRemote(current)
+            return
+        info = UserInfo(e["name"], e["proto"], e["ip"], e["status"])
+        if isinstance(current, _RemoteEntry) and current.node == e["node"]:
+            if current.info != info:
+                current.info = info
+                self._notify(STATUS, info)
+            return
+        if current is not None:
+            # A local user with this name: cannot happen while the claim
+            # scripts decide; kept, and logged, if it does.
+            self.log.warn(
+                "cluster: {user} on node {other} conflicts with a local user",
+                user=e["name"],
+                other=e["node"],
+                event="cluster-conflict",
+            )
+            return
+        entry = _RemoteEntry(
+            info, key, e["skel"], bool(e["auth"]), e["node"], bool(e["files"]), e["seq"]
+        )
+        self._byName[key] = entry
+        self._bySkeleton.setdefault(entry.skeleton, []).append(entry)
+        self._notify(LOGIN, info)
+
+    def _removeRemote(self, entry: _RemoteEntry) -> None:
+        del self._byName[entry.key]
+        alike = self._bySkeleton[entry.skeleton]
+        alike.remove(entry)
+        if not alike:
+            del self._bySkeleton[entry.skeleton]
+        # Files waiting for its answer: its node may be gone with it.
+        for fileId, (d, key) in list(self._files.items()):
+            if key == entry.key:
+                del self._files[fileId]
+                d.callback(False)
+        self._notify(LOGOUT, entry.info)
+
+    def _ownUserRemoved(self, e: dict) -> None:
+        # Our user removed by someone else: our heartbeat lapsed (a long
+        # pause) and another node reaped us. The name is free in the
+        # cluster, so the session must go.
+        entry = self._byName.get(e["key"])
+        if (
+            isinstance(entry, _LocalEntry)
+            and entry.seq == e["seq"]
+            and not self._stopping
+        ):
+            self.log.warn(
+                "cluster: {user} was removed by another node (heartbeat lapsed)",
+                user=entry.info.name,
+                event="cluster-reaped-local",
+            )
+            entry.session.disconnect("your session expired in the cluster")
+
+    # Routing.
+
+    def sendMessage(self, sender: IChatSession, receiver: str, text: str) -> int:
+        source = self._bySession.get(sender)
+        if source is None:
+            raise NoSuchUser("not logged in")
+        key = receiver.lower() if receiver.isascii() else nameKey(receiver)
+        if key == BROADCAST:
+            count = self._broadcastLocally(source, text)
+            # One publish for every other node; each delivers to its own.
+            remote = [e for e in self._byName.values() if isinstance(e, _RemoteEntry)]
+            if remote:
+                self._publish(
+                    self._broadcast,
+                    {"node": self.nodeId, "sender": source.info.name, "text": text},
+                )
+                routed = self._routed[source.info.protocol]
+                for entry in remote:
+                    routed[entry.info.protocol] += 1
+                self.clusterMetrics.remoteSent += 1
+            return count + len(remote)
+        target = self._byName.get(key)
+        if isinstance(target, _RemoteEntry):
+            self._publish(
+                self.connection.key("to", target.node),
+                {
+                    "t": "msg",
+                    "from": self.nodeId,
+                    "sender": source.info.name,
+                    "receiver": target.info.name,
+                    "text": text,
+                },
+            )
+            self._routed[source.info.protocol][target.info.protocol] += 1
+            self.clusterMetrics.remoteSent += 1
+            return 1
+        return InMemoryPresenceService.sendMessage(self, sender, receiver, text)
+
+    def _broadcastLocally(self, source, text: str) -> int:
+        message = ChatMessage(source.info.name, BROADCAST, text)
+        routed = self._routed[source.info.protocol]
+        count = 0
+        # A list copy: a delivery may disconnect someone and change the
+        # directory while we walk it.
+        for entry in list(self._bySession.values()):
+            if entry is not source:
+                try:
+                    self._deliver(entry, message)
+                except RecipientBusy:
+                    self.metrics.refused(source.info.protocol, BUSY)
+                    continue
+                routed[entry.info.protocol] += 1
+                count += 1
+        return count
+
+    def _publish(self, channel: str, data: dict) -> None:
+        d = self.connection.redis.publish(channel, json.dumps(data, ensure_ascii=False))
+        d.addErrback(lambda f: self.log.failure("cluster publish on {channel} failed", f, channel=channel))
+
+    def _deliverBroadcast(self, data: dict) -> None:
+        message = ChatMessage(data["sender"], BROADCAST, data["text"])
+        for entry in list(self._byName.values()):
+            if entry.session is None or entry.info.name == data["sender"]:
+                continue
+            try:
+                self._deliver(entry, message)
+            except RecipientBusy:
+                self.metrics.refused(entry.info.protocol, BUSY)
+                continue
+            self.clusterMetrics.remoteDelivered += 1
+
+    def _inboxMessage(self, data: dict) -> None:
+        kind = data["t"]
+        if kind == "msg":
+            self._remoteMessage(data)
+        elif kind == "bounce":
+            self._bounced(data)
+        elif kind == "file":
+            self._remoteFile(data)
+        elif kind == "taken":
+            waiting = self._files.pop(data["id"], None)
+            if waiting is not None:
+                waiting[0].callback(bool(data["ok"]))
+
+    def _remoteMessage(self, data: dict) -> None:
+        entry = self._byName.get(nameKey(data["receiver"]))
+        if entry is None or entry.session is None:
+            self._bounce(data, "is not online any more")
+            return
+        try:
+            entry.session.deliverMessage(
+                ChatMessage(data["sender"], entry.info.name, data["text"])
+            )
+        except RecipientBusy:
+            self.metrics.refused(entry.info.protocol, BUSY)
+            self._bounce(data, "is busy")
+            return
+        except Exception:
+            self.log.failure("delivery to {name} failed", name=entry.info.name)
+            return
+        self.clusterMetrics.remoteDelivered += 1
+
+    def _bounce(self, data: dict, why: str) -> None:
+        self.clusterMetrics.bounced += 1
+        self._publish(
+            self.connection.key("to", data["from"]),
+            {
+                "t": "bounce",
+                "sender": data["sender"],
+                "receiver": data["receiver"],
+                "why": why,
+            },
+        )
+
+    def _bounced(self, data: dict) -> None:
+        # The sender learns in its own protocol, as a message from the user
+        # it wrote to, marked as the server's (docs/cluster.md).
+        entry = self._byName.get(nameKey(data["sender"]))
+        if entry is None or entry.session is None:
+            return  # the sender left too: nobody to tell
+        notice = notDeliveredText(data["receiver"], data["why"])
+        try:
+            entry.session.deliverMessage(
+                ChatMessage(data["receiver"], entry.info.name, notice)
+            )
+        except Exception:
+            self.log.info(
+                "cluster: {user} could not be told a message was not delivered",
+                user=entry.info.name,
+                event="cluster-bounce-lost",
+            )
+
+    # Files.
+
+    def sendFile(self, sender: IChatSession, receiver: str, filename: str, content: bytes):
+        source = self._bySession.get(sender)
+        target = self._byName.get(nameKey(receiver))
+        if source is None or not isinstance(target, _RemoteEntry):
+            return InMemoryPresenceService.sendFile(self, sender, receiver, filename, content)
+        limit = self._fileLimit(target)
+        if limit == 0:
+            raise FilesNotAccepted(f"{target.info.name} cannot receive files")
+        if len(content) > limit:
+            raise FilesNotAccepted(
+                f"{target.info.name} accepts files of at most {limit} bytes"
+            )
+        fileId = f"{self.nodeId}/{next(self._fileIds)}"
+        taken = defer.Deferred()
+        self._files[fileId] = (taken, target.key)
+        self._publish(
+            self.connection.key("to", target.node),
+            {
+                "t": "file",
+                "id": fileId,
+                "from": self.nodeId,
+                "sender": source.info.name,
+                "receiver": target.info.name,
+                "filename": filename,
+                "content": base64.b64encode(content).decode("ascii"),
+            },
+        )
+        self.metrics.fileRelayed(source.info.protocol, target.info.protocol, len(content))
+        self.clusterMetrics.remoteSent += 1
+        return taken
+
+    def _fileLimit(self, entry) -> int:
+        if isinstance(entry, _RemoteEntry):
+            return REMOTE_FILE_LIMIT if entry.files else 0
+        return InMemoryPresenceService._fileLimit(entry)
+
+    def fileLimit(self, receiver: str) -> int | None:
+        target = self._byName.get(nameKey(receiver))
+        return None if target is None else self._fileLimit(target)
+
+    def _remoteFile(self, data: dict) -> None:
+        def answer(ok) -> None:
+            self._publish(
+                self.connection.key("to", data["from"]),
+                {"t": "taken", "id": data["id"], "ok": bool(ok)},
+            )
+
+        entry = self._byName.get(nameKey(data["receiver"]))
+        receiver = None if entry is None else IFileReceiver(entry.session, None)
+        content = base64.b64decode(data["content"])
+        if receiver is None or len(content) > receiver.maxFileSize:
+            answer(False)
+            return
+        try:
+            taken = receiver.deliverFile(data["sender"], data["filename"], content)
+        except RecipientBusy:
+            self.metrics.refused(entry.info.protocol, BUSY)
+            answer(False)
+            return
+        except Exception:
+            self.log.failure("file delivery to {name} failed", name=entry.info.name)
+            answer(False)
+            return
+        self.clusterMetrics.remoteDelivered += 1
+        if taken is None:
+            answer(True)
+        else:
+            taken.addCallback(answer)
+            taken.addErrback(lambda f: answer(False))
+
+
+def notDeliveredText(receiver: str, why: str) -> str:
+    """What a sender is shown when a remote receiver did not take a message."""
+    return f"[chatd] your message to {receiver} was not delivered: {receiver} {why}"

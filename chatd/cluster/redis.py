@@ -1,0 +1,328 @@
+"""
+The connection of one chatd node to the cluster's Redis.
+
+L{parseClusterURL} reads C{--cluster}; L{ClusterConnection} keeps two
+connections open (txredisapi, Twisted-native), reconnecting each with a
+capped exponential backoff:
+
+  - C{redis}, the command connection: the node's scripts, heartbeat and
+    publishes, and whatever other parts of chatd run under the prefix. One
+    connection, so that Redis keeps the order of what this node publishes
+    (messages from one sender to one receiver arrive in order);
+  - the subscriber connection (pub/sub), which hands every message to
+    C{onMessage(channel, message)} and subscribes again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from chatd.cluster import DEFAULT_PREFIX
+
+#: Redis' own port.
+DEFAULT_PORT = 6379
+
+#: Seconds before the first reconnection attempt, and the most between two.
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """
+    Where the cluster's Redis is: C{kind} is C{tcp}, C{tls} or C{unix};
+    C{host} and C{port} for the first two, C{path} for C{unix}.
+    """
+
+    kind: str
+    host: str = ""
+    port: int = DEFAULT_PORT
+    path: str = ""
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+
+    def describe(self) -> str:
+        """The address without its password, for logs."""
+        if self.kind == "unix":
+            return f"unix://{self.path}?db={self.db}"
+        scheme = "rediss" if self.kind == "tls" else "redis"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/{self.db}"
+
+
+def parseClusterURL(url: str) -> ClusterAddress:
+    """
+    Read a C{--cluster} URL:
+
+      - C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]}, plain TCP;
+      - C{rediss://…}, the same over TLS (the server's certificate is
+        checked against the system's CAs and HOST);
+      - C{unix:///PATH[?db=DB]} (also C{redis+unix://}), a Unix socket.
+
+    @raise ValueError: with the reason, for anything else.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = parse_qs(parts.query)
+    password = unquote(parts.password) if parts.password is not None else None
+    username = unquote(parts.username) if parts.username else None
+    if scheme in ("unix", "redis+unix"):
+        if not parts.path:
+            raise ValueError(f"{url!r} names no socket path")
+        return ClusterAddress(
+            "unix",
+            path=parts.path,
+            db=_db(query.get("db", ["0"])[0], url),
+            password=password,
+            username=username,
+        )
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(
+            f"{url!r} is not redis://HOST:PORT/DB, rediss://… or unix:///PATH?db=N"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    path = parts.path.strip("/")
+    db = _db(path or query.get("db", ["0"])[0], url)
+    return ClusterAddress(
+        "tls" if scheme == "rediss" else "tcp",
+        host=parts.hostname,
+        port=port,
+        db=db,
+        password=password,
+        username=username,
+    )
+
+
+def _db(text: str, url: str) -> int:
+    try:
+        db = int(text)
+    except ValueError:
+        raise ValueError(f"{url!r}: the database must be a number") from None
+    if db < 0:
+        raise ValueError(f"{url!r}: the database must be 0 or more")
+    return db
+
+
+def defaultNodeId() -> str:
+    """C{HOSTNAME-PID}: unique on a machine, readable in logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def clientEndpoint(reactor, address: ClusterAddress):
+    """The Twisted client endpoint of C{address}."""
+    if address.kind == "unix":
+        return UNIXClientEndpoint(reactor, address.path, timeout=10)
+    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=10)
+    if address.kind == "tls":
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    return endpoint
+
+
+class _Factory(txredisapi.RedisFactory):
+    """txredisapi's factory, telling its owner when a connection comes and goes."""
+
+    initialDelay = RECONNECT_INITIAL
+    maxDelay = RECONNECT_MAX
+    noisy = False
+
+    def __init__(self, owner, name: str, address: ClusterAddress, protocol=None):
+        super().__init__(
+            address.describe(),
+            address.db,
+            1,
+            isLazy=True,
+            password=address.password,
+            username=address.username,
+        )
+        if protocol is not None:
+            self.protocol = protocol
+        self.owner = owner
+        self.name = name
+
+    def addConnection(self, conn) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.owner._connectionMade(self.name, conn)
+
+    def delConnection(self, conn) -> None:
+        super().delConnection(conn)
+        self.owner._connectionLost(self.name)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern, channel, message) -> None:
+        self.factory.owner._messageReceived(channel, message)
+
+
+class ClusterConnection(service.Service):
+    """
+    This node's connections to the cluster's Redis (see the module).
+
+    What other parts of chatd use (the contract of
+    L{chatd.service.ChatdService.cluster}):
+
+    @ivar nodeId: this node's id (C{--node-id}).
+    @ivar prefix: the prefix of every key and channel (C{--cluster-prefix}).
+    @ivar redis: the command connection (a txredisapi handler that
+        reconnects by itself; a command sent while it is down waits for it).
+    @ivar connected: whether both connections are up.
+    @ivar reconnects: how many times a connection came back after a loss.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: ClusterAddress,
+        nodeId: str,
+        prefix: str = DEFAULT_PREFIX,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.address = address
+        self.nodeId = nodeId
+        self.prefix = prefix
+        self.reactor = reactor
+        self.channels: list[str] = []
+        self.onMessage = lambda channel, message: None
+        self.connected = False
+        self.reconnects = 0
+        self._up: dict[str, object] = {}
+        self._everUp: set[str] = set()
+        self._waiting: list[defer.Deferred] = []
+        self._observers: list = []
+        self._command = _Factory(self, "command", address)
+        self._subscriber = _Factory(self, "subscriber", address, _Subscriber)
+        self.redis = self._command.handler
+        self._scripts: dict[str, str] = {}
+
+    def key(self, *parts: str) -> str:
+        """C{prefix} + C{parts} joined by C{:}."""
+        return self.prefix + ":".join(parts)
+
+    def startService(self) -> None:
+        super().startService()
+        for factory in (self._command, self._subscriber):
+            factory.startConnecting(clientEndpoint(self.reactor, self.address))
+
+    def stopService(self):
+        if not self.running:
+            return defer.succeed(None)  # stopped already (a test's kill)
+        super().stopService()
+        self.connected = False
+        return defer.gatherResults(
+            [self._command.disconnect(), self._subscriber.disconnect()],
+            consumeErrors=True,
+        )
+
+    def whenConnected(self) -> defer.Deferred:
+        """A Deferred that fires once both connections are up (now if they are)."""
+        if self.connected:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def addConnectionObserver(self, observer) -> None:
+        """Call C{observer(connected)} whenever C{connected} changes."""
+        self._observers.append(observer)
+
+    def _connectionMade(self, name: str, conn) -> None:
+        if name in self._everUp:
+            self.reconnects += 1
+        self._everUp.add(name)
+        self._up[name] = conn
+        self.log.info(
+            "cluster {connection} connection to {address} up",
+            connection=name,
+            address=self.address.describe(),
+            node=self.nodeId,
+            event="cluster-connected",
+        )
+        if name == "subscriber":
+            if not self.channels:
+                self._subscribed()
+                return
+            d = conn.subscribe(self.channels)
+            d.addCallback(lambda _: self._subscribed())
+            d.addErrback(
+                lambda f: self.log.failure("cluster subscription failed", f)
+            )
+        else:
+            self._subscribed()
+
+    def _subscribed(self) -> None:
+        if set(self._up) == {"command", "subscriber"} and not self.connected:
+            self._setConnected(True)
+
+    def _connectionLost(self, name: str) -> None:
+        self._up.pop(name, None)
+        if self.running:
+            self.log.warn(
+                "cluster {connection} connection to {address} lost; reconnecting",
+                connection=name,
+                address=self.address.describe(),
+                node=self.nodeId,
+                event="cluster-disconnected",
+            )
+        if self.connected:
+            self._setConnected(False)
+
+    def _setConnected(self, connected: bool) -> None:
+        self.connected = connected
+        if connected:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(self)
+        for observer in list(self._observers):
+            try:
+                observer(connected)
+            except Exception:
+                self.log.failure("cluster connection observer failed")
+
+    def _messageReceived(self, channel, message) -> None:
+        try:
+            self.onMessage(channel, message)
+        except Exception:
+            self.log.failure("cluster message on {channel} failed", channel=channel)
+
+    def evalScript(self, script: str, keys, args) -> defer.Deferred:
+        """
+        Run the Lua C{script} by its hash (EVALSHA), loading it first when
+        Redis does not know it (after a restart, say).
+        """
+        sha = self._scripts.get(script)
+        if sha is None:
+            sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()
+        n = len(keys)
+        d = self.redis.execute_command("EVALSHA", sha, n, *keys, *args)
+
+        def noScript(failure):
+            failure.trap(txredisapi.ResponseError)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return self.redis.execute_command("EVAL", script, n, *keys, *args)
+
+        return d.addErrback(noScript)

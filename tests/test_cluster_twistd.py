@@ -1,0 +1,148 @@
+"""
+Two real C{twistd chatd} nodes on one real redis-server: users of every
+protocol on each node write to users of every protocol on the other, and a
+node killed with C{kill -9} loses its users on the other within the TTL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from chatd.testservers import redisServer
+from tests.test_client_support import LISTENERS, LOOPBACK, ClientTestMixin
+from tests.twistd import TwistdProcess
+
+_prefixes = itertools.count()
+
+
+class NodeProcess(TwistdProcess):
+    """A twistd whose output can be waited for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: list[tuple[bytes, defer.Deferred]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        for entry in list(self._waiting):
+            if entry[0] in self.output:
+                self._waiting.remove(entry)
+                entry[1].callback(None)
+
+    errReceived = outReceived
+
+    def waitForOutput(self, text: bytes) -> defer.Deferred:
+        if text in self.output:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiting.append((text, d))
+        return d
+
+LABELS = ("protobuf", "msrp", "msgr", "msgr-http")
+
+
+class TwoNodeTests(ClientTestMixin, TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.redis = redisServer()
+        self.prefix = f"twistd{os.getpid()}-{next(_prefixes)}:"
+        self.nodes: dict[str, dict[str, int]] = {}
+        self.servers: dict[str, NodeProcess] = {}
+
+    @defer.inlineCallbacks
+    def startNode(self, nodeId: str, *extra: str):
+        directory = os.path.join(self.directory, nodeId)
+        os.makedirs(directory)
+        args = []
+        for label, option in LISTENERS.items():
+            args += [option, LOOPBACK]
+        args += [
+            "--db", os.path.join(directory, "accounts.sqlite3"),
+            "--cluster", self.redis.url,
+            "--cluster-prefix", self.prefix,
+            "--node-id", nodeId,
+            *extra,
+        ]
+        server = NodeProcess(args, list(LABELS), directory)
+        self.addCleanup(server.signal, "KILL")
+        self.nodes[nodeId] = yield server.start()
+        self.servers[nodeId] = server
+        return server
+
+    def on(self, nodeId: str, protocolName: str, name: str, *args: str):
+        """A client of C{nodeId}, logged in as C{name}."""
+        self.ports = self.nodes[nodeId]
+        if protocolName == "msgr":
+            args = ("--password", "pw", "--register", *args)
+        return self.loggedIn(protocolName, name, *args)
+
+    @defer.inlineCallbacks
+    def test_everyProtocolPairAcrossNodes(self):
+        yield self.startNode("a")
+        yield self.startNode("b")
+        self.assertIn(b"cluster node a ready", self.servers["a"].output)
+        users = {}
+        for node, protocolName, name in [
+            ("a", "protobuf", "pepa"), ("a", "msrp", "mara"), ("a", "msgr", "luna"),
+            ("b", "protobuf", "pepb"), ("b", "msrp", "marb"), ("b", "msgr", "lunb"),
+        ]:
+            users[name] = (node, (yield self.on(node, protocolName, name)))
+        # Every user writes to every user of the other node.
+        for sender, (node, process) in users.items():
+            for receiver, (other, _) in users.items():
+                if other != node:
+                    process.write(f"msg {receiver} de {sender} a {receiver}\n")
+        for receiver, (node, process) in users.items():
+            for sender, (other, _) in users.items():
+                if other != node:
+                    yield process.waitFor(f"[{sender}] de {sender} a {receiver}")
+        # A name is one name across the cluster.
+        self.ports = self.nodes["b"]
+        taken = yield self.script("protobuf", "", "--name", "PEPA")
+        self.assertIn("PEPA is already online", taken.stdout + taken.stderr)
+
+    @defer.inlineCallbacks
+    def test_killedNodeFreesItsUsers(self):
+        ttl = 1.5
+        yield self.startNode("a", "--cluster-ttl", str(ttl))
+        yield self.startNode("b", "--cluster-ttl", str(ttl))
+        yield self.on("b", "protobuf", "bob")
+        yield self.on("b", "msrp", "bert")
+        alice = yield self.on("a", "protobuf", "alice")
+        alice.write("msg bob hola\n")
+        yield alice.waitFor("* delivered to bob")
+        killed = time.monotonic()
+        yield self.servers["b"].signal("KILL")
+        yield self.servers["a"].waitForOutput(b"freed 2 names of nodes whose heartbeat is gone")
+        elapsed = time.monotonic() - killed
+        # The heartbeat lapses within the TTL; a's next round (every third
+        # of it) finds it gone.
+        self.assertLess(elapsed, ttl + ttl / 3 + 2)
+        alice.write("list\n")
+        yield alice.waitFor("* 1 user online")
+        alice.write("msg bob otra\n")
+        yield alice.waitFor("bob is not online")
+        # The names are free again.
+        yield self.on("a", "protobuf", "bob")
+
+    @defer.inlineCallbacks
+    def test_stoppedNodeFreesItsUsersAtOnce(self):
+        """SIGTERM: the node removes its users as it stops, not after the TTL."""
+        yield self.startNode("a", "--cluster-ttl", "600")
+        yield self.startNode("b", "--cluster-ttl", "600")
+        yield self.on("b", "msgr", "bob")
+        alice = yield self.on("a", "protobuf", "alice")
+        alice.write("msg bob hola\n")
+        yield alice.waitFor("* delivered to bob")
+        yield self.servers["b"].signal("TERM")
+        self.assertEqual(self.redis.command("HLEN", self.prefix + "names").strip(), "1")
+        alice.write("msg bob otra\nlist\n")
+        yield alice.waitFor("bob is not online")
+        yield alice.waitFor("* 1 user online")

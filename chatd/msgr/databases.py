@@ -219,7 +219,14 @@ class PostgresDialect(Dialect):
         )
 
     def hasTable(self, cursor: "Cursor", table: str) -> bool:
-        cursor.execute("SELECT to_regclass(?) IS NOT NULL", (table,))
+        # A scan of the catalog, not to_regclass(): after waiting for the
+        # schema lock, this sees the table another node just committed;
+        # to_regclass's cached lookup may not yet.
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables"
+            " WHERE schemaname = current_schema() AND tablename = ?)",
+            (table,),
+        )
         return bool(cursor.fetchone()[0])
 
     def beginSchemaChange(self, cursor: "Cursor") -> None:

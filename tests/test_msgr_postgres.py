@@ -11,19 +11,24 @@ L{tests.test_msgr_accounts} (their C{Postgres*} classes).
 from __future__ import annotations
 
 import io
+import os
 import threading
+from urllib.parse import urlencode
 
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessTerminated
 from twisted.trial import unittest
 
 from chatd.msgr import accounts, admin
 from chatd.msgr.accounts import SCHEMA_VERSION, AccountStore, prepareDatabase
 from chatd.presence import NameProtected
-from chatd.testservers import postgresServer
+from chatd.testservers import freePort, postgresServer
 
 from tests.support import RecordingSession
 from tests.test_msgr_accounts import sql
 from tests.test_msgr_helpers import FAST_SCRYPT, MsgrHarness
+from tests.twistd import ByteCollector, TwistdProcess
 
 
 def adminRun(*argv: str, stdin: str = "") -> tuple[int, str, str]:
@@ -129,9 +134,9 @@ class TwoNodesTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_registeredNameProtectedOnTheOtherNode(self):
         yield self.one.register("Ana")
-        # Before its poll, node two does not know the name yet...
+        self.assertFalse(self.two.store.isProtectedName("Ana"))  # not read yet
         yield self.two.msgr.pollRevocations()
-        # ...after it, the name and its look-alikes are kept from protobuf.
+        # Read: the name and its look-alikes are kept from protobuf there.
         for name in ("Ana", "ANA", "An\u0430"):
             yield self.assertFailure(self.protobufLogin(self.two, name), NameProtected)
         yield self.protobufLogin(self.two, "Bea")
@@ -287,3 +292,70 @@ class CopyTests(unittest.TestCase):
         status, _, err = adminRun("copy", "--from", self.mktemp(), "--to", self.target)
         self.assertEqual(status, admin.FAILED)
         self.assertIn("no database at", err)
+
+
+class TwistdPostgresTests(unittest.TestCase):
+    """Real C{twistd -n chatd --db postgresql://...} nodes."""
+
+    timeout = 60
+
+    def node(self, url: str) -> TwistdProcess:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        loopback = "tcp:0:interface=127.0.0.1"
+        server = TwistdProcess(
+            ["--http", loopback, "--protobuf", loopback, "--msgr", "none",
+             "--msrp", "none", "--db", url],
+            ["msgr-http", "protobuf"],
+            directory,
+        )
+        self.addCleanup(server.stop)
+        return server
+
+    @defer.inlineCallbacks
+    def post(self, port: int, path: str, **fields) -> defer.Deferred:
+        """One form request over HTTP/1.0; the body of the answer."""
+        client = ByteCollector()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        body = urlencode(fields).encode()
+        client.transport.write(
+            b"POST %s HTTP/1.0\r\nContent-Length: %d\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n%s"
+            % (path.encode(), len(body), body)
+        )
+        yield client.closed
+        return client.received.partition(b"\r\n\r\n")[2].decode()
+
+    @defer.inlineCallbacks
+    def test_registerOnOneNodeLogInOnAnother(self):
+        url = postgresServer().createDatabase()
+        one = yield self.node(url).start()
+        two = yield self.node(url).start()
+        answer = yield self.post(one["msgr-http"], "/usuariocrear", usr="Ana", **{"pass": "clave"})
+        self.assertEqual(answer, "702")
+        answer = yield self.post(two["msgr-http"], "/status", usr="ana", **{"pass": "clave"})
+        code, _, token = answer.partition("||")
+        self.assertEqual((code, len(token)), ("701", 43))
+        answer = yield self.post(two["msgr-http"], "/usuariocrear", usr="ANA", **{"pass": "x"})
+        self.assertEqual(answer.split("||")[0], "803")
+        self.assertEqual(sql(url, "SELECT name FROM accounts"), [("Ana",)])
+
+    @defer.inlineCallbacks
+    def test_unreachableAtStartIsOneLine(self):
+        server = postgresServer()
+        port = freePort()  # nothing listens there
+        process = self.node(f"postgresql://chatd:s3cret@127.0.0.1:{port}/chatd")
+        process.ready.addErrback(lambda _: None)  # it never listens
+        process.start()
+        yield process.ended
+        output = process.output.decode()
+        self.assertIn(
+            f"chatd: --db postgresql://chatd:***@127.0.0.1:{port}/chatd:"
+            " cannot open the accounts database: connection failed: ",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("s3cret", output)
+        self.assertIsInstance(process.exitStatus, ProcessTerminated)
+        self.assertEqual(process.exitStatus.exitCode, 1)
+        self.assertTrue(server.process.poll() is None)

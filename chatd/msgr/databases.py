@@ -39,6 +39,17 @@ def isPostgres(target: str) -> bool:
     return target.startswith(POSTGRES_SCHEMES)
 
 
+def redacted(target: str) -> str:
+    """C{target} fit for a log line: a URL's password replaced by C{***}."""
+    if not isPostgres(target):
+        return target
+    scheme, _, rest = target.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}{at}{place}"
+
+
 class Dialect:
     """What one database engine spells its own way."""
 

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessTerminated
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from chatd.msgr import accounts, admin
@@ -204,8 +205,13 @@ class UnreachableTests(unittest.TestCase):
         self.assertEqual((response.status, response.body), (200, "901||internal error\n"))
         response = yield h.form("/usuariocrear", usr="Bea", **{"pass": "secreto"})
         self.assertEqual((response.status, response.body), (200, "902||internal error\n"))
-        # The poll fails, is logged, and stops nothing.
-        yield h.msgr.pollRevocations()
+        # The poll fails, is logged once however long it lasts, and stops
+        # nothing.
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for _ in range(3):
+            yield h.msgr.pollRevocations()
         # Other protocols do not need the database.
         yield h.presence.login(RecordingSession("protobuf"), "carla", "192.0.2.9")
         self.assertTrue(self.flushLoggedErrors())
@@ -213,6 +219,11 @@ class UnreachableTests(unittest.TestCase):
         # Back by itself: the pool replaces its broken connection.
         token = yield h.login("Ana")
         self.assertTrue(token)
+        yield h.msgr.pollRevocations()
+        self.assertEqual(
+            [e["event"] for e in events if e.get("event", "").startswith("revocations-")],
+            ["revocations-failed", "revocations-recovered"],
+        )
         self.flushLoggedErrors()
 
 

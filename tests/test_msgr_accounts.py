@@ -537,7 +537,7 @@ def _stepVersion(step) -> int:
     return next(v for v, f in accounts.MIGRATIONS.items() if f is step)
 
 
-def databaseBefore(path: str, step) -> accounts.Database:
+def databaseBefore(path: str, step):
     """A database at the schema version just before C{step}."""
     version = _stepVersion(step)
     connection = accounts.connect(path)

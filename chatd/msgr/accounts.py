@@ -312,12 +312,15 @@ REVOKE = "revoke"
 BLOCK = "block"
 
 
-def connect(target: str) -> Database:
+def connect(target: str):
     """
-    A configured connection to C{target} (a SQLite path or a PostgreSQL
-    URL), in autocommit mode.
+    A configured connection to C{target}, in autocommit mode: for a SQLite
+    path the stdlib's C{sqlite3.Connection} (as ever: scripts and the load
+    generator use its API), for a PostgreSQL URL a L{Database}, which takes
+    the same C{?} queries. L{asDatabase} makes either a L{Database}.
     """
-    return Database.open(target)
+    database = Database.open(target)
+    return database.connection if database.dialect.name == "sqlite" else database
 
 
 def schemaVersion(connection) -> int:

@@ -71,7 +71,7 @@ class AdminError(Exception):
     """A command that cannot be done; the message is shown to the operator."""
 
 
-def _open(path: str) -> Database:
+def _open(path: str):
     if not isPostgres(path) and not os.path.exists(path):
         raise AdminError(f"no database at {path} (chatd creates it on its first run)")
     connection = connect(path)
@@ -288,9 +288,9 @@ def copyDatabase(source: str, target: str) -> dict[str, int]:
         raise AdminError(f"no database at {source}")
     if not isPostgres(target) and os.path.abspath(target) == os.path.abspath(source):
         raise AdminError("--from and --to are the same database")
-    From = _open(source)
+    From = asDatabase(_open(source))
     try:
-        To = connect(target)
+        To = asDatabase(connect(target))
         try:
             migrate(To)
             if schemaVersion(From) != schemaVersion(To):

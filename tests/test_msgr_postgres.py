@@ -176,6 +176,25 @@ class TwoNodesTests(unittest.TestCase):
         self.assertTrue(token)
 
     @defer.inlineCallbacks
+    def test_lookalikesRegisteredAtOnceOneWins(self):
+        """
+        The same moment, two nodes register names that look alike (Latin
+        and Cyrillic a): exactly one account is made, every time.
+        """
+        for number in range(20):
+            latin, cyrillic = f"Ana{number}", f"An\u0430{number}"
+            outcomes = yield defer.DeferredList(
+                [
+                    self.one.store.register(latin, "pw", {}),
+                    self.two.store.register(cyrillic, "pw", {}),
+                ],
+                consumeErrors=True,
+            )
+            made = [ok for ok, _ in outcomes if ok]
+            self.assertEqual(len(made), 1, (number, outcomes))
+        self.assertEqual(len(sql(self.url, "SELECT name FROM accounts")), 20)
+
+    @defer.inlineCallbacks
     def test_adminRevokeReachesBothNodes(self):
         yield self.one.register("Ana")
         tokens = [(yield self.one.login("Ana"))]

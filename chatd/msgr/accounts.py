@@ -10,8 +10,9 @@ Two ways in:
     synchronous API) creates or migrates
     the schema and returns the registered names. C{makeService} calls it
     before the reactor runs, and C{chatd-admin} uses the same schema;
-  - L{AccountStore} serves the running server: every query runs on one
-    database thread through L{twisted.enterprise.adbapi}, and password hashing
+  - L{AccountStore} serves the running server: every query runs on a
+    database thread through L{twisted.enterprise.adbapi} (one for SQLite,
+    a few for PostgreSQL), and password hashing
     runs in the reactor's thread pool, so the reactor thread never waits on
     disk or on the key derivation. It keeps the set of registered names in
     memory (L{AccountStore.isProtectedName}) so that other protocols can

@@ -36,17 +36,25 @@ test: $(VENV)/.installed-test test-tools
 # start on free ports in temporary folders (chatd/testservers.py: redis-server,
 # PostgreSQL), as COMMAND:DEBIAN-PACKAGE. On Debian as
 # root (the CI machine) the missing ones are installed; elsewhere the tests
-# that need them are skipped, and this says which.
+# that need them are skipped, and this says which. PostgreSQL's package would
+# create and start a "main" cluster on port 5432 that no test uses: the
+# createcluster.conf written first (kept by --force-confold) says not to.
 TEST_TOOLS := nc:netcat-openbsd xxd:xxd curl:curl openssl:openssl \
-	redis-server:redis-server redis-cli:redis-tools
+	redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql
 test-tools:
 	@missing=; for pair in $(TEST_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y --no-install-recommends $$missing \
-	      || { apt-get update && apt-get install -y --no-install-recommends $$missing; }; \
+	    case "$$missing" in *postgresql*) \
+	      mkdir -p /etc/postgresql-common; \
+	      [ -e /etc/postgresql-common/createcluster.conf ] \
+	        || echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf;; \
+	    esac; \
+	    install="apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold"; \
+	    DEBIAN_FRONTEND=noninteractive $$install $$missing \
+	      || { apt-get update && DEBIAN_FRONTEND=noninteractive $$install $$missing; }; \
 	  else \
 	    echo "make test: not installed:$$missing (the tests that run them are skipped)"; \
 	  fi; \

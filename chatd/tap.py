@@ -162,8 +162,10 @@ class Options(ConfiguredOptions):
             "db",
             None,
             "chatd.sqlite3",
-            "SQLite file of the MSGR accounts (created on first run), or 'none' "
-            "for no accounts (then --http and --msgr must be 'none').",
+            "SQLite file of the MSGR accounts (created on first run), a "
+            "postgresql://USER@HOST:PORT/DATABASE URL (a cluster's shared "
+            "accounts), or 'none' for no accounts (then --http and --msgr must "
+            "be 'none').",
         ],
     ] + cluster.options() + [option for front in FRONTS for option in front.options()]
 

@@ -164,3 +164,201 @@ def redisServer() -> RedisServer:
             atexit.register(_redis.cleanup)
         _redis.start()
     return _redis
+
+
+def _postgresPrograms() -> tuple[str, str] | None:
+    """Debian's C{initdb} and C{postgres}, newest version first, or C{None}."""
+    import glob
+
+    def version(path: str) -> float:
+        try:
+            return float(path.split("/")[-3])
+        except ValueError:
+            return 0.0
+
+    for initdb in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version, reverse=True
+    ):
+        postgres = os.path.join(os.path.dirname(initdb), "postgres")
+        if os.access(postgres, os.X_OK):
+            return initdb, postgres
+    return None
+
+
+def _unprivilegedUser() -> tuple[int, int] | None:
+    """
+    The uid and gid to run PostgreSQL as: C{None} (ourselves) unless we are
+    root, which PostgreSQL refuses to run as; then the C{postgres} account
+    that Debian's package creates, or C{nobody}.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return entry.pw_uid, entry.pw_gid
+    raise RuntimeError("running as root and no unprivileged user to run PostgreSQL as")
+
+
+class PostgresServer:
+    """
+    A PostgreSQL server on 127.0.0.1, its cluster made by C{initdb} in its
+    own temporary directory (where its Unix socket is too), trust
+    authentication, no fsync (a test's data need not survive a crash).
+    When the tests run as root it runs as an unprivileged user.
+
+    @ivar port: its TCP port (the same after L{restart}).
+    @ivar url: C{postgresql://chatd@127.0.0.1:PORT/postgres}, the
+        maintenance database; tests use L{createDatabase}.
+    """
+
+    user = "chatd"
+
+    def __init__(self, initdb: str, postgres: str) -> None:
+        self.initdb = initdb
+        self.postgres = postgres
+        self.directory = tempfile.mkdtemp(prefix="chatd-postgres-")
+        self.data = os.path.join(self.directory, "data")
+        self.port = freePort()
+        self.process: subprocess.Popen | None = None
+        self._owner = _unprivilegedUser()
+        self._databases = 0
+        if self._owner is not None:
+            os.chown(self.directory, *self._owner)
+        self._run([
+            initdb,
+            "-D", self.data,
+            "-U", self.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+
+    def _as(self) -> dict:
+        if self._owner is None:
+            return {}
+        uid, gid = self._owner
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def _run(self, argv: list[str]) -> None:
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=self.directory,
+            **self._as(),
+        )
+        if result.returncode:
+            raise RuntimeError(f"{argv[0]} failed: {result.stderr.strip()}")
+
+    @property
+    def url(self) -> str:
+        return self.databaseURL("postgres")
+
+    def databaseURL(self, database: str) -> str:
+        """The URL of C{database} on this server."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """Start it; return once it accepts connections."""
+        log = open(os.path.join(self.directory, "postgres.log"), "ab")
+        try:
+            self.process = subprocess.Popen(
+                [
+                    self.postgres,
+                    "-D", self.data,
+                    "-p", str(self.port),
+                    "-h", "127.0.0.1",
+                    "-k", self.directory,
+                    "-c", "fsync=off",
+                    "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off",
+                    "-c", "max_connections=200",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.directory,
+                **self._as(),
+            )
+        finally:
+            log.close()
+        _waitForPort(self.port, self.process, "postgres")
+        # Listening is not yet accepting logins (the start-up recovery).
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.execute("SELECT 1")
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("postgres did not start; see " + self.directory)
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop it (a fast shutdown: its connections are cut)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same port, its data kept."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple]:
+        """Run one statement (autocommit) and return its rows, if any."""
+        import psycopg
+
+        with psycopg.connect(
+            self.databaseURL(database), autocommit=True, connect_timeout=5
+        ) as connection:
+            cursor = connection.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def createDatabase(self) -> str:
+        """A new, empty database of its own; returns its URL."""
+        self._databases += 1
+        name = f"test_{os.getpid()}_{self._databases}"
+        self.execute(f"CREATE DATABASE {name}")
+        return self.databaseURL(name)
+
+
+_postgres: PostgresServer | None = None
+
+
+def postgresServer() -> PostgresServer:
+    """
+    The test run's one L{PostgresServer}, started on first use and stopped
+    at exit.
+
+    @raise SkipTest: when PostgreSQL is not installed.
+    """
+    global _postgres
+    if _postgres is None or _postgres.process is None or _postgres.process.poll() is not None:
+        if _postgres is None:
+            programs = _postgresPrograms()
+            if programs is None:
+                raise SkipTest(
+                    "PostgreSQL is not installed (Debian package postgresql;"
+                    " make test installs it when run as root)"
+                )
+            _postgres = PostgresServer(*programs)
+            atexit.register(_postgres.cleanup)
+        _postgres.start()
+    return _postgres

@@ -1,4 +1,8 @@
-"""The MSGR account store on a real SQLite file, and chatd-admin."""
+"""
+The MSGR account store and chatd-admin, on a real SQLite file and on a real
+PostgreSQL database: each test class that touches the database runs on both
+(a mixin of tests, and one subclass per database).
+"""
 
 import io
 import sqlite3
@@ -21,6 +25,8 @@ from chatd.exporter import makeMetricsSite
 from chatd.metrics import ChatdMetrics
 from chatd.presence import InMemoryPresenceService, InvalidName
 
+from chatd.testservers import postgresServer
+
 from tests.support import RecordingSession
 from tests.test_msgr_helpers import FAST_SCRYPT, MsgrHarness
 
@@ -42,9 +48,36 @@ class PasswordHashTests(unittest.TestCase):
             self.assertFalse(verifyPassword("x", stored))
 
 
-class StoreTests(unittest.TestCase):
+class SQLiteFile:
+    """The test's account database: a new SQLite file."""
+
+    def newDatabase(self) -> str:
+        return self.mktemp() + ".sqlite3"
+
+
+class PostgresDatabase:
+    """The test's account database: a new database on the run's PostgreSQL."""
+
+    def newDatabase(self) -> str:
+        return postgresServer().createDatabase()
+
+
+def sql(target: str, query: str, params: tuple = ()) -> list:
+    """Run C{query} on the database C{target} (autocommit); its rows, if any."""
+    connection = accounts.connect(target)
+    try:
+        cursor = connection.execute(query, params)
+        try:
+            return cursor.fetchall()
+        except Exception:  # a statement without rows
+            return []
+    finally:
+        connection.close()
+
+
+class StoreTestsMixin:
     def setUp(self):
-        self.path = self.mktemp() + ".sqlite3"
+        self.path = self.newDatabase()
         self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
         self.addCleanup(self.store.close)
 
@@ -66,9 +99,7 @@ class StoreTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_passwordIsStoredHashed(self):
         yield self.store.register("Ana", "secreto-unico", {})
-        connection = sqlite3.connect(self.path)
-        (stored,) = connection.execute("SELECT password FROM accounts").fetchone()
-        connection.close()
+        [(stored,)] = sql(self.path, "SELECT password FROM accounts")
         self.assertNotIn("secreto-unico", stored)
         self.assertTrue(stored.startswith("scrypt$16$1$1$"))
 
@@ -90,12 +121,10 @@ class StoreTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_failedRegisterFreesTheName(self):
         """A name reserved for an insert that fails is not protected."""
-        connection = sqlite3.connect(self.path)
-        connection.execute(
-            "INSERT INTO accounts (name_key, name, password) VALUES ('eve', 'Eve', 'x')"
+        sql(
+            self.path,
+            "INSERT INTO accounts (name_key, name, password) VALUES ('eve', 'Eve', 'x')",
         )
-        connection.commit()
-        connection.close()
         yield self.assertFailure(self.store.register("Eve", "pw", {}), NameTaken)
         self.assertFalse(self.store.isProtectedName("Eve"))
 
@@ -167,22 +196,29 @@ class StoreTests(unittest.TestCase):
         connection = accounts.connect(self.path)
         self.addCleanup(connection.close)
         self.assertEqual(accounts.schemaVersion(connection), SCHEMA_VERSION)
-        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
-        self.assertEqual(mode, "wal")
         # Migrating again is a no-op.
         self.assertEqual(accounts.migrate(connection), SCHEMA_VERSION)
 
     def test_newerSchemaRefused(self):
-        connection = sqlite3.connect(self.path)
-        connection.execute("UPDATE schema_version SET version = 99")
-        connection.commit()
-        connection.close()
+        sql(self.path, "UPDATE schema_version SET version = 99")
         self.assertRaises(RuntimeError, prepareDatabase, self.path)
 
 
-class AdminTests(unittest.TestCase):
+class StoreTests(SQLiteFile, StoreTestsMixin, unittest.TestCase):
+    def test_walMode(self):
+        connection = accounts.connect(self.path)
+        self.addCleanup(connection.close)
+        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+        self.assertEqual(mode, "wal")
+
+
+class PostgresStoreTests(PostgresDatabase, StoreTestsMixin, unittest.TestCase):
+    pass
+
+
+class AdminTestsMixin:
     def setUp(self):
-        self.harness = MsgrHarness(self)
+        self.harness = MsgrHarness(self, path=self.newDatabase())
         self.path = self.harness.path
 
     def run_admin(self, *argv, stdin=""):
@@ -261,11 +297,19 @@ class AdminTests(unittest.TestCase):
         self.assertIn("invalid choice", err)
 
 
-class AdminCreateDeleteTests(unittest.TestCase):
+class AdminTests(SQLiteFile, AdminTestsMixin, unittest.TestCase):
+    pass
+
+
+class PostgresAdminTests(PostgresDatabase, AdminTestsMixin, unittest.TestCase):
+    pass
+
+
+class AdminCreateDeleteTestsMixin:
     """chatd-admin create and delete, seen through the MSGR HTTP API."""
 
     def setUp(self):
-        self.harness = MsgrHarness(self)
+        self.harness = MsgrHarness(self, path=self.newDatabase())
         self.path = self.harness.path
         self.prompts: list[str] = []
 
@@ -362,6 +406,16 @@ class AdminCreateDeleteTests(unittest.TestCase):
         self.assertEqual((status, err), (1, "chatd-admin: no account 'Ana'\n"))
 
 
+class AdminCreateDeleteTests(SQLiteFile, AdminCreateDeleteTestsMixin, unittest.TestCase):
+    pass
+
+
+class PostgresAdminCreateDeleteTests(
+    PostgresDatabase, AdminCreateDeleteTestsMixin, unittest.TestCase
+):
+    pass
+
+
 class AdminOnlineTests(unittest.TestCase):
     """chatd-admin online, against a real --metrics listener on 127.0.0.1."""
 
@@ -419,9 +473,9 @@ JOSE_CYRILLIC_O = "J\u043es\u00e987"
 JOSE_GREEK_O = "J\u03bfs\u00e987"
 
 
-class LookalikeStoreTests(unittest.TestCase):
+class LookalikeStoreTestsMixin:
     def setUp(self):
-        self.path = self.mktemp() + ".sqlite3"
+        self.path = self.newDatabase()
         self.store = AccountStore.open(self.path, reactor, FAST_SCRYPT)
         self.addCleanup(self.store.close)
         return self.store.register(JOSE, "pw", {})
@@ -438,11 +492,7 @@ class LookalikeStoreTests(unittest.TestCase):
             yield self.assertFailure(
                 self.store.register(JOSE + suffix, "pw", {}), InvalidName
             )
-        connection = sqlite3.connect(self.path)
-        self.addCleanup(connection.close)
-        self.assertEqual(
-            connection.execute("SELECT name FROM accounts").fetchall(), [(JOSE,)]
-        )
+        self.assertEqual(sql(self.path, "SELECT name FROM accounts"), [(JOSE,)])
 
     def test_lookalikesAreProtected(self):
         for name in (JOSE_NFD, JOSE_FULLWIDTH, JOSE_CYRILLIC_O, "JOS\u00c987"):
@@ -462,16 +512,24 @@ class LookalikeStoreTests(unittest.TestCase):
         A look-alike written to the database by another process since the
         names were loaded is found when registering.
         """
-        connection = sqlite3.connect(self.path)
-        connection.execute(
+        sql(
+            self.path,
             "INSERT INTO accounts (name_key, name, password, skeleton)"
             " VALUES ('bob', 'Bob', 'x', ?)",
             (accounts.nameSkeleton("Bob"),),
         )
-        connection.commit()
-        connection.close()
         yield self.assertFailure(self.store.register("B\u043eb", "pw", {}), NameTaken)
         self.assertFalse(self.store.isProtectedName("B\u043eb"))
+
+
+class LookalikeStoreTests(SQLiteFile, LookalikeStoreTestsMixin, unittest.TestCase):
+    pass
+
+
+class PostgresLookalikeStoreTests(
+    PostgresDatabase, LookalikeStoreTestsMixin, unittest.TestCase
+):
+    pass
 
 
 def _stepVersion(step) -> int:
@@ -479,7 +537,7 @@ def _stepVersion(step) -> int:
     return next(v for v, f in accounts.MIGRATIONS.items() if f is step)
 
 
-def databaseBefore(path: str, step) -> sqlite3.Connection:
+def databaseBefore(path: str, step):
     """A database at the schema version just before C{step}."""
     version = _stepVersion(step)
     connection = accounts.connect(path)
@@ -491,7 +549,7 @@ def databaseBefore(path: str, step) -> sqlite3.Connection:
     return connection
 
 
-class SkeletonMigrationTests(unittest.TestCase):
+class SkeletonMigrationTestsMixin:
     """
     The step that adds skeletons (L{accounts._addSkeletons}) on a database
     written by the code before it, where keys were C{casefold()} alone and
@@ -499,7 +557,7 @@ class SkeletonMigrationTests(unittest.TestCase):
     """
 
     def setUp(self):
-        self.path = self.mktemp() + ".sqlite3"
+        self.path = self.newDatabase()
         connection = databaseBefore(self.path, accounts._addSkeletons)
         # In registration order; keys as the old code wrote them.
         self.old = [
@@ -538,6 +596,9 @@ class SkeletonMigrationTests(unittest.TestCase):
         skeletons = dict(connection.execute("SELECT name, skeleton FROM accounts"))
         for name, _ in self.old:
             self.assertEqual(skeletons[name], accounts.nameSkeleton(name), ascii(name))
+        self.checkIndexAndKeys(connection)
+
+    def checkIndexAndKeys(self, connection):
         self.assertIn(
             "accounts_skeleton",
             [row[1] for row in connection.execute("PRAGMA index_list(accounts)")],
@@ -550,6 +611,11 @@ class SkeletonMigrationTests(unittest.TestCase):
         )
         self.assertIn("accounts_skeleton", plan)
         self.assertEqual(connection.execute("PRAGMA foreign_key_check").fetchall(), [])
+
+    def connectRaw(self):
+        # A bare stdlib connection in its default mode, as an operator's
+        # script would pass chatd-admin's functions.
+        return sqlite3.connect(self.path)
 
     @defer.inlineCallbacks
     def test_lookalikeAccountsKeepWorking(self):
@@ -583,9 +649,36 @@ class SkeletonMigrationTests(unittest.TestCase):
         """An account the rule refuses now is kept, and chatd-admin finds it."""
         store = self.open()
         self.assertTrue(store.isProtectedName("Zoe\u034f"))
-        connection = sqlite3.connect(self.path)
+        connection = self.connectRaw()
         self.addCleanup(connection.close)
         self.assertEqual(admin.setBlocked(connection, "zoe\u034f", True), "Zoe\u034f")
         connection.commit()
         account = yield store.authenticate("Zoe\u034f", "pw-zoe")
         self.assertTrue(account.bloqueado)
+
+
+class SkeletonMigrationTests(SQLiteFile, SkeletonMigrationTestsMixin, unittest.TestCase):
+    pass
+
+
+class PostgresSkeletonMigrationTests(
+    PostgresDatabase, SkeletonMigrationTestsMixin, unittest.TestCase
+):
+    def checkIndexAndKeys(self, connection):
+        [(index,)] = connection.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'accounts_skeleton'"
+        ).fetchall()
+        self.assertIn("(skeleton)", index)
+        # Every friendship and request points at an account (the foreign
+        # keys were deferred during the step, and held at its commit).
+        self.assertEqual(
+            connection.execute(
+                "SELECT COUNT(*) FROM friendships f LEFT JOIN accounts a"
+                " ON a.name_key = f.a_key OR a.name_key = f.b_key"
+                " WHERE a.name_key IS NULL"
+            ).fetchall(),
+            [(0,)],
+        )
+
+    def connectRaw(self):
+        return accounts.connect(self.path)

@@ -6,7 +6,7 @@ and restart on their port.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from chatd.testservers import redisServer
+from chatd.testservers import postgresServer, redisServer
 
 
 class RedisServerTests(unittest.TestCase):
@@ -36,3 +36,34 @@ class RedisServerTests(unittest.TestCase):
             self.assertIsNone((yield client.get(key)))
         finally:
             yield client.disconnect()
+
+
+class PostgresServerTests(unittest.TestCase):
+    def test_databasesAndRestart(self):
+        """
+        The test run's PostgreSQL gives each caller a database of its own;
+        stopped it refuses connections, and after a restart on the same port
+        the data is still there.
+        """
+        import psycopg
+
+        server = postgresServer()
+        first, second = server.createDatabase(), server.createDatabase()
+        self.assertNotEqual(first, second)
+        self.assertTrue(first.startswith(f"postgresql://chatd@127.0.0.1:{server.port}/"))
+        with psycopg.connect(first, autocommit=True) as connection:
+            connection.execute("CREATE TABLE kept (x INTEGER)")
+            connection.execute("INSERT INTO kept VALUES (7)")
+        with psycopg.connect(second, autocommit=True) as connection:
+            self.assertIsNone(
+                connection.execute("SELECT to_regclass('kept')").fetchone()[0]
+            )
+        server.stop()
+        try:
+            self.assertRaises(
+                psycopg.OperationalError, psycopg.connect, first, connect_timeout=5
+            )
+        finally:
+            server.start()
+        with psycopg.connect(first, autocommit=True) as connection:
+            self.assertEqual(connection.execute("SELECT x FROM kept").fetchall(), [(7,)])

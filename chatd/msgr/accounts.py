@@ -1,22 +1,27 @@
 """
-MSGR UQ accounts in SQLite: who is registered, their password hash and
-profile, their friends and pending friend requests.
+MSGR UQ accounts in SQLite or PostgreSQL: who is registered, their password
+hash and profile, their friends and pending friend requests. The queries are
+written once; what the two engines spell differently is in
+L{chatd.msgr.databases}.
 
 Two ways in:
 
-  - L{prepareDatabase} (synchronous, stdlib C{sqlite3}) creates or migrates
+  - L{prepareDatabase} (synchronous: stdlib C{sqlite3} or psycopg's
+    synchronous API) creates or migrates
     the schema and returns the registered names. C{makeService} calls it
     before the reactor runs, and C{chatd-admin} uses the same schema;
-  - L{AccountStore} serves the running server: every query runs on one
-    database thread through L{twisted.enterprise.adbapi}, and password hashing
+  - L{AccountStore} serves the running server: every query runs on a
+    database thread through L{twisted.enterprise.adbapi} (one for SQLite,
+    a few for PostgreSQL), and password hashing
     runs in the reactor's thread pool, so the reactor thread never waits on
     disk or on the key derivation. It keeps the set of registered names in
     memory (L{AccountStore.isProtectedName}) so that other protocols can
     refuse them without waiting.
 
-The database runs in WAL mode with C{synchronous=FULL}: every transaction
-that returned has reached the disk, and a killed process loses nothing it
-committed.
+SQLite runs in WAL mode with C{synchronous=FULL}: every transaction that
+returned has reached the disk, and a killed process loses nothing it
+committed. PostgreSQL is shared by a cluster's nodes: each store learns of
+the accounts the others register or delete by polling (L{revocationsSince}).
 """
 
 from __future__ import annotations
@@ -26,15 +31,20 @@ import collections
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from chatd.msgr.databases import (
+    Cursor,
+    Database,
+    asCursor,
+    asDatabase,
+    dialectFor,
+)
 from chatd.presence import (
     InvalidName,
     InvalidStatus,
@@ -139,9 +149,12 @@ def verifyPassword(password: str, stored: str) -> bool:
 SCHEMA_VERSION = 4
 
 
-def _schemaV1(cursor: sqlite3.Cursor) -> None:
+def _schemaV1(cursor) -> None:
+    cursor = asCursor(cursor)
+    dialect = cursor.dialect
+    references = "REFERENCES accounts(name_key) ON DELETE CASCADE" + dialect.foreignKeyOptions
     cursor.execute(
-        """
+        f"""
         CREATE TABLE accounts (
             name_key  TEXT PRIMARY KEY,
             name      TEXT NOT NULL,
@@ -151,39 +164,42 @@ def _schemaV1(cursor: sqlite3.Cursor) -> None:
             email     TEXT NOT NULL DEFAULT '',
             estado    TEXT NOT NULL DEFAULT '',
             bloqueado INTEGER NOT NULL DEFAULT 0
+            {dialect.rowidColumn}
         )
         """
     )
     # Each friendship is stored both ways, so "friends of X" is one lookup.
     cursor.execute(
-        """
+        f"""
         CREATE TABLE friendships (
-            a_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
-            b_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            a_key TEXT NOT NULL {references},
+            b_key TEXT NOT NULL {references},
             PRIMARY KEY (a_key, b_key)
         )
         """
     )
     cursor.execute(
-        """
+        f"""
         CREATE TABLE friend_requests (
-            from_key TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
-            to_key   TEXT NOT NULL REFERENCES accounts(name_key) ON DELETE CASCADE,
+            from_key TEXT NOT NULL {references},
+            to_key   TEXT NOT NULL {references},
             PRIMARY KEY (from_key, to_key)
+            {dialect.rowidColumn}
         )
         """
     )
     cursor.execute("CREATE INDEX friend_requests_to ON friend_requests (to_key)")
 
 
-def _revocationLog(cursor: sqlite3.Cursor) -> None:
+def _revocationLog(cursor) -> None:
     # What chatd-admin did that a running chatd must act on at once (end the
     # account's sessions): chatd reads the rows after the last one it saw,
     # every REVOCATION_POLL seconds (docs/msgr.md, "chatd-admin").
+    cursor = asCursor(cursor)
     cursor.execute(
-        """
+        f"""
         CREATE TABLE revocations (
-            seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq  {cursor.dialect.serialKey},
             name TEXT NOT NULL,
             kind TEXT NOT NULL,
             at   TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
@@ -192,7 +208,7 @@ def _revocationLog(cursor: sqlite3.Cursor) -> None:
     )
 
 
-def _addSkeletons(cursor: sqlite3.Cursor) -> None:
+def _addSkeletons(cursor) -> None:
     """
     Names are compared by RFC 8265 and by their TR39 skeleton (see
     L{chatd.presence.nameKey}, L{chatd.presence.nameSkeleton}): give every
@@ -207,10 +223,11 @@ def _addSkeletons(cursor: sqlite3.Cursor) -> None:
     any invalid name. Accounts that share a skeleton all keep working; only
     new names are refused for looking like another. Each case is logged.
     """
+    cursor = asCursor(cursor)
     cursor.execute("ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT ''")
     # A key is changed in the accounts and in the rows that point at them,
     # so the foreign keys hold again only at the end of the transaction.
-    cursor.execute("PRAGMA defer_foreign_keys = ON")
+    cursor.dialect.deferForeignKeys(cursor)
     cursor.execute("SELECT name_key, name FROM accounts ORDER BY rowid")
     rows = cursor.fetchall()
     keys = {oldKey for oldKey, _ in rows}
@@ -254,9 +271,10 @@ def _addSkeletons(cursor: sqlite3.Cursor) -> None:
             "UPDATE accounts SET skeleton = ? WHERE name_key = ?",
             (nameSkeleton(name), newKey),
         )
+    cursor.dialect.checkForeignKeys(cursor)
     cursor.execute("CREATE INDEX accounts_skeleton ON accounts (skeleton)")
     cursor.execute(
-        "SELECT group_concat(name, ' ') FROM accounts GROUP BY skeleton"
+        f"SELECT {cursor.dialect.groupConcat('name')} FROM accounts GROUP BY skeleton"
         " HAVING COUNT(*) > 1"
     )
     for (names,) in cursor.fetchall():
@@ -267,7 +285,7 @@ def _addSkeletons(cursor: sqlite3.Cursor) -> None:
         )
 
 
-def _numericIds(cursor: sqlite3.Cursor) -> None:
+def _numericIds(cursor) -> None:
     """
     Give every account a numeric id (the MSGR UQ reference dialect names
     users by number, docs/msgr.md): existing accounts get 1, 2, ... in
@@ -276,6 +294,7 @@ def _numericIds(cursor: sqlite3.Cursor) -> None:
     is never given to another one. A trigger assigns it, so chatd-admin's
     inserts get one too.
     """
+    cursor = asCursor(cursor)
     cursor.execute("ALTER TABLE accounts ADD COLUMN uid INTEGER")
     cursor.execute("SELECT rowid FROM accounts ORDER BY rowid")
     for number, (rowid,) in enumerate(cursor.fetchall(), start=1):
@@ -283,16 +302,7 @@ def _numericIds(cursor: sqlite3.Cursor) -> None:
     cursor.execute("CREATE UNIQUE INDEX accounts_uid ON accounts (uid)")
     cursor.execute("CREATE TABLE account_ids (last INTEGER NOT NULL)")
     cursor.execute("INSERT INTO account_ids SELECT COALESCE(MAX(uid), 0) FROM accounts")
-    cursor.execute(
-        """
-        CREATE TRIGGER accounts_uid AFTER INSERT ON accounts WHEN NEW.uid IS NULL
-        BEGIN
-            UPDATE account_ids SET last = last + 1;
-            UPDATE accounts SET uid = (SELECT last FROM account_ids)
-                WHERE rowid = NEW.rowid;
-        END
-        """
-    )
+    cursor.dialect.createUidTrigger(cursor)
 
 
 #: version -> the step that brings a database from version - 1 to it.
@@ -303,40 +313,39 @@ REVOKE = "revoke"
 BLOCK = "block"
 
 
-def _configure(connection: sqlite3.Connection) -> None:
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute("PRAGMA synchronous = FULL")
-    # chatd-admin may hold the write lock for a moment.
-    connection.execute("PRAGMA busy_timeout = 5000")
+def connect(target: str):
+    """
+    A configured connection to C{target}, in autocommit mode: for a SQLite
+    path the stdlib's C{sqlite3.Connection} (as ever: scripts and the load
+    generator use its API), for a PostgreSQL URL a L{Database}, which takes
+    the same C{?} queries. L{asDatabase} makes either a L{Database}.
+    """
+    database = Database.open(target)
+    return database.connection if database.dialect.name == "sqlite" else database
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """A configured stdlib connection, in autocommit mode."""
-    connection = sqlite3.connect(path, isolation_level=None)
-    _configure(connection)
-    return connection
-
-
-def schemaVersion(connection: sqlite3.Connection) -> int:
+def schemaVersion(connection) -> int:
     """The schema version of the database (0 for an empty one)."""
-    row = connection.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if row is None:
+    cursor = asDatabase(connection).cursor()
+    if not cursor.dialect.hasTable(cursor, "schema_version"):
         return 0
-    row = connection.execute("SELECT version FROM schema_version").fetchone()
+    row = cursor.execute("SELECT version FROM schema_version").fetchone()
     return 0 if row is None else row[0]
 
 
-def migrate(connection: sqlite3.Connection) -> int:
+def migrate(connection) -> int:
     """
     Bring the database behind C{connection} (autocommit mode) to
-    L{SCHEMA_VERSION}, one transaction per step.
+    L{SCHEMA_VERSION}, one transaction per step. Safe when several processes
+    start at once: each step is taken under the database's write lock
+    (SQLite) or a transaction-level advisory lock (PostgreSQL), and a step
+    another process did meanwhile is skipped.
 
     @return: the version it found.
     @raise RuntimeError: when the database is newer than this code.
     """
-    connection.execute("PRAGMA journal_mode = WAL")
+    connection = asDatabase(connection)
+    connection.dialect.prepare(connection)
     found = schemaVersion(connection)
     if found > SCHEMA_VERSION:
         raise RuntimeError(
@@ -345,7 +354,7 @@ def migrate(connection: sqlite3.Connection) -> int:
         )
     for version in range(found + 1, SCHEMA_VERSION + 1):
         cursor = connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
+        connection.dialect.beginSchemaChange(cursor)
         try:
             # Another process may have migrated while we waited for the lock.
             if schemaVersion(connection) >= version:
@@ -366,8 +375,9 @@ def migrate(connection: sqlite3.Connection) -> int:
 
 def prepareDatabase(path: str) -> list[str]:
     """
-    Create (on first run) or migrate the database at C{path}, synchronously,
-    and return every registered account name.
+    Create (on first run) or migrate the database at C{path} (a SQLite file
+    or a PostgreSQL URL), synchronously, and return every registered account
+    name.
     """
     connection = connect(path)
     try:
@@ -497,8 +507,43 @@ def _befriend(cursor, aKey: str, bKey: str) -> None:
         " OR (from_key = ? AND to_key = ?)",
         (aKey, bKey, bKey, aKey),
     )
-    cursor.execute("INSERT OR IGNORE INTO friendships VALUES (?, ?)", (aKey, bKey))
-    cursor.execute("INSERT OR IGNORE INTO friendships VALUES (?, ?)", (bKey, aKey))
+    # ON CONFLICT DO NOTHING: the spelling SQLite (3.24+) and PostgreSQL share.
+    for pair in ((aKey, bKey), (bKey, aKey)):
+        cursor.execute(
+            "INSERT INTO friendships (a_key, b_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            pair,
+        )
+
+
+def _logRevocation(cursor, name: str, kind: str) -> int:
+    """Append a revocations row for C{name}; returns its C{seq}."""
+    cursor.execute(
+        "INSERT INTO revocations (name, kind) VALUES (?, ?) RETURNING seq", (name, kind)
+    )
+    return cursor.fetchone()[0]
+
+
+def _accountChanges(cursor, lastUid: int | None, revocations: list) -> tuple[list, list]:
+    """
+    The accounts made since the id C{lastUid} (every account when C{None}):
+    [(id, name)], by id; and the names of C{revocations} rows whose account
+    is gone (chatd-admin delete logs a revocation).
+
+    Ids are given in commit order (the counter's row lock is held until the
+    inserting transaction ends), so reading above the last id seen misses
+    none.
+    """
+    cursor.execute(
+        "SELECT uid, name FROM accounts WHERE uid > ? ORDER BY uid",
+        (-1 if lastUid is None else lastUid,),
+    )
+    added = cursor.fetchall()
+    gone = []
+    for name in {name for _, name, _ in revocations}:
+        cursor.execute("SELECT 1 FROM accounts WHERE name_key = ?", (nameKey(name),))
+        if cursor.fetchone() is None:
+            gone.append(name)
+    return added, gone
 
 
 # Outcomes of AccountStore.requestFriend.
@@ -542,8 +587,8 @@ class SessionData:
 
 class AccountStore:
     """
-    The accounts of the running server, in the SQLite file at C{path}
-    (already prepared by L{prepareDatabase}).
+    The accounts of the running server, in the SQLite file or the PostgreSQL
+    database at C{path} (already prepared by L{prepareDatabase}).
 
     @param names: the registered names, as L{prepareDatabase} returned them.
     @param reactor: the reactor whose thread pool hashes passwords and to
@@ -567,16 +612,14 @@ class AccountStore:
         self._names = {nameKey(name) for name in names}
         # skeleton -> how many accounts have it (old look-alike pairs share).
         self._skeletons = collections.Counter(nameSkeleton(name) for name in names)
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3",
-            path,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,  # one writer: SQLite serialises writes anyway
-            cp_openfun=_configure,
-            cp_reactor=reactor,
-            cp_noisy=False,
-        )
+        self.dialect = dialectFor(path)
+        self._pool = self.dialect.pool(path, reactor)
+        # What the in-memory names know of the database: the highest account
+        # id read (None: not read yet), and the revocation rows this store
+        # wrote itself, which its server has acted on already (see
+        # revocationsSince).
+        self._lastUid: int | None = None
+        self._ownRevocations: set[int] = set()
         # A hash for unknown names, so that "no such user" takes as long as
         # "wrong password" and timing does not tell which names exist.
         self._dummyHash: str | None = None
@@ -613,7 +656,10 @@ class AccountStore:
         return nameKey(name) in self._names or nameSkeleton(name) in self._skeletons
 
     def _run(self, interaction, *args) -> defer.Deferred:
-        return self._pool.runInteraction(interaction, *args)
+        dialect = self.dialect
+        return self._pool.runInteraction(
+            lambda transaction, *a: interaction(Cursor(transaction, dialect), *a), *args
+        )
 
     def _inThread(self, f, *args) -> defer.Deferred:
         # The one place a hash leaves the reactor thread (tests replace it to
@@ -654,6 +700,7 @@ class AccountStore:
         def insert(cursor, hashed: str) -> Account:
             # Another process (chatd-admin, a second chatd) may have written
             # since the names were loaded: the database has the last word.
+            cursor.dialect.lockName(cursor, skeleton)
             cursor.execute("SELECT 1 FROM accounts WHERE skeleton = ?", (skeleton,))
             if cursor.fetchone() is not None:
                 raise NameTaken(f"the name {name} looks like an account's")
@@ -664,7 +711,7 @@ class AccountStore:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, name, hashed, *(fields[f] for f in PROFILE_FIELDS), skeleton),
                 )
-            except sqlite3.IntegrityError:
+            except cursor.dialect.IntegrityError:
                 raise NameTaken(f"the name {name} is taken") from None
             return Account(name, **fields)
 
@@ -742,7 +789,12 @@ class AccountStore:
                     f"UPDATE accounts SET {assignments} WHERE name_key = ?",
                     (*columns.values(), key),
                 )
-            return _getAccount(cursor, key)
+            account = _getAccount(cursor, key)
+            if hashed is not None and account is not None:
+                # The other nodes sharing the database end the account's
+                # sessions there, as this one does here (MsgrService).
+                self._ownRevocations.add(_logRevocation(cursor, account.name, REVOKE))
+            return account
 
         d = self._hash(password) if password is not None else defer.succeed(None)
         d.addCallback(lambda hashed: self._run(write, hashed))
@@ -756,19 +808,61 @@ class AccountStore:
         now (what happened before chatd started concerns no live token).
         """
 
+        lastUid = self._lastUid
+
         def read(cursor):
             if seq is None:
                 cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations")
-                return cursor.fetchone()[0], []
-            cursor.execute(
-                "SELECT seq, name, kind FROM revocations WHERE seq > ? ORDER BY seq",
-                (seq,),
-            )
-            rows = cursor.fetchall()
-            last = rows[-1][0] if rows else seq
-            return last, [(name, kind) for _, name, kind in rows]
+                last, rows = cursor.fetchone()[0], []
+            else:
+                cursor.execute(
+                    "SELECT seq, name, kind FROM revocations WHERE seq > ? ORDER BY seq",
+                    (seq,),
+                )
+                rows = cursor.fetchall()
+                last = rows[-1][0] if rows else seq
+            return last, rows, *_accountChanges(cursor, lastUid, rows)
 
-        return self._run(read)
+        def learned(result):
+            last, rows, added, gone = result
+            self._learnNames(added, gone)
+            own = self._ownRevocations
+            acted = [(name, kind) for number, name, kind in rows if number not in own]
+            own.difference_update(number for number, _, _ in rows)
+            return last, acted
+
+        return self._run(read).addCallback(learned)
+
+    def _learnNames(self, added: list[tuple[int, str]], gone: list[str]) -> None:
+        # Accounts other processes registered or deleted (the cluster's
+        # other nodes, chatd-admin): their names are protected here too, or
+        # no longer. A name this store registered itself is known already.
+        for uid, name in added:
+            if self._lastUid is None or uid > self._lastUid:
+                self._lastUid = uid
+            key = nameKey(name)
+            if key not in self._names:
+                self._names.add(key)
+                self._skeletons[nameSkeleton(name)] += 1
+                log.info(
+                    "account {user} registered elsewhere: its name is protected",
+                    user=name,
+                    event="account-learned",
+                )
+        if self._lastUid is None:
+            self._lastUid = 0
+        for name in gone:
+            key, skeleton = nameKey(name), nameSkeleton(name)
+            if key in self._names:
+                self._names.discard(key)
+                self._skeletons[skeleton] -= 1
+                if self._skeletons[skeleton] <= 0:
+                    del self._skeletons[skeleton]
+                log.info(
+                    "account {user} deleted elsewhere: its name is free",
+                    user=name,
+                    event="account-forgotten",
+                )
 
     # Friends.
 
@@ -823,7 +917,8 @@ class AccountStore:
                     REQUEST_CROSSED, target.name, tuple(_pending(cursor, senderKey))
                 )
             cursor.execute(
-                "INSERT OR IGNORE INTO friend_requests VALUES (?, ?)",
+                "INSERT INTO friend_requests (from_key, to_key) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (senderKey, receiverKey),
             )
             return FriendRequestOutcome(

@@ -1,8 +1,9 @@
 """
 C{chatd-admin}: operator commands on the MSGR UQ accounts database.
 
-It works directly on the SQLite file with the standard library (no reactor),
-and may run while chatd runs: SQLite's locking keeps both consistent.
+It works directly on the SQLite file with the standard library, or on the
+PostgreSQL database (C{--db postgresql://...}) with psycopg (no reactor),
+and may run while chatd runs: the database's locking keeps both consistent.
 C{block} and C{revoke} also write a row to the revocations table, which a
 running chatd reads every second: it then revokes the account's tokens and
 closes its chat socket. A new password counts from the next login.
@@ -15,10 +16,12 @@ closes its chat socket. A new password counts from the next login.
     chatd-admin --db chatd.sqlite3 create NAME [--email E] [--password-stdin]
     chatd-admin --db chatd.sqlite3 delete NAME
     chatd-admin online [--url http://127.0.0.1:9108]
+    chatd-admin copy --from chatd.sqlite3 --to postgresql://...
 
-C{create} and C{delete} change the file only: a running chatd learns of
-them at its next start (docs/msgr.md, "chatd-admin"). C{online} asks a
-running chatd, over its C{--metrics} listener.
+A running chatd learns of C{create} and C{delete} within a second (it
+polls, as for revocations: docs/msgr.md, "chatd-admin"). C{online} asks a
+running chatd, over its C{--metrics} listener. C{copy} moves a SQLite
+account database into an empty PostgreSQL one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import getpass
 import json
 import os
 import secrets
-import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -47,7 +49,9 @@ from chatd.msgr.accounts import (
     connect,
     hashPassword,
     migrate,
+    schemaVersion,
 )
+from chatd.msgr.databases import Database, asDatabase, databaseErrors, isPostgres
 from chatd.presence import InvalidName, checkName, nameKey, nameSkeleton
 
 DEFAULT_DB = "chatd.sqlite3"
@@ -67,16 +71,17 @@ class AdminError(Exception):
     """A command that cannot be done; the message is shown to the operator."""
 
 
-def _open(path: str) -> sqlite3.Connection:
-    if not os.path.exists(path):
+def _open(path: str):
+    if not isPostgres(path) and not os.path.exists(path):
         raise AdminError(f"no database at {path} (chatd creates it on its first run)")
     connection = connect(path)
     migrate(connection)
     return connection
 
 
-def listAccounts(connection: sqlite3.Connection, blockedOnly: bool = False) -> list[tuple]:
+def listAccounts(connection, blockedOnly: bool = False) -> list[tuple]:
     """(name, blocked, email, friends, pending requests) of every account."""
+    connection = asDatabase(connection)
     query = (
         "SELECT a.name, a.bloqueado, a.email,"
         " (SELECT COUNT(*) FROM friendships f WHERE f.a_key = a.name_key),"
@@ -84,13 +89,14 @@ def listAccounts(connection: sqlite3.Connection, blockedOnly: bool = False) -> l
         " FROM accounts a"
     )
     if blockedOnly:
-        query += " WHERE a.bloqueado"
+        query += " WHERE a.bloqueado <> 0"
     query += " ORDER BY a.name_key"
     return connection.execute(query).fetchall()
 
 
-def _accountName(connection: sqlite3.Connection, name: str) -> str:
+def _accountName(connection, name: str) -> str:
     """The account C{name} as spelled, or L{AdminError} when there is none."""
+    connection = asDatabase(connection)
     row = connection.execute(
         "SELECT name FROM accounts WHERE name_key = ?", (nameKey(name),)
     ).fetchone()
@@ -100,13 +106,13 @@ def _accountName(connection: sqlite3.Connection, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _transaction(connection: sqlite3.Connection):
+def _transaction(connection: Database):
     # One transaction whether the connection is in autocommit mode (ours) or
     # in the stdlib's default mode with one already open (its caller's).
     if connection.in_transaction:
         yield
         return
-    connection.execute("BEGIN IMMEDIATE")
+    connection.dialect.beginWrite(connection.cursor())
     try:
         yield
     except BaseException:
@@ -115,16 +121,18 @@ def _transaction(connection: sqlite3.Connection):
     connection.execute("COMMIT")
 
 
-def _logRevocation(connection: sqlite3.Connection, name: str, kind: str) -> None:
+def _logRevocation(connection: Database, name: str, kind: str) -> None:
+    connection = asDatabase(connection)
     connection.execute("INSERT INTO revocations (name, kind) VALUES (?, ?)", (name, kind))
 
 
-def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
+def setBlocked(connection, name: str, blocked: bool) -> str:
     """
     Block or unblock the account C{name}; returns its name as spelled. A
     block is also logged for a running chatd, which ends the account's
     sessions within a second.
     """
+    connection = asDatabase(connection)
     with _transaction(connection):
         spelled = _accountName(connection, name)
         connection.execute(
@@ -136,11 +144,12 @@ def setBlocked(connection: sqlite3.Connection, name: str, blocked: bool) -> str:
     return spelled
 
 
-def revokeTokens(connection: sqlite3.Connection, name: str) -> str:
+def revokeTokens(connection, name: str) -> str:
     """
     Ask a running chatd to revoke every token of the account C{name} and
     close its chat socket (within a second); returns its name as spelled.
     """
+    connection = asDatabase(connection)
     with _transaction(connection):
         spelled = _accountName(connection, name)
         _logRevocation(connection, spelled, REVOKE)
@@ -148,12 +157,13 @@ def revokeTokens(connection: sqlite3.Connection, name: str) -> str:
 
 
 def resetPassword(
-    connection: sqlite3.Connection,
+    connection,
     name: str,
     password: str,
     scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
 ) -> str:
     """Give the account C{name} the password C{password}."""
+    connection = asDatabase(connection)
     try:
         checkPassword(password)
     except AccountError as e:
@@ -172,13 +182,14 @@ def resetPassword(
 
 
 def createAccount(
-    connection: sqlite3.Connection,
+    connection,
     name: str,
     password: str,
     profile: dict[str, str],
     scrypt: tuple[int, int, int] = DEFAULT_SCRYPT,
 ) -> str:
     """Create the account C{name}, as C{POST /registro} would."""
+    connection = asDatabase(connection)
     try:
         checkName(name)
         checkPassword(password)
@@ -208,11 +219,12 @@ def createAccount(
     return name
 
 
-def deleteAccount(connection: sqlite3.Connection, name: str) -> tuple[str, int, int]:
+def deleteAccount(connection, name: str) -> tuple[str, int, int]:
     """
     Delete the account C{name} with its friendships and the friend requests
     it sent or received; returns (its name as spelled, friendships, requests).
     """
+    connection = asDatabase(connection)
     spelled = _accountName(connection, name)
     key = nameKey(name)
     (friends,) = connection.execute(
@@ -236,6 +248,79 @@ def deleteAccount(connection: sqlite3.Connection, name: str) -> tuple[str, int, 
         connection.execute("DELETE FROM accounts WHERE name_key = ?", (key,))
         _logRevocation(connection, spelled, REVOKE)
     return spelled, friends, requests
+
+
+#: The columns C{copy} carries over, per table, in the order of the rows'
+#: creation (so that the target's row numbers keep the source's order).
+_COPIED = (
+    (
+        "accounts",
+        "name_key, name, password, nombres, apellidos, email, estado, bloqueado,"
+        " skeleton, uid",
+        "rowid",
+    ),
+    ("friendships", "a_key, b_key", "rowid"),
+    ("friend_requests", "from_key, to_key", "rowid"),
+)
+
+
+def copyDatabase(source: str, target: str) -> dict[str, int]:
+    """
+    Copy every account of the database C{source} (a SQLite file), with its
+    password hash, profile, blocked flag and numeric id, its friendships and
+    its pending friend requests, into the database C{target} (PostgreSQL, or
+    another SQLite file), in one transaction: all of it or nothing.
+
+    Both are migrated to the current schema first (the source in place, as
+    chatd would on its next start). The revocations log is not copied: it
+    concerns the tokens of the server that wrote it. The counter of numeric
+    ids goes on from the source's, so an id of a deleted account is never
+    given again.
+
+    @return: how many rows of each table were copied.
+    @raise AdminError: when C{source} does not exist, is C{target}, or the
+        target has accounts already (nothing is written: there is no merge
+        rule for two sets of accounts, friends and ids).
+    """
+    if isPostgres(source):
+        raise AdminError("--from is a SQLite file (the database to move)")
+    if not os.path.exists(source):
+        raise AdminError(f"no database at {source}")
+    if not isPostgres(target) and os.path.abspath(target) == os.path.abspath(source):
+        raise AdminError("--from and --to are the same database")
+    From = asDatabase(_open(source))
+    try:
+        To = asDatabase(connect(target))
+        try:
+            migrate(To)
+            if schemaVersion(From) != schemaVersion(To):
+                raise AdminError("the two databases have different schema versions")
+            counts = {}
+            with _transaction(To):
+                (existing,) = To.execute("SELECT COUNT(*) FROM accounts").fetchone()
+                if existing:
+                    raise AdminError(
+                        f"the target database has {existing} accounts already;"
+                        " nothing was copied (copy only into an empty database)"
+                    )
+                for table, columns, order in _COPIED:
+                    rows = From.execute(
+                        f"SELECT {columns} FROM {table} ORDER BY {order}"
+                    ).fetchall()
+                    marks = ", ".join("?" for _ in columns.split(","))
+                    cursor = To.cursor()
+                    for row in rows:
+                        cursor.execute(
+                            f"INSERT INTO {table} ({columns}) VALUES ({marks})", row
+                        )
+                    counts[table] = len(rows)
+                (last,) = From.execute("SELECT last FROM account_ids").fetchone()
+                To.execute("UPDATE account_ids SET last = ?", (last,))
+            return counts
+        finally:
+            To.close()
+    finally:
+        From.close()
 
 
 def onlineUsers(url: str, timeout: float = ONLINE_TIMEOUT) -> list[dict]:
@@ -309,6 +394,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "delete", help="delete an account, its friendships and its friend requests"
     ).add_argument("name")
+    copy = commands.add_parser(
+        "copy",
+        help="copy a SQLite account database into an empty PostgreSQL one"
+        " (accounts, hashes, profiles, ids, friends, requests)",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="the SQLite file")
+    copy.add_argument(
+        "--to", dest="target", required=True, help="postgresql://USER@HOST:PORT/DATABASE"
+    )
     online = commands.add_parser(
         "online", help="who is online, asked of a running chatd (its --metrics listener)"
     )
@@ -341,6 +435,13 @@ def main(
     try:
         if options.command == "online":
             return _online(options.url, stdout)
+        if options.command == "copy":
+            counts = copyDatabase(options.source, options.target)
+            stdout.write(
+                f"copied {counts['accounts']} accounts, {counts['friendships'] // 2}"
+                f" friendships and {counts['friend_requests']} friend requests\n"
+            )
+            return OK
         if options.command == "create" and not options.password_stdin:
             options.password = _askPassword(options.name, ask)
         connection = _open(options.db)
@@ -351,7 +452,7 @@ def main(
     except AdminError as e:
         stderr.write(f"chatd-admin: {e}\n")
         return FAILED
-    except sqlite3.Error as e:
+    except databaseErrors() as e:
         stderr.write(f"chatd-admin: database error: {e}\n")
         return FAILED
 

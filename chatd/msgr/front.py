@@ -35,6 +35,7 @@ from chatd.msgr.cluster import (
     RedisRegistrationLimit,
     RedisTokenRegistry,
 )
+from chatd.msgr.databases import databaseErrors, isPostgres, redacted
 from chatd.msgr.http import makeSite
 from chatd.msgr.lockout import LoginLockout, RegistrationLimit
 from chatd.msgr.protocol import DEFAULT_MAX_FILE, DEFAULT_MAX_LINE, base64Length
@@ -68,7 +69,8 @@ def openAccounts(
     owner: tuple[int, int] | None = None,
 ) -> AccountStore:
     """
-    Create or migrate the database at C{path} and open its store.
+    Create or migrate the database at C{path} (a SQLite file or a
+    C{postgresql://} URL) and open its store.
 
     @param owner: the uid and gid the server will run as once twistd drops
         its privileges (C{--uid}/C{--gid}), or C{None}. The files this call
@@ -76,6 +78,16 @@ def openAccounts(
         they would otherwise belong to root, and the server could not
         write its own database after the switch.
     """
+    if isPostgres(path):
+        # No file to give to --uid; a server that cannot be reached or
+        # refuses is one line at start-up, not a traceback.
+        try:
+            return AccountStore.open(path, reactor, scrypt)
+        except databaseErrors() as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(
+                f"chatd: --db {redacted(path)}: cannot open the accounts database: {message}"
+            ) from None
     files = [path + suffix for suffix in _SQLITE_SUFFIXES]
     existing = {name for name in files if os.path.lexists(name)}
     store = AccountStore.open(path, reactor, scrypt)

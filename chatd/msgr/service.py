@@ -146,6 +146,7 @@ class MsgrService(service.Service):
         self._watching = False
         self._revocationPoll: task.LoopingCall | None = None
         self._revocationSeq: int | None = None
+        self._revocationsFailing = False
 
     # Service.
 
@@ -196,6 +197,11 @@ class MsgrService(service.Service):
 
         def read(result) -> None:
             last, rows = result
+            if self._revocationsFailing:
+                self._revocationsFailing = False
+                self.log.info(
+                    "reading the revocations works again", event="revocations-recovered"
+                )
             first = self._revocationSeq is None
             self._revocationSeq = last
             if first:
@@ -216,8 +222,13 @@ class MsgrService(service.Service):
 
         def failed(failure) -> None:
             # Logged and tried again at the next tick: a failure must not
-            # stop the LoopingCall.
-            self.log.failure("reading the revocations failed", failure)
+            # stop the LoopingCall. Once per outage: a database down for an
+            # hour is one traceback, not 3,600.
+            if not self._revocationsFailing:
+                self._revocationsFailing = True
+                self.log.failure(
+                    "reading the revocations failed", failure, event="revocations-failed"
+                )
 
         d = self.store.revocationsSince(self._revocationSeq)
         return d.addCallbacks(read, failed)

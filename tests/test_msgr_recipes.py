@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor, utils
 from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 
+from tests.test_doc_commands import markedBlock
 from tests.test_msgr_helpers import MsgrHarness
 
 DOC = FilePath(__file__).parent().sibling("docs").child("msgr.md")
@@ -23,6 +24,8 @@ DOC_ADDRESS = "http://localhost:8000"
 
 #: What introduces the block of password-change recipes.
 MARKER = "Changing the password (`tests/test_msgr_recipes.py`"
+#: The marker of that block (tests/test_doc_commands.py).
+PASSWORD_CHANGE = "msgr-password-change"
 
 
 def shBlockAfter(text: str, marker: str) -> str:
@@ -104,7 +107,9 @@ class PasswordRecipeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_passwordChangeBlock(self):
-        steps = recipes(shBlockAfter(DOC.getContent().decode("utf-8"), MARKER))
+        block = shBlockAfter(DOC.getContent().decode("utf-8"), MARKER)
+        self.assertEqual(markedBlock(self, PASSWORD_CHANGE).text, block)
+        steps = recipes(block)
         self.assertEqual(len(steps), 5)
         for command, shown in steps:
             body = yield self.curl(command)

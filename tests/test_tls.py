@@ -50,6 +50,7 @@ from chatd import tap
 from chatd.protobuf import chat_pb2
 from chatd.tls import HANDSHAKE_LOG_INTERVAL, HandshakeFailureLog
 from tests.support import login, message
+from tests.test_doc_commands import markedBlock
 from tests.test_msgr_helpers import FAST_SCRYPT
 from tests.tls import LOOPBACK, PKI, clientOptions, makePKI, serverDescription
 from tests.test_twistd_plugin import responseWith as protobufResponseWith
@@ -587,11 +588,8 @@ class NegotiationTests(TLSServerMixin, TestCase):
         tool("openssl")
         directory = os.path.dirname(pki.root)
         shutil.copy(pki.root, os.path.join(directory, "ca.pem"))
-        with open(os.path.join(DOCS, "tls.md"), encoding="utf-8") as f:
-            [recipe] = [
-                line for line in f.read().split("\n")
-                if line.startswith("openssl s_client -alpn foo ")
-            ]
+        # The block marked for this runner (tests/test_doc_commands.py).
+        recipe = markedBlock(self, "tls-alpn-foo").commands[0]
         self.assertIn("localhost:5000", recipe)
         for label in labels:
             command = recipe.replace("localhost:5000", f"localhost:{self.ports[label]}")

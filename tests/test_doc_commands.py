@@ -80,7 +80,6 @@ PENDING = {
     ("docs/client.md", "export CHATD_PASSWORD=secreto"),
     ("docs/client.md", "chatd-client protobuf --name alice --host localhost --ca-file ca.pem"),
     ("docs/client.md", "cat > saludo.txt <<'EOF'"),
-    ("docs/msgr.md", "curl -d usr=ana -d pass=secreto -d nombres=Ana -d email=ana@example.org http://localhost:8000/usuariocrear"),
     ("docs/msgr.md", "chatd-admin --db chatd.sqlite3 list              # name, blocked, email, friends, pending"),
     ("docs/observability.md", "curl -s localhost:8000/healthz                  # ok"),
     ("docs/observability.md", "$ curl -s localhost:8000/metrics | grep '^chatd_'"),

@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import re
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
 
+from twisted import version as twistedVersion
 from twisted.internet import defer, utils
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
+from chatd import __version__ as chatdVersion
 from chatd.harness import TWISTD
 from chatd.tap import Options
 from tests import test_doc_recipes
@@ -81,8 +84,6 @@ PENDING = {
     ("docs/client.md", "chatd-client protobuf --name alice --host localhost --ca-file ca.pem"),
     ("docs/client.md", "cat > saludo.txt <<'EOF'"),
     ("docs/msgr.md", "chatd-admin --db chatd.sqlite3 list              # name, blocked, email, friends, pending"),
-    ("docs/observability.md", "curl -s localhost:8000/healthz                  # ok"),
-    ("docs/observability.md", "$ curl -s localhost:8000/metrics | grep '^chatd_'"),
     ("docs/running.md", ".venv/bin/chatd-admin --db chatd.sqlite3 list"),
     ("docs/tls.md", "curl --cacert ca.pem -d usr=ana -d pass=secreto https://localhost:8000/usuariocrear     # 702"),
     ("docs/tls.md", "openssl s_client -quiet -verify_return_error -CAfile ca.pem -verify_hostname localhost -connect localhost:8080"),
@@ -337,3 +338,123 @@ class TwistdCommandLineTests(TestCase):
                 lines = lines[len(lines) - len(expected) + 1 :]
                 expected = expected[1:]
             self.assertEqual(lines, expected, command)
+
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+#: chatd's default port of each listener in the docs' addresses -> its label.
+DEFAULT_PORTS = {"5000": "protobuf", "8080": "msrp", "1234": "msgr", "8000": "msgr-http", "9108": "metrics"}
+
+
+def localize(command: str, ports: dict[str, int]) -> str:
+    """C{command} with C{localhost:PORT} (a default port) on the test server's port."""
+    return re.sub(
+        r"\blocalhost:(\d+)\b",
+        lambda m: f"127.0.0.1:{ports[DEFAULT_PORTS[m.group(1)]]}",
+        command,
+    )
+
+
+def shownAnswer(command: str) -> tuple[str, str | None]:
+    """(the command, its trailing C{# ...} comment or None)."""
+    found = re.search(r"\s+#\s(.*)$", command)
+    if found is None:
+        return command, None
+    return command[: found.start()], found.group(1)
+
+
+class ObservabilityRecipeTests(TestCase):
+    """
+    docs/observability.md's curl recipes against a real twistd, every
+    listener on 127.0.0.1, with the limits its example scrape names.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests.twistd import TwistdProcess
+
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.server = TwistdProcess(
+            ["--protobuf", LOOPBACK, "--msrp", LOOPBACK, "--msgr", LOOPBACK,
+             "--http", LOOPBACK, "--db", "chatd.sqlite3", "--rate", "2", "--rate-burst", "3"],
+            ["protobuf", "msrp", "msgr", "msgr-http"],
+            self.directory,
+        )
+        self.addCleanup(self.server.stop)
+        self.ports = yield self.server.start()
+
+    def connect(self, label: str):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.twistd import ByteCollector
+
+        client = ByteCollector()
+        self.addCleanup(lambda: (client.transport.loseConnection(), client.closed)[1])
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[label])
+        return connectProtocol(endpoint, client).addCallback(lambda _: client)
+
+    @defer.inlineCallbacks
+    def test_healthAndMetrics(self):
+        """The two lines of the first block: C{ok}, and chatd's metrics on --http."""
+        [block] = markedBlocks(self, "observability-curl")
+        health, metrics = block.commands
+        command, shown = shownAnswer(health)
+        out, err, status = yield run(localize(command, self.ports), self.directory)
+        self.assertEqual((out, status), (shown + "\n", 0), err)
+        command, _ = shownAnswer(metrics)
+        out, err, status = yield run(localize(command, self.ports), self.directory)
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertIn('chatd_sessions_online{protocol="protobuf"} 0.0', lines)
+        self.assertTrue(all(line.startswith("chatd_") for line in lines), out)
+
+    @defer.inlineCallbacks
+    def test_exampleScrape(self):
+        """
+        The example scrape, after what the sentence before it says happened:
+        the same lines, with this chatd's, Twisted's and Python's versions.
+        """
+        from tests.support import login, message
+        from tests.test_twistd_plugin import responseWith
+
+        [block] = markedBlocks(self, "observability-scrape")
+        [command] = block.commands
+        shown = [line for line in block.lines if not line.startswith("$ ")]
+
+        alice = yield self.connect("protobuf")
+        alice.transport.write(login("alice").SerializeToString())
+        yield alice.waitFor(responseWith("user"))
+        bobo = yield self.connect("msrp")
+        bobo.transport.write(b"bobo\n")
+        yield bobo.waitFor(lambda data: b"Hola, bobo." in data)
+        # Five messages within a second under --rate 2 --rate-burst 3.
+        alice.received = b""
+        alice.transport.write(b"".join(message("bobo", f"hola {i}").SerializeToString() for i in range(5)))
+        yield bobo.waitFor(lambda data: data.count(b"hola ") == 3)
+        bobo.transport.write(b"alic bien\n")
+        yield alice.waitFor(lambda data: b"bien" in data)
+        second = yield self.connect("msrp")
+        second.transport.write(b"bobo\n")
+        yield second.closed
+        # An MSGR login over HTTP with a wrong password.
+        out, err, status = yield run(
+            localize("curl -s -d usr=nadie -d pass=mala localhost:8000/status", self.ports),
+            self.directory,
+        )
+        self.assertEqual(out, "801")
+
+        out, err, status = yield run(localize(command[2:], self.ports), self.directory)
+        self.assertEqual(status, 0, err)
+        # The versions are the ones this test runs on.
+        versions = dict(
+            python=platform.python_version(), twisted=twistedVersion.short(), version=chatdVersion
+        )
+        build = "chatd_build_info{%s} 1.0" % ",".join(f'{k}="{v}"' for k, v in sorted(versions.items()))
+        shown = [build if line.startswith("chatd_build_info{") else line for line in shown]
+        self.maxDiff = None
+        self.assertEqual("\n".join(out.splitlines()), "\n".join(shown))

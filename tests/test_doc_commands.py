@@ -83,8 +83,6 @@ PENDING = {
     ("docs/client.md", "export CHATD_PASSWORD=secreto"),
     ("docs/client.md", "chatd-client protobuf --name alice --host localhost --ca-file ca.pem"),
     ("docs/client.md", "cat > saludo.txt <<'EOF'"),
-    ("docs/msgr.md", "chatd-admin --db chatd.sqlite3 list              # name, blocked, email, friends, pending"),
-    ("docs/running.md", ".venv/bin/chatd-admin --db chatd.sqlite3 list"),
     ("docs/tls.md", "curl --cacert ca.pem -d usr=ana -d pass=secreto https://localhost:8000/usuariocrear     # 702"),
     ("docs/tls.md", "openssl s_client -quiet -verify_return_error -CAfile ca.pem -verify_hostname localhost -connect localhost:8080"),
     ("docs/tls.md", "openssl s_client -quiet -verify_return_error -CAfile ca.pem -verify_hostname localhost -connect localhost:1234"),
@@ -458,3 +456,116 @@ class ObservabilityRecipeTests(TestCase):
         shown = [build if line.startswith("chatd_build_info{") else line for line in shown]
         self.maxDiff = None
         self.assertEqual("\n".join(out.splitlines()), "\n".join(shown))
+
+
+def commandsAndOutputs(block: Block) -> list[tuple[str, list[str]]]:
+    """
+    Each command of a block with what it prints, as the block shows it: the
+    C{# ...} lines right under it (its own trailing comment is a remark).
+    """
+    out: list[tuple[str, list[str]]] = []
+    for line in block.lines:
+        if line.startswith("# ") and out:
+            out[-1][1].append(line[2:])
+        elif line.strip() and not line.startswith("#"):
+            out.append((withoutComment(line), []))
+    return out
+
+
+def printed(shown: list[str], output: str) -> bool:
+    """
+    C{output} is what C{shown} shows: its lines in order, with tabs shown as
+    spaces, and C{...} standing for the rest of a line (a random password).
+    """
+    lines = output.replace("\t", " ").splitlines()
+    if len(lines) != len(shown):
+        return False
+    return all(
+        re.fullmatch(re.escape(want).replace(re.escape("..."), ".+"), got) is not None
+        for want, got in zip(shown, lines)
+    )
+
+
+class TypedShell(test_doc_recipes.Shell):
+    """A command with C{typed} as its input (what a person types), then closed."""
+
+    def __init__(self, typed: bytes) -> None:
+        super().__init__()
+        self.typed = typed
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.typed)
+        self.transport.closeStdin()
+
+
+class AdminRecipeTests(TestCase):
+    """
+    The C{chatd-admin} blocks (docs/msgr.md, docs/running.md), run in order
+    as written beside a real twistd with C{--metrics} on the same database,
+    while the protobuf user C{alice} is online.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.support import login
+        from tests.test_twistd_plugin import responseWith
+        from tests.twistd import ByteCollector, TwistdProcess
+
+        if shutil.which("setsid") is None:
+            raise SkipTest("setsid is not installed (util-linux)")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        server = TwistdProcess(
+            ["--protobuf", LOOPBACK, "--msrp", "none", "--msgr", LOOPBACK,
+             "--http", LOOPBACK, "--db", "chatd.sqlite3", "--metrics", LOOPBACK],
+            ["protobuf", "msgr", "msgr-http", "metrics"],
+            self.directory,
+        )
+        self.addCleanup(server.stop)
+        self.ports = yield server.start()
+        alice = ByteCollector()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports["protobuf"])
+        yield connectProtocol(endpoint, alice)
+        self.addCleanup(lambda: (alice.transport.loseConnection(), alice.closed)[1])
+        alice.transport.write(login("alice").SerializeToString())
+        yield alice.waitFor(responseWith("user"))
+
+    def admin(self, command: str, stdin: bytes) -> defer.Deferred:
+        """
+        C{command} in bash, in a session of its own: with no terminal,
+        chatd-admin's password prompt reads what C{stdin} types.
+        """
+        from twisted.internet import reactor
+
+        command = command.replace(".venv/bin/", os.path.dirname(sys.executable) + "/")
+        command = command.replace("http://127.0.0.1:9108", f"http://127.0.0.1:{self.ports['metrics']}")
+        shell = TypedShell(stdin)
+        environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + environ.get("PATH", "")
+        reactor.spawnProcess(
+            shell, "setsid", ["setsid", "-w", "/bin/bash", "-c", command],
+            env=environ, path=self.directory,
+        )
+        return shell.ended.addCallback(lambda _: shell)
+
+    @defer.inlineCallbacks
+    def runBlock(self, name: str, count: int):
+        [block] = markedBlocks(self, name)
+        steps = commandsAndOutputs(block)
+        self.assertEqual(len(steps), count)
+        for command, shown in steps:
+            shell = yield self.admin(command, b"clave\nclave\n")
+            output = shell.output.decode("utf-8")
+            self.assertEqual(shell.status, 0, f"{command}: {shell.errors!r}")
+            self.assertTrue(printed(shown, output), f"{block}: {command}:\n{output}")
+
+    def test_msgrBlock(self):
+        return self.runBlock("chatd-admin", 11)
+
+    def test_runningBlock(self):
+        return self.runBlock("chatd-admin-running", 3)

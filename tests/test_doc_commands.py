@@ -83,9 +83,6 @@ PENDING = {
     ("docs/client.md", "export CHATD_PASSWORD=secreto"),
     ("docs/client.md", "chatd-client protobuf --name alice --host localhost --ca-file ca.pem"),
     ("docs/client.md", "cat > saludo.txt <<'EOF'"),
-    ("docs/tls.md", "curl --cacert ca.pem -d usr=ana -d pass=secreto https://localhost:8000/usuariocrear     # 702"),
-    ("docs/tls.md", "openssl s_client -quiet -verify_return_error -CAfile ca.pem -verify_hostname localhost -connect localhost:8080"),
-    ("docs/tls.md", "openssl s_client -quiet -verify_return_error -CAfile ca.pem -verify_hostname localhost -connect localhost:1234"),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from unittest import SkipTest
 from io import BytesIO
@@ -34,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import (
     Agent,
@@ -748,3 +750,135 @@ class HandshakeFailureLogTests(TestCase):
             ],
         )
         self.assertEqual(failures.failures, 4)
+
+
+class TypedSession(ProcessProtocol):
+    """
+    A command a person types C{typed} into: its standard output, and its end
+    (L{stop} ends it once what was awaited came: C{s_client -quiet} keeps a
+    connection open after the end of its input).
+    """
+
+    def __init__(self, typed: bytes) -> None:
+        self.typed = typed
+        self.output = b""
+        self.errors = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: tuple | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.typed)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        # Once as much came as was awaited, or something else, it is
+        # compared (no waiting for more that will not come).
+        if self._waiting and (
+            len(self.output) >= len(self._waiting[0])
+            or not self._waiting[0].startswith(self.output)
+        ):
+            expected, d = self._waiting
+            self._waiting = None
+            d.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def waitFor(self, expected: bytes) -> defer.Deferred:
+        """Fires once standard output is as long as C{expected}, or differs."""
+        d = defer.Deferred()
+        self._waiting = (expected, d)
+        self.outReceived(b"")
+        return d
+
+    def processEnded(self, reason) -> None:
+        self.exitCode = reason.value.exitCode
+        if self._waiting:
+            self._waiting[1].errback(reason)
+        self.ended.callback(None)
+
+
+class DocumentedClientTests(TLSServerMixin, TestCase):
+    """
+    docs/tls.md's client recipes, in the order the page gives them, run as
+    written in a directory with the test CA as C{ca.pem} (only the port
+    changes): curl registers and logs in C{ana} over HTTPS, a person on
+    C{openssl s_client} uses MSRP's typed mode, and binds the MSGR socket
+    with the token of that login.
+    """
+
+    #: What the person types in each session, in the order the block shows.
+    TYPED = {
+        "tls-msrp-session": ["alic", "clientes", "salir"],
+        "tls-msgr-session": ["#HOLA||<token>||ana"],
+    }
+
+    def session(self, name: str, directory: str, substitute=lambda line: line):
+        """(the command, the lines typed, what the block shows the server saying)."""
+        block = markedBlock(self, name)
+        command, *transcript = [line for line in block.lines if line]
+        typed = [line for line in transcript if line in self.TYPED[name]]
+        self.assertEqual(typed, self.TYPED[name], block)
+        shown = [substitute(line) for line in transcript if line not in typed]
+        return command, [substitute(line) for line in typed], shown
+
+    def localize(self, command: str) -> str:
+        for label, default in (("msrp", 8080), ("msgr", 1234), ("msgr-http", 8000)):
+            command = command.replace(f"localhost:{default}", f"localhost:{self.ports[label]}")
+        return command
+
+    @defer.inlineCallbacks
+    def typed(self, command: str, typed: list[str], shown: list[str], directory: str):
+        session = TypedSession("".join(line + "\n" for line in typed).encode())
+        reactor.spawnProcess(
+            session, "/bin/bash", ["bash", "-c", self.localize(command)],
+            env=dict(os.environ), path=directory,
+        )
+        expected = "".join(line + "\n" for line in shown).encode()
+        # MSRP's "salir" closes the connection, and s_client ends; the MSGR
+        # session stays open, so it is ended once its answers came.
+        ends = "salir" in typed
+        try:
+            yield session.waitFor(expected)
+        finally:
+            if not ends and not session.ended.called:
+                session.transport.signalProcess("TERM")
+            yield session.ended
+        self.assertEqual(session.output.decode(), expected.decode(), session.errors)
+        if ends:
+            self.assertEqual(session.exitCode, 0, "salir ends the session")
+
+    @defer.inlineCallbacks
+    def test_clientRecipes(self):
+        tool("curl")
+        tool("openssl")
+        pki = self.makePKI()
+        self.startServer(["msrp", "msgr", "msgr-http"], pki)
+        directory = os.path.dirname(pki.root)
+        shutil.copy(pki.root, os.path.join(directory, "ca.pem"))
+
+        env = dict(os.environ)
+        for line in markedBlock(self, "tls-curl").commands:
+            command, _, shown = line.partition("  # ")
+            assignment = re.match(r"^(\w+)=\$\(", command)
+            if assignment:
+                command += f'; printf %s "${assignment.group(1)}"'
+            output, code = yield getProcessOutputAndValue(
+                "/bin/bash", ["-c", self.localize(command.rstrip())], env=env, path=directory
+            ).addCallback(lambda r: (r[0].decode(), r[2]))
+            self.assertEqual(code, 0, command)
+            if assignment:
+                env[assignment.group(1)] = output
+            elif shown.strip() == "701||<token>":
+                self.assertRegex(output, r"^701\|\|[\w-]{43}$")
+            else:
+                self.assertEqual(output, shown.strip(), command)
+        token = env["TOKEN"]
+        self.assertEqual(len(token), 43)
+
+        yield self.typed(*self.session("tls-msrp-session", directory), directory)
+        yield self.typed(
+            *self.session("tls-msgr-session", directory, lambda line: line.replace("<token>", token)),
+            directory,
+        )

@@ -66,8 +66,6 @@ NOT_RUN = {
         "a session a person types, shown for reading; its piped twin, "
         "\"$ printf 'alic\\nclientes\\nsalir\\n' | nc -q 1 localhost 8080\", "
         "runs in tests/test_doc_recipes.py",
-    ("docs/tls.md", "openssl s_client -connect chat.example.org:8000 -servername chat.example.org -showcerts </dev/null"):
-        "asks a real server by its public DNS name",
     ("docs/observability.md", "twistd --nodaemon --pidfile= --logger chatd.tap.jsonLogObserver chatd [chatd's options]"):
         "a synopsis with a placeholder; the next block's twistd line is its runnable form",
     ("docs/observability.md", "sudo useradd --system --home-dir /var/lib/chatd --shell /usr/sbin/nologin chatd"):

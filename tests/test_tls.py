@@ -882,3 +882,30 @@ class DocumentedClientTests(TLSServerMixin, TestCase):
             *self.session("tls-msgr-session", directory, lambda line: line.replace("<token>", token)),
             directory,
         )
+
+    @defer.inlineCallbacks
+    def test_showCerts(self):
+        """
+        The check of what clients receive, as written, with the test server
+        in place of chat.example.org:8000 (its name, localhost, and its
+        port) and the test root trusted as a public CA is (the system's
+        store, SSL_CERT_FILE): the leaf and the intermediate are listed, and
+        the chain verifies.
+        """
+        openssl = tool("openssl")
+        pki = self.makePKI(intermediate=True)
+        self.startServer(["msgr-http"], pki)
+        [command] = markedBlock(self, "tls-show-certs").commands
+        command = command.replace("chat.example.org:8000", f"localhost:{self.ports['msgr-http']}")
+        command = command.replace("-servername chat.example.org", "-servername localhost")
+        self.assertNotIn("example.org", command)
+        env = dict(os.environ, SSL_CERT_FILE=pki.root, PATH=os.path.dirname(openssl) + ":/usr/bin:/bin")
+        output, code = yield getProcessOutputAndValue(
+            "/bin/bash", ["-c", command], env=env, path=os.path.dirname(pki.root)
+        ).addCallback(lambda r: (r[0].decode(), r[2]))
+        self.assertEqual(code, 0, output)
+        chain = output[output.index("Certificate chain") :]
+        self.assertIn("\n 0 s:", chain)
+        self.assertIn("\n 1 s:", chain)
+        self.assertNotIn("\n 2 s:", chain)
+        self.assertIn("Verify return code: 0 (ok)", output)

@@ -15,11 +15,20 @@ one is claimed by a test in one of three ways:
 
 So a new recipe nobody runs fails L{CoverageTests}.
 
-The runners of this module: C{twistd} lines that start a server are
-checked as their twin, C{twistd chatd ... --help}'s parse: chatd's own
-options, parsed as twistd would (files under C{/etc/chatd/} become test
-files of the same kind); starting them would take this machine's default
-ports. C{twistd chatd --help} and C{--version} run as they are.
+The runners of this module (the others are in the modules their markers
+name: tests/test_msgr_recipes.py, tests/test_tls.py):
+
+  - C{twistd} lines that start a server are checked as their twin: their
+    options, parsed as twistd parses them, chatd's included (files under
+    C{/etc/chatd/} become test files of the same kind); starting them
+    would take this machine's default ports. C{twistd chatd --help},
+    C{--version} and the usage errors run as they are.
+  - docs/observability.md's curl lines, C{chatd-admin} (docs/msgr.md,
+    docs/running.md) and C{chatd-client} (docs/client.md, README.md) run
+    as written against a real twistd on 127.0.0.1, with only its ports
+    (and a host that is not localhost) put in place of the recipe's, in
+    the state the sentence before each block names; what each prints is
+    compared with the block's C{# ...} lines under it.
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from chatd import __version__ as chatdVersion
 from chatd.harness import TWISTD
-from chatd.tap import Options
 from tests import test_doc_recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -60,8 +60,6 @@ from tests.twistd import ByteCollector
 
 R = chat_pb2.ServerResponse
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-
 #: The command line option of each listener, by its service name.
 OPTION = {
     "protobuf": "protobuf",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from unittest import SkipTest
 from io import BytesIO
@@ -34,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import (
     Agent,
@@ -50,14 +52,13 @@ from chatd import tap
 from chatd.protobuf import chat_pb2
 from chatd.tls import HANDSHAKE_LOG_INTERVAL, HandshakeFailureLog
 from tests.support import login, message
+from tests.test_doc_commands import markedBlock
 from tests.test_msgr_helpers import FAST_SCRYPT
 from tests.tls import LOOPBACK, PKI, clientOptions, makePKI, serverDescription
 from tests.test_twistd_plugin import responseWith as protobufResponseWith
 from tests.twistd import ByteCollector
 
 R = chat_pb2.ServerResponse
-
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 #: The command line option of each listener, by its service name.
 OPTION = {
@@ -587,11 +588,8 @@ class NegotiationTests(TLSServerMixin, TestCase):
         tool("openssl")
         directory = os.path.dirname(pki.root)
         shutil.copy(pki.root, os.path.join(directory, "ca.pem"))
-        with open(os.path.join(DOCS, "tls.md"), encoding="utf-8") as f:
-            [recipe] = [
-                line for line in f.read().split("\n")
-                if line.startswith("openssl s_client -alpn foo ")
-            ]
+        # The block marked for this runner (tests/test_doc_commands.py).
+        recipe = markedBlock(self, "tls-alpn-foo").commands[0]
         self.assertIn("localhost:5000", recipe)
         for label in labels:
             command = recipe.replace("localhost:5000", f"localhost:{self.ports[label]}")
@@ -750,3 +748,162 @@ class HandshakeFailureLogTests(TestCase):
             ],
         )
         self.assertEqual(failures.failures, 4)
+
+
+class TypedSession(ProcessProtocol):
+    """
+    A command a person types C{typed} into: its standard output, and its end
+    (L{stop} ends it once what was awaited came: C{s_client -quiet} keeps a
+    connection open after the end of its input).
+    """
+
+    def __init__(self, typed: bytes) -> None:
+        self.typed = typed
+        self.output = b""
+        self.errors = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: tuple | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.typed)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        # Once as much came as was awaited, or something else, it is
+        # compared (no waiting for more that will not come).
+        if self._waiting and (
+            len(self.output) >= len(self._waiting[0])
+            or not self._waiting[0].startswith(self.output)
+        ):
+            expected, d = self._waiting
+            self._waiting = None
+            d.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def waitFor(self, expected: bytes) -> defer.Deferred:
+        """Fires once standard output is as long as C{expected}, or differs."""
+        d = defer.Deferred()
+        self._waiting = (expected, d)
+        self.outReceived(b"")
+        return d
+
+    def processEnded(self, reason) -> None:
+        self.exitCode = reason.value.exitCode
+        if self._waiting:
+            self._waiting[1].errback(reason)
+        self.ended.callback(None)
+
+
+class DocumentedClientTests(TLSServerMixin, TestCase):
+    """
+    docs/tls.md's client recipes, in the order the page gives them, run as
+    written in a directory with the test CA as C{ca.pem} (only the port
+    changes): curl registers and logs in C{ana} over HTTPS, a person on
+    C{openssl s_client} uses MSRP's typed mode, and binds the MSGR socket
+    with the token of that login.
+    """
+
+    #: What the person types in each session, in the order the block shows.
+    TYPED = {
+        "tls-msrp-session": ["alic", "clientes", "salir"],
+        "tls-msgr-session": ["#HOLA||<token>||ana"],
+    }
+
+    def session(self, name: str, directory: str, substitute=lambda line: line):
+        """(the command, the lines typed, what the block shows the server saying)."""
+        block = markedBlock(self, name)
+        command, *transcript = [line for line in block.lines if line]
+        typed = [line for line in transcript if line in self.TYPED[name]]
+        self.assertEqual(typed, self.TYPED[name], block)
+        shown = [substitute(line) for line in transcript if line not in typed]
+        return command, [substitute(line) for line in typed], shown
+
+    def localize(self, command: str) -> str:
+        for label, default in (("msrp", 8080), ("msgr", 1234), ("msgr-http", 8000)):
+            command = command.replace(f"localhost:{default}", f"localhost:{self.ports[label]}")
+        return command
+
+    @defer.inlineCallbacks
+    def typed(self, command: str, typed: list[str], shown: list[str], directory: str):
+        session = TypedSession("".join(line + "\n" for line in typed).encode())
+        reactor.spawnProcess(
+            session, "/bin/bash", ["bash", "-c", self.localize(command)],
+            env=dict(os.environ), path=directory,
+        )
+        expected = "".join(line + "\n" for line in shown).encode()
+        # MSRP's "salir" closes the connection, and s_client ends; the MSGR
+        # session stays open, so it is ended once its answers came.
+        ends = "salir" in typed
+        try:
+            yield session.waitFor(expected)
+        finally:
+            if not ends and not session.ended.called:
+                session.transport.signalProcess("TERM")
+            yield session.ended
+        self.assertEqual(session.output.decode(), expected.decode(), session.errors)
+        if ends:
+            self.assertEqual(session.exitCode, 0, "salir ends the session")
+
+    @defer.inlineCallbacks
+    def test_clientRecipes(self):
+        tool("curl")
+        tool("openssl")
+        pki = self.makePKI()
+        self.startServer(["msrp", "msgr", "msgr-http"], pki)
+        directory = os.path.dirname(pki.root)
+        shutil.copy(pki.root, os.path.join(directory, "ca.pem"))
+
+        env = dict(os.environ)
+        for line in markedBlock(self, "tls-curl").commands:
+            command, _, shown = line.partition("  # ")
+            assignment = re.match(r"^(\w+)=\$\(", command)
+            if assignment:
+                command += f'; printf %s "${assignment.group(1)}"'
+            output, code = yield getProcessOutputAndValue(
+                "/bin/bash", ["-c", self.localize(command.rstrip())], env=env, path=directory
+            ).addCallback(lambda r: (r[0].decode(), r[2]))
+            self.assertEqual(code, 0, command)
+            if assignment:
+                env[assignment.group(1)] = output
+            elif shown.strip() == "701||<token>":
+                self.assertRegex(output, r"^701\|\|[\w-]{43}$")
+            else:
+                self.assertEqual(output, shown.strip(), command)
+        token = env["TOKEN"]
+        self.assertEqual(len(token), 43)
+
+        yield self.typed(*self.session("tls-msrp-session", directory), directory)
+        yield self.typed(
+            *self.session("tls-msgr-session", directory, lambda line: line.replace("<token>", token)),
+            directory,
+        )
+
+    @defer.inlineCallbacks
+    def test_showCerts(self):
+        """
+        The check of what clients receive, as written, with the test server
+        in place of chat.example.org:8000 (its name, localhost, and its
+        port) and the test root trusted as a public CA is (the system's
+        store, SSL_CERT_FILE): the leaf and the intermediate are listed, and
+        the chain verifies.
+        """
+        openssl = tool("openssl")
+        pki = self.makePKI(intermediate=True)
+        self.startServer(["msgr-http"], pki)
+        [command] = markedBlock(self, "tls-show-certs").commands
+        command = command.replace("chat.example.org:8000", f"localhost:{self.ports['msgr-http']}")
+        command = command.replace("-servername chat.example.org", "-servername localhost")
+        self.assertNotIn("example.org", command)
+        env = dict(os.environ, SSL_CERT_FILE=pki.root, PATH=os.path.dirname(openssl) + ":/usr/bin:/bin")
+        output, code = yield getProcessOutputAndValue(
+            "/bin/bash", ["-c", command], env=env, path=os.path.dirname(pki.root)
+        ).addCallback(lambda r: (r[0].decode(), r[2]))
+        self.assertEqual(code, 0, output)
+        chain = output[output.index("Certificate chain") :]
+        self.assertIn("\n 0 s:", chain)
+        self.assertIn("\n 1 s:", chain)
+        self.assertNotIn("\n 2 s:", chain)
+        self.assertIn("Verify return code: 0 (ok)", output)

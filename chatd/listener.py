@@ -117,6 +117,11 @@ class ListenerService(StreamServerEndpointService):
     #: A failure to listen known at start-up stops twistd.
     _raiseSynchronously = True
 
+    #: In a worker of C{--workers} (chatd/workers.py), its number: the
+    #: listener serves a socket the parent opened, which the parent logs as
+    #: listening, so the worker logs another line (C{SERVING_FORMAT}).
+    worker: int | None = None
+
     def __init__(
         self,
         label: str,
@@ -148,11 +153,19 @@ class ListenerService(StreamServerEndpointService):
         if port is None:
             return None  # cancelled, or failed later (Twisted logged why)
         self.port = port
-        self.log.info(
-            LISTENING_FORMAT,
-            label=self.label,
-            address=describeAddress(port.getHost(), self.secure),
-        )
+        address = describeAddress(port.getHost(), self.secure)
+        if self.worker is not None:
+            from chatd.workers import SERVING_FORMAT
+
+            self.log.info(
+                SERVING_FORMAT,
+                label=self.label,
+                address=address,
+                worker=self.worker,
+                event="worker-serving",
+            )
+            return port
+        self.log.info(LISTENING_FORMAT, label=self.label, address=address)
         return port
 
     def stopService(self) -> defer.Deferred:

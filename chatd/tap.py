@@ -28,6 +28,7 @@ from chatd.fronts import (
     limit as _limit,
     loadFronts,
     positiveFloat as _positiveFloat,
+    positiveInt as _positiveInt,
     rate as _rate,
 )
 from chatd.limits import ConnectionLimiter, Limits
@@ -37,6 +38,7 @@ from chatd.metrics import ChatdMetrics
 from chatd.presence import InMemoryPresenceService
 from chatd.service import ChatdService
 from chatd.web import DEFAULT_REQUEST_TIMEOUT
+from chatd import workers as _workers
 
 __all__ = ["DISABLED", "NO_LIMIT", "Options", "makeService", "jsonLogObserver"]
 
@@ -166,6 +168,15 @@ class Options(ConfiguredOptions):
             "SQLite file of the MSGR accounts (created on first run), or 'none' "
             "for no accounts (then --http and --msgr must be 'none').",
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Processes serving the same ports: a parent opens them and runs "
+            "this many workers, restarting one that dies. More than 1 needs "
+            "--cluster.",
+            _positiveInt,
+        ],
     ] + [option for front in FRONTS for option in front.options()]
 
     #: The options that name a listener's endpoint: the fronts', then the
@@ -173,6 +184,11 @@ class Options(ConfiguredOptions):
     listenerOptions = tuple(
         option for front in FRONTS for option in front.endpointOptions
     ) + ("metrics",)
+
+    def parseOptions(self, options=None) -> None:
+        # Kept as given: the workers of --workers run with the same ones.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         # A misspelled endpoint option or a missing key file is a usage
@@ -188,6 +204,7 @@ class Options(ConfiguredOptions):
                 raise usage.UsageError(f"--{option} {self[option]}: {e}")
         for front in FRONTS:
             front.check(self)
+        _workers.check(self, self.listenerOptions)
 
 
 def _limits(config: Options) -> Limits:
@@ -278,7 +295,7 @@ def _ensureFileLimit(maxConnections: int) -> None:
         )
 
 
-def makeService(config: Options, reactor=None) -> ChatdService:
+def makeService(config: Options, reactor=None):
     """
     Build chatd's service tree: one presence service shared by the
     listeners of every front (chatd/fronts.py), and the metrics listener.
@@ -288,6 +305,14 @@ def makeService(config: Options, reactor=None) -> ChatdService:
     log.info(
         "{versions} starting", versions=versionText(), version=__version__, event="start"
     )
+    if _workers.supervises(config):
+        # The parent of --workers: it opens the ports and runs the workers,
+        # each of which builds the tree below (chatd/workers.py).
+        return _workers.WorkerSupervisor(
+            config, reactor, Options.listenerOptions, config.arguments
+        )
+    if _workers.workerNumber() is not None:
+        _workers.becomeWorker()
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()

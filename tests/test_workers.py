@@ -313,7 +313,7 @@ class WorkersOptionTests(TestCase):
     def test_notPositive(self):
         with self.assertRaises(usage.UsageError) as caught:
             self.parse(["--workers", "0"])
-        self.assertIn("--workers", str(caught.exception))
+        self.assertEqual(str(caught.exception), "--workers 0: must be a positive whole number")
 
     def test_onlyTcpAndSsl(self):
         os.environ[workers.WITHOUT_CLUSTER] = "1"

@@ -280,6 +280,11 @@ class WorkerSupervisor(service.Service):
     @ivar workers: the live workers, by number.
     """
 
+    @staticmethod
+    def exitWith(status: int) -> None:
+        """Make twistd exit with C{status} once it has stopped."""
+        atexit.register(_exitWithStatus, status)
+
     def __init__(self, config, reactor, listenerOptions, argv: list[str]) -> None:
         self.config = config
         self.reactor = reactor
@@ -451,7 +456,7 @@ class WorkerSupervisor(service.Service):
         if self.gaveUp:
             return
         self.gaveUp = True
-        atexit.register(_exitWithStatus, 1)
+        self.exitWith(1)
         if self.reactor.running:
             self.reactor.stop()
         else:

@@ -21,7 +21,10 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     connectProtocol,
 )
+from twisted.internet.error import ProcessTerminated
+from twisted.logger import LogLevel, eventAsJSON, formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from chatd import tap, workers
@@ -324,4 +327,154 @@ class WorkersOptionTests(TestCase):
             str(caught.exception),
             "--msrp unix:/tmp/chatd-msrp.sock: with --workers 2 every listener "
             "is tcp: or ssl: (the sockets the workers share)",
+        )
+
+
+class FakeProcessTransport:
+    """What C{spawnProcess} returns: a pid, and the signals sent to it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class SpawningClock(task.Clock):
+    """
+    A clock whose C{spawnProcess} records the worker instead of starting
+    it, so that the restart policy is checked second by second.
+    """
+
+    running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple] = []
+        self.stopped = False
+
+    def spawnProcess(self, processProtocol, executable, args, env, childFDs):
+        transport = FakeProcessTransport(1000 + len(self.spawned))
+        processProtocol.makeConnection(transport)
+        self.spawned.append((processProtocol, args, env, childFDs))
+        return transport
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class RestartPolicyTests(TestCase):
+    """
+    The parent's restart policy, on a clock: a worker that dies is started
+    again after 1, 2, 4, 8, 16 s; the sixth death in a row stops chatd with
+    exit status 1; a worker that ran 60 s starts a fresh count.
+    """
+
+    def setUp(self) -> None:
+        self.clock = SpawningClock()
+        self.events: list[dict] = []
+        observe = self.events.append
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        config = {
+            "workers": 2,
+            "shutdown-grace": 5.0,
+            "protobuf": "tcp:0:interface=127.0.0.1",
+            "msrp": "none",
+        }
+        self.supervisor = workers.WorkerSupervisor(
+            config, self.clock, ["protobuf", "msrp"], ["--workers", "2"]
+        )
+        self.exits: list[int] = []
+        self.supervisor.exitWith = self.exits.append
+        self.supervisor.privilegedStartService()
+        self.addCleanup(self.supervisor._closeSockets)
+
+    def texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def serve(self, index: int) -> None:
+        """The worker spawned C{index}th logs that it serves protobuf."""
+        line = eventAsJSON(
+            {
+                "log_format": workers.SERVING_FORMAT,
+                "log_level": LogLevel.info,
+                "log_namespace": "chatd.listener.ListenerService",
+                "log_time": 0.0,
+                "label": "protobuf",
+                "address": "tcp:127.0.0.1:5000",
+                "event": "worker-serving",
+                "log_text": "chatd protobuf serving tcp:127.0.0.1:5000",
+            }
+        )
+        self.clock.spawned[index][0].childDataReceived(1, line.encode() + b"\n")
+
+    def die(self, index: int) -> None:
+        self.clock.spawned[index][0].processEnded(Failure(ProcessTerminated(signal=9)))
+
+    def test_startAndShare(self):
+        """
+        Worker 1 starts alone with the socket as its descriptor 3; worker 2
+        once worker 1 serves; the listening line is logged once.
+        """
+        self.supervisor.startService()
+        self.assertEqual(len(self.clock.spawned), 1)
+        _, args, env, childFDs = self.clock.spawned[0]
+        self.assertEqual(
+            (env[workers.WORKER], env[workers.SOCKETS]), ("1", "protobuf=3")
+        )
+        self.assertEqual(childFDs[3], self.supervisor.sockets["protobuf"].fileno())
+        self.assertEqual(args[-2:], ["--workers", "2"])
+        self.serve(0)
+        self.assertEqual(len(self.clock.spawned), 2)
+        self.assertEqual(self.clock.spawned[1][2][workers.WORKER], "2")
+        self.serve(1)
+        self.assertEqual(
+            [t for t in self.texts() if "listening on" in t],
+            ["chatd protobuf listening on tcp:127.0.0.1:5000"],
+        )
+        self.assertIn("worker 2: chatd protobuf serving tcp:127.0.0.1:5000", self.texts())
+
+    def test_backoffThenGiveUp(self):
+        self.supervisor.startService()
+        self.serve(0)
+        for delay in [1, 2, 4, 8, 16]:
+            self.die(len(self.clock.spawned) - 1)
+            spawned = len(self.clock.spawned)
+            self.clock.advance(delay - 0.01)
+            self.assertEqual(len(self.clock.spawned), spawned)
+            self.clock.advance(0.01)
+            self.assertEqual(len(self.clock.spawned), spawned + 1)
+            self.assertEqual(self.clock.spawned[-1][2][workers.WORKER], "2")
+        self.assertEqual((self.exits, self.clock.stopped), ([], False))
+        self.die(len(self.clock.spawned) - 1)
+        self.assertEqual((self.exits, self.clock.stopped), ([1], True))
+        self.assertIn(
+            "chatd: worker 2 ended (signal 9) 6 times in a row within 60.0s of"
+            " its start; stopping",
+            self.texts(),
+        )
+        # Stopping: the live worker 1 gets SIGTERM; once it ends, the
+        # sockets are closed.
+        stopped = self.supervisor.stopService()
+        worker1 = self.clock.spawned[0][0]
+        self.assertEqual(worker1.transport.signals, ["TERM"])
+        self.die(0)
+        self.successResultOf(stopped)
+        self.assertEqual(self.supervisor.sockets, {})
+        self.assertIn("chatd: every worker stopped", self.texts())
+
+    def test_stableWorkerStartsAFreshCount(self):
+        self.supervisor.startService()
+        self.serve(0)
+        self.die(1)
+        self.clock.advance(1)
+        self.die(2)
+        self.clock.advance(2)
+        self.clock.advance(60)  # the third worker 2 ran 60 s
+        self.die(3)
+        self.assertIn(
+            "chatd: worker 2 (pid 1003) ended (signal 9); restarting it in 1.0s",
+            self.texts(),
         )

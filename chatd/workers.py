@@ -38,7 +38,6 @@ from chatd.listener import (
     ListenFailed,
     _reason,
     _sayListenFailedInOneLine,
-    describeAddress,
 )
 
 #: The environment of a worker: its number (1 to N), ...
@@ -317,6 +316,12 @@ class WorkerSupervisor(service.Service):
         log.info(
             "chatd: starting {count} workers", count=self.count, event="workers-start"
         )
+        if not self.sockets:
+            # Nothing to serve, so no line to wait for.
+            self.ready = True
+            for number in range(1, self.count + 1):
+                self.spawn(number)
+            return
         # One at a time until the first serves: the first creates and
         # migrates the database alone, and a worker that cannot start
         # stops the parent before others are started.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import (
@@ -259,6 +260,29 @@ class WorkersTests(TestCase):
         self.assertIn(b"chatd: worker 1 could not start (exit status 1); stopping", server.output)
         self.assertNotIn(b"worker 2 started", server.output)
         self.assertEqual(len(STARTED.findall(server.output)), 1)
+
+    @defer.inlineCallbacks
+    def test_portInUse(self):
+        """
+        A port that cannot be bound stops the parent at start-up with the
+        one line a single process says, exit status 1, and no worker started.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        server = self.startServer(
+            ["--workers", "2", "--protobuf", f"tcp:{port}:interface=127.0.0.1", *PROTOBUF_ONLY]
+        )
+        yield self.assertFailure(server.start(), ServerError)
+        yield server.ended
+        self.assertEqual(server.exitStatus.exitCode, 1)
+        self.assertIn(
+            b"chatd: --protobuf tcp:%d:interface=127.0.0.1: address already in use" % port,
+            server.output,
+        )
+        self.assertEqual(STARTED.findall(server.output), [])
 
     @defer.inlineCallbacks
     def test_tls(self):

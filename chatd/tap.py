@@ -312,7 +312,7 @@ def makeService(config: Options, reactor=None):
             config, reactor, Options.listenerOptions, config.arguments
         )
     if _workers.workerNumber() is not None:
-        _workers.becomeWorker()
+        _workers.becomeWorker(reactor)
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()

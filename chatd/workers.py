@@ -214,11 +214,16 @@ def adoptedEndpoint(reactor, option: str, description: str, label: str):
     )
 
 
-def becomeWorker() -> None:
+def becomeWorker(reactor) -> None:
     """
-    Stop with the parent: a worker gets SIGTERM when its parent dies (even
-    of SIGKILL), so no worker is left serving alone. Linux only.
+    Stop when the parent says so: SIGINT is ignored (Ctrl-C in a terminal
+    reaches every process of the group; the parent then stops its workers
+    with SIGTERM, and a second signal would find the worker stopping
+    already), and a worker gets SIGTERM when its parent dies (even of
+    SIGKILL), so no worker is left serving alone (Linux only).
     """
+    # After twistd's own handlers are installed.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1

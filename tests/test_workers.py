@@ -197,6 +197,29 @@ class WorkersTests(TestCase):
         self.assertEqual(server.output.count(b"chatd protobuf listening on"), 1)
 
     @defer.inlineCallbacks
+    def test_sigintIsTheParents(self):
+        """
+        Ctrl-C reaches every process of the terminal's group; a worker leaves
+        it to the parent: SIGINT to worker 1 does not stop it, and it goes
+        on serving (with worker 2 stopped, a login is answered by it).
+        """
+        server = self.startServer(
+            ["--workers", "2", "--protobuf", "tcp:0:interface=127.0.0.1", *PROTOBUF_ONLY]
+        )
+        ports = yield server.start()
+        yield server.waitForLog(rb"worker 2: chatd protobuf serving")
+        pids = server.workerPids()
+        os.kill(pids[1], signal.SIGINT)
+        os.kill(pids[2], signal.SIGSTOP)
+        try:
+            response = yield self.logIn(ports["protobuf"], "ana")
+        finally:
+            os.kill(pids[2], signal.SIGCONT)
+        self.assertEqual(response.code, R.SUCCESSFUL_OPERATION)
+        self.assertEqual(server.workerPids(), pids)
+        self.assertNotIn(b"Received SIGINT", server.output)
+
+    @defer.inlineCallbacks
     def test_sigtermStopsEveryWorker(self):
         """
         SIGTERM to the parent: every worker says goodbye to its clients and
@@ -459,6 +482,17 @@ class RestartPolicyTests(TestCase):
             ["chatd protobuf listening on tcp:127.0.0.1:5000"],
         )
         self.assertIn("worker 2: chatd protobuf serving tcp:127.0.0.1:5000", self.texts())
+
+    def test_nodeIdOfEachWorker(self):
+        """
+        With C{--node-id} (the cluster's option), worker k runs as
+        C{NODE-wk}; without it, with the parent's options as they are.
+        """
+        self.assertEqual(self.supervisor.workerArgv(2)[-2:], ["--workers", "2"])
+        self.supervisor.config["node-id"] = "paris"
+        self.assertEqual(
+            self.supervisor.workerArgv(2)[-4:], ["--workers", "2", "--node-id", "paris-w2"]
+        )
 
     def test_backoffThenGiveUp(self):
         self.supervisor.startService()

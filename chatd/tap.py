@@ -153,6 +153,15 @@ class Options(ConfiguredOptions):
             _positiveFloat,
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the same ports: a parent opens them and runs "
+            "this many workers, restarting one that dies. More than 1 needs "
+            "--cluster.",
+            _positiveInt,
+        ],
+        [
             "metrics",
             None,
             DISABLED,
@@ -167,15 +176,6 @@ class Options(ConfiguredOptions):
             "chatd.sqlite3",
             "SQLite file of the MSGR accounts (created on first run), or 'none' "
             "for no accounts (then --http and --msgr must be 'none').",
-        ],
-        [
-            "workers",
-            None,
-            1,
-            "Processes serving the same ports: a parent opens them and runs "
-            "this many workers, restarting one that dies. More than 1 needs "
-            "--cluster.",
-            _positiveInt,
         ],
     ] + [option for front in FRONTS for option in front.options()]
 
@@ -299,6 +299,8 @@ def makeService(config: Options, reactor=None):
     """
     Build chatd's service tree: one presence service shared by the
     listeners of every front (chatd/fronts.py), and the metrics listener.
+    With C{--workers N} (N > 1), the parent's L{_workers.WorkerSupervisor}
+    instead: each of its workers builds the tree.
     """
     if reactor is None:
         from twisted.internet import reactor

@@ -130,18 +130,25 @@ def addListener(
     """
     from chatd.dualstack import dualStack
     from chatd.tls import tlsEndpoint
+    from chatd.workers import adoptedEndpoint, workerNumber
 
     description = services.config[option]
-    # An ssl: endpoint gets chatd's TLS layer (chatd/tls.py: ALPN, failed
-    # handshakes logged, half-closes passed on); one with no interface
-    # listens on IPv4 and IPv6 where the machine has IPv6 (chatd/dualstack.py).
-    endpoint = dualStack(
-        reactor,
-        tlsEndpoint(reactor, endpoints.serverFromString(reactor, description), label),
-    )
+    # A worker of --workers serves the socket its parent opened for this
+    # option (chatd/workers.py).
+    endpoint = adoptedEndpoint(reactor, option, description, label)
+    adopted = endpoint is not None
+    if not adopted:
+        # An ssl: endpoint gets chatd's TLS layer (chatd/tls.py: ALPN, failed
+        # handshakes logged, half-closes passed on); one with no interface
+        # listens on IPv4 and IPv6 where the machine has IPv6 (chatd/dualstack.py).
+        endpoint = dualStack(
+            reactor,
+            tlsEndpoint(reactor, endpoints.serverFromString(reactor, description), label),
+        )
     listener = ListenerService(
         label, endpoint, factory, reactor, services.config["shutdown-grace"]
     )
+    listener.worker = workerNumber() if adopted else None
     listener.secure = description.split(":", 1)[0].lower() == "ssl"
     listener.configuredAs = f"--{option} {description}"
     listener.setName(label)

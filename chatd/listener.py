@@ -117,6 +117,11 @@ class ListenerService(StreamServerEndpointService):
     #: A failure to listen known at start-up stops twistd.
     _raiseSynchronously = True
 
+    #: In a worker of C{--workers} (chatd/workers.py), its number: the
+    #: listener serves a socket the parent opened, which the parent logs as
+    #: listening, so the worker logs another line (C{SERVING_FORMAT}).
+    worker: int | None = None
+
     def __init__(
         self,
         label: str,
@@ -166,11 +171,20 @@ class ListenerService(StreamServerEndpointService):
         startReading = getattr(port, "startReading", None)
         if startReading is not None and not getattr(port, "disconnected", False):
             startReading()
-        self.log.info(
-            LISTENING_FORMAT,
-            label=self.label,
-            address=describeAddress(port.getHost(), self.secure),
-        )
+        address = describeAddress(port.getHost(), self.secure)
+        if self.worker is not None:
+            from chatd.workers import SERVING_FORMAT
+
+            # The parent logged the listening line once, for every worker.
+            self.log.info(
+                SERVING_FORMAT,
+                label=self.label,
+                address=address,
+                worker=self.worker,
+                event="worker-serving",
+            )
+            return
+        self.log.info(LISTENING_FORMAT, label=self.label, address=address)
 
     def stopService(self) -> defer.Deferred:
         """

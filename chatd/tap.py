@@ -28,6 +28,7 @@ from chatd.fronts import (
     limit as _limit,
     loadFronts,
     positiveFloat as _positiveFloat,
+    positiveInt as _positiveInt,
     rate as _rate,
 )
 from chatd.limits import ConnectionLimiter, Limits
@@ -36,6 +37,7 @@ from chatd.exporter import makeMetricsSite
 from chatd.metrics import ChatdMetrics
 from chatd.service import ChatdService
 from chatd.web import DEFAULT_REQUEST_TIMEOUT
+from chatd import workers as _workers
 
 __all__ = ["DISABLED", "NO_LIMIT", "Options", "makeService", "jsonLogObserver"]
 
@@ -150,6 +152,15 @@ class Options(ConfiguredOptions):
             _positiveFloat,
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the same ports: a parent opens them and runs "
+            "this many workers, restarting one that dies. More than 1 needs "
+            "--cluster.",
+            _positiveInt,
+        ],
+        [
             "metrics",
             None,
             DISABLED,
@@ -175,6 +186,11 @@ class Options(ConfiguredOptions):
         option for front in FRONTS for option in front.endpointOptions
     ) + ("metrics",)
 
+    def parseOptions(self, options=None) -> None:
+        # Kept as given: the workers of --workers run with the same ones.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         # A misspelled endpoint option or a missing key file is a usage
         # error that names the option, not a traceback at start-up.
@@ -190,6 +206,7 @@ class Options(ConfiguredOptions):
         cluster.check(self)
         for front in FRONTS:
             front.check(self)
+        _workers.check(self, self.listenerOptions)
 
 
 def _limits(config: Options) -> Limits:
@@ -280,16 +297,26 @@ def _ensureFileLimit(maxConnections: int) -> None:
         )
 
 
-def makeService(config: Options, reactor=None) -> ChatdService:
+def makeService(config: Options, reactor=None):
     """
     Build chatd's service tree: one presence service shared by the
     listeners of every front (chatd/fronts.py), and the metrics listener.
+    With C{--workers N} (N > 1), the parent's L{_workers.WorkerSupervisor}
+    instead: each of its workers builds the tree.
     """
     if reactor is None:
         from twisted.internet import reactor
     log.info(
         "{versions} starting", versions=versionText(), version=__version__, event="start"
     )
+    if _workers.supervises(config):
+        # The parent of --workers: it opens the ports and runs the workers,
+        # each of which builds the tree below (chatd/workers.py).
+        return _workers.WorkerSupervisor(
+            config, reactor, Options.listenerOptions, config.arguments
+        )
+    if _workers.workerNumber() is not None:
+        _workers.becomeWorker(reactor)
     # What operators see (GET /metrics): one set of counts per service tree,
     # on a registry of its own.
     metrics = ChatdMetrics()

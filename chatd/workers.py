@@ -337,7 +337,13 @@ class WorkerSupervisor(service.Service):
     def workerArgv(self, number: int) -> list[str]:
         args = list(self.argv)
         if "node-id" in self.config:
-            args += ["--node-id", f"{self.config['node-id']}-w{number}"]
+            # Without --node-id, the parent's HOSTNAME-PID: a bare "-wK"
+            # would be the same id on every machine, and a node that starts
+            # under another's id takes its names over.
+            from chatd.cluster.redis import defaultNodeId
+
+            base = self.config["node-id"] or defaultNodeId()
+            args += ["--node-id", f"{base}-w{number}"]
         return [
             sys.executable,
             "-c",

@@ -494,6 +494,20 @@ class RestartPolicyTests(TestCase):
             self.supervisor.workerArgv(2)[-4:], ["--workers", "2", "--node-id", "paris-w2"]
         )
 
+
+    def test_nodeIdWithoutOption(self):
+        """
+        Without C{--node-id}, worker k runs as the parent's C{HOSTNAME-PID}
+        followed by C{-wk}: ids stay unique across machines and restarts of
+        the parent, and a worker restarted by the parent keeps its id (so it
+        frees what its previous run left at once).
+        """
+        self.supervisor.config["node-id"] = ""
+        argv = self.supervisor.workerArgv(2)
+        self.assertEqual(argv[-2], "--node-id")
+        self.assertEqual(
+            argv[-1], f"{socket.gethostname()}-{os.getpid()}-w2"
+        )
     def test_backoffThenGiveUp(self):
         self.supervisor.startService()
         self.serve(0)

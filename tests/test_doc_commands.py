@@ -556,11 +556,13 @@ class AdminRecipeTests(TestCase):
         return shell.ended.addCallback(lambda _: shell)
 
     @defer.inlineCallbacks
-    def runBlock(self, name: str, count: int):
+    def runBlock(self, name: str, count: int, url: str | None = None):
         [block] = markedBlocks(self, name)
         steps = commandsAndOutputs(block)
         self.assertEqual(len(steps), count)
         for command, shown in steps:
+            if url is not None:
+                command = command.replace(DOC_POSTGRES, url)
             shell = yield self.admin(command, b"clave\nclave\n")
             output = shell.output.decode("utf-8")
             self.assertEqual(shell.status, 0, f"{command}: {shell.errors!r}")
@@ -572,6 +574,22 @@ class AdminRecipeTests(TestCase):
     def test_runningBlock(self):
         return self.runBlock("chatd-admin-running", 3)
 
+    @defer.inlineCallbacks
+    def test_postgresBlock(self):
+        """
+        The PostgreSQL block, after the SQLite one (which leaves C{bea}),
+        against a new database of the test run's PostgreSQL in place of the
+        page's URL.
+        """
+        from chatd.testservers import postgresServer
+
+        url = postgresServer().createDatabase()
+        yield self.runBlock("chatd-admin", 11)
+        yield self.runBlock("chatd-admin-postgres", 2, url)
+
+
+#: The PostgreSQL URL of docs/msgr.md's chatd-admin examples.
+DOC_POSTGRES = "postgresql://chatd@db.example.org/chatd"
 
 #: The default port of each listener, as chatd-client's options name them.
 CLIENT_PORTS = {"protobuf": 5000, "msrp": 8080, "msgr": 1234, "msgr-http": 8000}

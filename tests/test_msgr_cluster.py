@@ -295,6 +295,29 @@ class TokenTests(TwoNodes):
         self.assertEqual(response.status, 200)
 
     @defer.inlineCallbacks
+    def test_passwordChangeSparesTheCallerAfterTheDatabasePoll(self):
+        """
+        The nodes share the account database too, whose revocations table
+        every node reads (as C{chatd-admin}'s revocations): the row a
+        password change writes there must not make B revoke, in Redis, the
+        token the password was changed with.
+        """
+        yield self.b.msgr.pollRevocations()  # where the table ends now
+        owner = yield self.a.login("Ana", "clave")
+        other = yield self.a.login("Ana", "clave")
+        response = yield self.a.form(
+            "/usuariomodificar", token=owner, **{"pass": "nueva", "pass_actual": "clave"}
+        )
+        self.assertEqual(response.body, "702")
+        yield self.b.msgr.pollRevocations()
+        yield self.b.settle()
+        for node in (self.a, self.b):
+            response = yield node.form("/obtenerusuarios", token=owner)
+            self.assertEqual(response.status, 200)
+            response = yield node.form("/obtenerusuarios", token=other)
+            self.assertEqual((response.status, response.body), (401, "901"))
+
+    @defer.inlineCallbacks
     def test_blockFoundOnAClosesTheSocketOnBWith802(self):
         """An HTTP call on A that finds the account blocked closes B's socket with 802."""
         from tests.test_msgr_http import setBlocked

@@ -311,6 +311,11 @@ MIGRATIONS = {1: _schemaV1, 2: _revocationLog, 3: _addSkeletons, 4: _numericIds}
 #: The kinds of row in the revocations table.
 REVOKE = "revoke"
 BLOCK = "block"
+#: A password change made by a chatd sharing the database: processes that
+#: keep their own tokens end the account's sessions; a cluster whose tokens
+#: are shared in Redis has done so already, sparing the token the password
+#: was changed with.
+PASSWORD = "password"
 
 
 def connect(target: str):
@@ -793,7 +798,7 @@ class AccountStore:
             if hashed is not None and account is not None:
                 # The other nodes sharing the database end the account's
                 # sessions there, as this one does here (MsgrService).
-                self._ownRevocations.add(_logRevocation(cursor, account.name, REVOKE))
+                self._ownRevocations.add(_logRevocation(cursor, account.name, PASSWORD))
             return account
 
         d = self._hash(password) if password is not None else defer.succeed(None)

@@ -204,6 +204,9 @@ class RedisTokenRegistry(_RedisUser, service.Service):
     (C{MsgrService.revokedElsewhere}).
     """
 
+    #: Every node of the cluster sees these tokens.
+    shared = True
+
     def __init__(
         self,
         redis,

@@ -207,12 +207,26 @@ class MsgrService(service.Service):
             if first:
                 return
             for name, kind in rows:
-                self.log.info(
-                    "chatd-admin: {kind} {user}: its tokens are revoked",
-                    kind=kind,
-                    user=name,
-                    event="tokens-revoked",
-                )
+                if kind == accounts.PASSWORD:
+                    if getattr(self.tokens, "shared", False):
+                        # Revoked in Redis by the node that changed it,
+                        # sparing the caller's token: revoking here again
+                        # would end that one too.
+                        continue
+                    self.log.info(
+                        "the password of {user} was changed by another chatd:"
+                        " its tokens are revoked",
+                        kind=kind,
+                        user=name,
+                        event="tokens-revoked",
+                    )
+                else:
+                    self.log.info(
+                        "chatd-admin: {kind} {user}: its tokens are revoked",
+                        kind=kind,
+                        user=name,
+                        event="tokens-revoked",
+                    )
                 d = self.revokeTokens(name, blocked=kind == accounts.BLOCK)
                 d.addErrback(
                     lambda f, name=name: self.log.failure(

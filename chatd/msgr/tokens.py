@@ -38,6 +38,10 @@ class TokenRegistry:
     @param clock: where the time comes from.
     """
 
+    #: Whether other processes see these tokens (a cluster's Redis): no,
+    #: this process's memory.
+    shared = False
+
     def __init__(self, clock: IReactorTime, idleTimeout: float = DEFAULT_TOKEN_IDLE):
         self.clock = clock
         self.idleTimeout = idleTimeout

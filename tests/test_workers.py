@@ -165,6 +165,57 @@ class WorkersTests(TestCase):
             )
 
     @defer.inlineCallbacks
+    def test_workersAreNodesOfOneCluster(self):
+        """
+        With C{--cluster}, each worker is a node of the cluster: a user
+        served by worker 1 writes to a user served by worker 2, and each
+        sees the other in the list of users.
+        """
+        from chatd.testservers import redisServer
+        from tests.support import message, request
+
+        os.environ.pop(workers.WITHOUT_CLUSTER, None)
+        redis = redisServer()
+        server = self.startServer(
+            [
+                "--workers", "2", "--protobuf", "tcp:0:interface=127.0.0.1", *PROTOBUF_ONLY,
+                "--cluster", redis.url, "--cluster-prefix", f"workers{os.getpid()}:",
+                "--node-id", "w",
+            ]
+        )
+        ports = yield server.start()
+        yield server.waitForLog(rb"worker 2: chatd protobuf serving tcp:127\.0\.0\.1:")
+        self.assertIn(b"cluster node w-w1 ready", server.output)
+        self.assertIn(b"cluster node w-w2 ready", server.output)
+        pids = server.workerPids()
+        clients = {}
+        for stopped, name in [(2, "ana"), (1, "beto")]:
+            # The other worker is stopped: this login is the running one's.
+            os.kill(pids[stopped], signal.SIGSTOP)
+            try:
+                client = ByteCollector()
+                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["protobuf"])
+                yield connectProtocol(endpoint, client)
+                self.addCleanup(lambda c=client: (c.transport.loseConnection(), c.closed)[1])
+                client.transport.write(login(name).SerializeToString())
+                yield client.waitFor(responseWith("user"))
+            finally:
+                os.kill(pids[stopped], signal.SIGCONT)
+            clients[name] = client
+        yield server.waitForLog(rb"worker 1: .*ana logged in")
+        yield server.waitForLog(rb"worker 2: .*beto logged in")
+        clients["ana"].transport.write(message("beto", "hola desde w1").SerializeToString())
+        yield clients["beto"].waitFor(lambda data: b"hola desde w1" in data)
+        clients["beto"].received = b""
+        clients["beto"].transport.write(
+            request(option=chat_pb2.ClientRequest.CONNECTED_USERS).SerializeToString()
+        )
+        listed = yield clients["beto"].waitFor(
+            lambda data: b"ana" in data and b"beto" in data and data
+        )
+        self.assertIn(b"ana", listed)
+
+    @defer.inlineCallbacks
     def test_killedWorkerIsRestarted(self):
         """
         A worker killed with SIGKILL: the port goes on serving, the parent

@@ -12,7 +12,12 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from chatd.cluster.presence import ClusterPresenceService, notDeliveredText
+from chatd.cluster.presence import (
+    REMOTE_FILE_LIMIT,
+    ClusterPresenceService,
+    RemoteSession,
+    notDeliveredText,
+)
 from chatd.cluster.redis import ClusterConnection, parseClusterURL
 from chatd.metrics import ChatdMetrics
 from chatd.presence import (
@@ -141,7 +146,12 @@ class ClaimTests(ClusterTestCase):
         info = yield seen
         self.assertEqual(info, UserInfo("alice", "protobuf", "127.0.0.1", "ACTIVO"))
         self.assertEqual(b.lookup("ALICE"), info)
-        self.assertIsNone(b.sessionFor("alice"))
+        # Protocols see a user of another protocol, reached through b.
+        remote = b.sessionFor("alice")
+        self.assertIsInstance(remote, RemoteSession)
+        self.assertEqual(remote.protocolName, "protobuf")
+        self.assertEqual(remote.maxFileSize, 0)  # a WaitingSession takes no files
+        self.assertIsNone(b.infoFor(remote))
         failure = yield self.assertFailure(self.login(b, "Alice"), NameInUse)
         self.assertEqual(str(failure), "the name Alice is already online")
 
@@ -445,10 +455,16 @@ class RoutingTests(ClusterTestCase):
         alice = yield self.login(a, "alice")
         bob = yield self.login(b, "bob", FileSession())
         yield seen
-        self.assertGreater(a.fileLimit("bob"), 0)
+        self.assertEqual(a.fileLimit("bob"), REMOTE_FILE_LIMIT)
+        self.assertEqual(IFileReceiver(a.sessionFor("bob")).maxFileSize, REMOTE_FILE_LIMIT)
         taken = yield a.sendFile(alice, "bob", "a.txt", b"\x00\xffdata")
         self.assertTrue(taken)
         self.assertEqual(bob.files, [("alice", "a.txt", b"\x00\xffdata")])
+        # Handed to the session protocols see (as MSRP does), the same.
+        taken = yield a.sessionFor("bob").deliverFile("alice", "b.txt", b"b")
+        self.assertTrue(taken)
+        self.assertEqual(bob.files[-1], ("alice", "b.txt", b"b"))
+        del bob.files[-1]
         # Too large for the receiver itself: not taken, and the sender knows.
         taken = yield a.sendFile(alice, "bob", "big.bin", b"x" * 101)
         self.assertFalse(taken)

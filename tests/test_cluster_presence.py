@@ -9,7 +9,7 @@ import itertools
 import os
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from chatd.cluster.presence import (
@@ -482,7 +482,11 @@ class URLTests(TestCase):
         unix = parseClusterURL("unix:///run/redis.sock?db=3")
         self.assertEqual((unix.kind, unix.path, unix.db), ("unix", "/run/redis.sock", 3))
         self.assertEqual(parseClusterURL("redis+unix:///r.sock").path, "/r.sock")
-        for bad in ["http://h", "redis://", "redis://h/x", "unix://", "redis://h:99999"]:
+        self.assertEqual(parseClusterURL("rediss://h/0?ca=/etc/ca.pem").ca, "/etc/ca.pem")
+        for bad in [
+            "http://h", "redis://", "redis://h/x", "unix://", "redis://h:99999",
+            "redis://h/0?ca=/etc/ca.pem",
+        ]:
             self.assertRaises(ValueError, parseClusterURL, bad)
 
     @defer.inlineCallbacks
@@ -496,3 +500,51 @@ class URLTests(TestCase):
         yield connection.whenConnected()
         yield connection.redis.set("unix:probe", "1")
         self.assertEqual(redis.command("-n", "1", "GET", "unix:probe").strip(), "1")
+
+
+class TLSTests(TestCase):
+    """rediss://: a node talks to a Redis that only speaks TLS."""
+
+    def setUp(self) -> None:
+        import shutil
+        import subprocess
+
+        from chatd.testservers import _waitForPort, freePort
+        from tests.tls import makePKI
+
+        program = shutil.which("redis-server")
+        if program is None:
+            raise SkipTest("redis-server is not installed")
+        directory = os.path.abspath(self.mktemp())
+        self.pki = makePKI(os.path.join(directory, "pki"))
+        self.port = freePort()
+        self.process = subprocess.Popen(
+            [
+                program, "--port", "0", "--tls-port", str(self.port),
+                "--bind", "127.0.0.1", "--tls-cert-file", self.pki.cert,
+                "--tls-key-file", self.pki.key, "--tls-auth-clients", "no",
+                "--save", "", "--appendonly", "no", "--dir", directory,
+                "--logfile", os.path.join(directory, "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(self.process.wait)
+        self.addCleanup(self.process.kill)
+        _waitForPort(self.port, self.process, "redis-server (TLS)")
+
+    @defer.inlineCallbacks
+    def test_loginOverTLS(self):
+        url = f"rediss://localhost:{self.port}/0?ca={self.pki.root}"
+        presence = ClusterPresenceService(
+            ClusterConnection(parseClusterURL(url), "tls", "tls:"), clock=task.Clock()
+        )
+        presence.startService()
+        self.addCleanup(presence.stopService)
+        yield presence.whenReady()
+        session = WaitingSession()
+        info = yield presence.login(session, "alice", "127.0.0.1")
+        self.assertEqual(info.name, "alice")
+        stored = yield presence.connection.redis.hget("tls:names", "alice")
+        self.assertIn('"node":"tls"', stored)

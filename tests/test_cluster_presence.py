@@ -15,6 +15,7 @@ from zope.interface import implementer
 from chatd.cluster.presence import (
     REMOTE_FILE_LIMIT,
     ClusterPresenceService,
+    ClusterUnavailable,
     RemoteSession,
     notDeliveredText,
 )
@@ -276,6 +277,9 @@ class ClaimTests(ClusterTestCase):
         yield gone
         self.assertEqual(b.users(), [])
         self.assertEqual(self.redis.command("HLEN", self.prefix + "names").strip(), "0")
+        # A stopped node claims nothing more.
+        failure = yield self.assertFailure(self.login(a, "carol"), ClusterUnavailable)
+        self.assertEqual(str(failure), "the cluster cannot be reached")
 
 
 class ReclaimTests(ClusterTestCase):

@@ -179,7 +179,6 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         self._seq = 0
         # Events that arrive while the directory loads, applied after it.
         self._buffer: list[dict] | None = []
-        self._loading = False
         self._ready = defer.Deferred()
         self._pending: set[IChatSession] = set()
         self._files: dict[str, tuple[defer.Deferred, str]] = {}
@@ -472,7 +471,9 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             )
         if not authenticated and self.isProtectedName(name):
             raise NameProtected(f"the name {name} belongs to a registered account")
-        if not self.connection.connected or not self._ready.called:
+        if not self.connection.connected or not self._ready.called or self._stopping:
+            # A name claimed now could not be checked (or, while this node
+            # stops, would outlive it in Redis).
             raise ClusterUnavailable("the cluster cannot be reached")
         return key, skeleton
 

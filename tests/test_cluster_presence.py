@@ -9,10 +9,16 @@ import itertools
 import os
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from chatd.cluster.presence import ClusterPresenceService, notDeliveredText
+from chatd.cluster.presence import (
+    REMOTE_FILE_LIMIT,
+    ClusterPresenceService,
+    ClusterUnavailable,
+    RemoteSession,
+    notDeliveredText,
+)
 from chatd.cluster.redis import ClusterConnection, parseClusterURL
 from chatd.metrics import ChatdMetrics
 from chatd.presence import (
@@ -141,7 +147,12 @@ class ClaimTests(ClusterTestCase):
         info = yield seen
         self.assertEqual(info, UserInfo("alice", "protobuf", "127.0.0.1", "ACTIVO"))
         self.assertEqual(b.lookup("ALICE"), info)
-        self.assertIsNone(b.sessionFor("alice"))
+        # Protocols see a user of another protocol, reached through b.
+        remote = b.sessionFor("alice")
+        self.assertIsInstance(remote, RemoteSession)
+        self.assertEqual(remote.protocolName, "protobuf")
+        self.assertEqual(remote.maxFileSize, 0)  # a WaitingSession takes no files
+        self.assertIsNone(b.infoFor(remote))
         failure = yield self.assertFailure(self.login(b, "Alice"), NameInUse)
         self.assertEqual(str(failure), "the name Alice is already online")
 
@@ -266,6 +277,9 @@ class ClaimTests(ClusterTestCase):
         yield gone
         self.assertEqual(b.users(), [])
         self.assertEqual(self.redis.command("HLEN", self.prefix + "names").strip(), "0")
+        # A stopped node claims nothing more.
+        failure = yield self.assertFailure(self.login(a, "carol"), ClusterUnavailable)
+        self.assertEqual(str(failure), "the cluster cannot be reached")
 
 
 class ReclaimTests(ClusterTestCase):
@@ -445,10 +459,16 @@ class RoutingTests(ClusterTestCase):
         alice = yield self.login(a, "alice")
         bob = yield self.login(b, "bob", FileSession())
         yield seen
-        self.assertGreater(a.fileLimit("bob"), 0)
+        self.assertEqual(a.fileLimit("bob"), REMOTE_FILE_LIMIT)
+        self.assertEqual(IFileReceiver(a.sessionFor("bob")).maxFileSize, REMOTE_FILE_LIMIT)
         taken = yield a.sendFile(alice, "bob", "a.txt", b"\x00\xffdata")
         self.assertTrue(taken)
         self.assertEqual(bob.files, [("alice", "a.txt", b"\x00\xffdata")])
+        # Handed to the session protocols see (as MSRP does), the same.
+        taken = yield a.sessionFor("bob").deliverFile("alice", "b.txt", b"b")
+        self.assertTrue(taken)
+        self.assertEqual(bob.files[-1], ("alice", "b.txt", b"b"))
+        del bob.files[-1]
         # Too large for the receiver itself: not taken, and the sender knows.
         taken = yield a.sendFile(alice, "bob", "big.bin", b"x" * 101)
         self.assertFalse(taken)
@@ -466,7 +486,11 @@ class URLTests(TestCase):
         unix = parseClusterURL("unix:///run/redis.sock?db=3")
         self.assertEqual((unix.kind, unix.path, unix.db), ("unix", "/run/redis.sock", 3))
         self.assertEqual(parseClusterURL("redis+unix:///r.sock").path, "/r.sock")
-        for bad in ["http://h", "redis://", "redis://h/x", "unix://", "redis://h:99999"]:
+        self.assertEqual(parseClusterURL("rediss://h/0?ca=/etc/ca.pem").ca, "/etc/ca.pem")
+        for bad in [
+            "http://h", "redis://", "redis://h/x", "unix://", "redis://h:99999",
+            "redis://h/0?ca=/etc/ca.pem",
+        ]:
             self.assertRaises(ValueError, parseClusterURL, bad)
 
     @defer.inlineCallbacks
@@ -480,3 +504,51 @@ class URLTests(TestCase):
         yield connection.whenConnected()
         yield connection.redis.set("unix:probe", "1")
         self.assertEqual(redis.command("-n", "1", "GET", "unix:probe").strip(), "1")
+
+
+class TLSTests(TestCase):
+    """rediss://: a node talks to a Redis that only speaks TLS."""
+
+    def setUp(self) -> None:
+        import shutil
+        import subprocess
+
+        from chatd.testservers import _waitForPort, freePort
+        from tests.tls import makePKI
+
+        program = shutil.which("redis-server")
+        if program is None:
+            raise SkipTest("redis-server is not installed")
+        directory = os.path.abspath(self.mktemp())
+        self.pki = makePKI(os.path.join(directory, "pki"))
+        self.port = freePort()
+        self.process = subprocess.Popen(
+            [
+                program, "--port", "0", "--tls-port", str(self.port),
+                "--bind", "127.0.0.1", "--tls-cert-file", self.pki.cert,
+                "--tls-key-file", self.pki.key, "--tls-auth-clients", "no",
+                "--save", "", "--appendonly", "no", "--dir", directory,
+                "--logfile", os.path.join(directory, "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(self.process.wait)
+        self.addCleanup(self.process.kill)
+        _waitForPort(self.port, self.process, "redis-server (TLS)")
+
+    @defer.inlineCallbacks
+    def test_loginOverTLS(self):
+        url = f"rediss://localhost:{self.port}/0?ca={self.pki.root}"
+        presence = ClusterPresenceService(
+            ClusterConnection(parseClusterURL(url), "tls", "tls:"), clock=task.Clock()
+        )
+        presence.startService()
+        self.addCleanup(presence.stopService)
+        yield presence.whenReady()
+        session = WaitingSession()
+        info = yield presence.login(session, "alice", "127.0.0.1")
+        self.assertEqual(info.name, "alice")
+        stored = yield presence.connection.redis.hget("tls:names", "alice")
+        self.assertIn('"node":"tls"', stored)

@@ -89,11 +89,16 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         yield self.startNode("b")
         self.assertIn(b"cluster node a ready", self.servers["a"].output)
         users = {}
-        for node, protocolName, name in [
-            ("a", "protobuf", "pepa"), ("a", "msrp", "mara"), ("a", "msgr", "luna"),
-            ("b", "protobuf", "pepb"), ("b", "msrp", "marb"), ("b", "msgr", "lunb"),
+        inboxes = {name: os.path.join(self.directory, f"inbox-{name}") for name in ("mara", "lunb")}
+        for node, protocolName, name, *args in [
+            ("a", "protobuf", "pepa"),
+            ("a", "msrp", "mara", "--save-dir", inboxes["mara"], "--ack-wait", "0"),
+            ("a", "msgr", "luna"),
+            ("b", "protobuf", "pepb"),
+            ("b", "msrp", "marb"),
+            ("b", "msgr", "lunb", "--save-dir", inboxes["lunb"]),
         ]:
-            users[name] = (node, (yield self.on(node, protocolName, name)))
+            users[name] = (node, (yield self.on(node, protocolName, name, *args)))
         # Every user writes to every user of the other node.
         for sender, (node, process) in users.items():
             for receiver, (other, _) in users.items():
@@ -103,6 +108,16 @@ class TwoNodeTests(ClientTestMixin, TestCase):
             for sender, (other, _) in users.items():
                 if other != node:
                     yield process.waitFor(f"[{sender}] de {sender} a {receiver}")
+        # Whole files across nodes, both ways between MSRP and MSGR.
+        for sender, receiver in [("mara", "lunb"), ("lunb", "mara")]:
+            path = os.path.join(self.directory, f"de-{sender}.txt")
+            with open(path, "wb") as f:
+                f.write(f"hola desde {sender}\n".encode())
+            users[sender][1].write(f"send {receiver} {path}\n")
+            yield users[receiver][1].waitFor(f"[{sender}] file de-{sender}.txt")
+        yield users["lunb"][1].waitFor("* sent de-lunb.txt to mara")
+        self.assertEqual(self.saved(inboxes["lunb"]), {"de-mara.txt": b"hola desde mara\n"})
+        self.assertEqual(self.saved(inboxes["mara"]), {"de-lunb.txt": b"hola desde lunb\n"})
         # A name is one name across the cluster.
         self.ports = self.nodes["b"]
         taken = yield self.script("protobuf", "", "--name", "PEPA")

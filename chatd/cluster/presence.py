@@ -12,7 +12,8 @@ to date from Redis:
     in Redis' order;
   - the replica holds remote users as entries without a session, so
     C{users()}, C{lookup()}, C{lookalike()} and C{infoFor()} stay local and
-    synchronous, and C{sessionFor()} of a remote user is C{None};
+    synchronous; C{sessionFor()} of a remote user is a L{RemoteSession},
+    which protocols treat as a user of another protocol;
   - a message to a remote user is published on its node's channel and
     delivered there; a broadcast is published once on the broadcast
     channel. Messages between local users never touch Redis.
@@ -85,6 +86,40 @@ class _RemoteEntry(_Entry):
         self.seq = seq
 
 
+@implementer(IChatSession, IFileReceiver)
+class RemoteSession:
+    """
+    A user of another node, as C{sessionFor} shows it to protocols: it is
+    no connection of this process, so a protocol that asks treats it as a
+    user of another protocol and goes through the presence service's
+    C{sendMessage} and C{sendFile}, which route it to that node. Handed a
+    message or file directly, it routes it the same way.
+    """
+
+    def __init__(self, presence: "ClusterPresenceService", entry: _RemoteEntry) -> None:
+        self._presence = presence
+        self._entry = entry
+        self.protocolName = entry.info.protocol
+
+    @property
+    def maxFileSize(self) -> int:
+        return self._presence._fileLimit(self._entry)
+
+    def deliverMessage(self, message: ChatMessage) -> None:
+        self._presence._forward(self._entry, message.sender, message.text)
+
+    def deliverFile(self, sender: str, filename: str, content: bytes):
+        return self._presence._forwardFile(self._entry, sender, filename, content)
+
+    def disconnect(self, reason: str) -> None:
+        # Only its own node can close its connection; nothing asks today.
+        self._presence.log.info(
+            "cluster: cannot disconnect {user}, a user of node {node}",
+            user=self._entry.info.name,
+            node=self._entry.node,
+        )
+
+
 class _LocalEntry(_Entry):
     __slots__ = ("seq",)
 
@@ -144,7 +179,6 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         self._seq = 0
         # Events that arrive while the directory loads, applied after it.
         self._buffer: list[dict] | None = []
-        self._loading = False
         self._ready = defer.Deferred()
         self._pending: set[IChatSession] = set()
         self._files: dict[str, tuple[defer.Deferred, str]] = {}
@@ -437,7 +471,9 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             )
         if not authenticated and self.isProtectedName(name):
             raise NameProtected(f"the name {name} belongs to a registered account")
-        if not self.connection.connected or not self._ready.called:
+        if not self.connection.connected or not self._ready.called or self._stopping:
+            # A name claimed now could not be checked (or, while this node
+            # stops, would outlive it in Redis).
             raise ClusterUnavailable("the cluster cannot be reached")
         return key, skeleton
 
@@ -595,20 +631,30 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             return count + len(remote)
         target = self._byName.get(key)
         if isinstance(target, _RemoteEntry):
-            self._publish(
-                self.connection.key("to", target.node),
-                {
-                    "t": "msg",
-                    "from": self.nodeId,
-                    "sender": source.info.name,
-                    "receiver": target.info.name,
-                    "text": text,
-                },
-            )
+            self._forward(target, source.info.name, text)
             self._routed[source.info.protocol][target.info.protocol] += 1
-            self.clusterMetrics.remoteSent += 1
             return 1
         return InMemoryPresenceService.sendMessage(self, sender, receiver, text)
+
+    def sessionFor(self, name: str) -> IChatSession | None:
+        entry = self._byName.get(nameKey(name))
+        if isinstance(entry, _RemoteEntry):
+            return RemoteSession(self, entry)
+        return None if entry is None else entry.session
+
+    def _forward(self, target: _RemoteEntry, sender: str, text: str) -> None:
+        """Publish a message for C{target} on its node's channel."""
+        self._publish(
+            self.connection.key("to", target.node),
+            {
+                "t": "msg",
+                "from": self.nodeId,
+                "sender": sender,
+                "receiver": target.info.name,
+                "text": text,
+            },
+        )
+        self.clusterMetrics.remoteSent += 1
 
     def _broadcastLocally(self, source, text: str) -> int:
         message = ChatMessage(source.info.name, BROADCAST, text)
@@ -718,6 +764,17 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             raise FilesNotAccepted(
                 f"{target.info.name} accepts files of at most {limit} bytes"
             )
+        taken = self._forwardFile(target, source.info.name, filename, content)
+        self.metrics.fileRelayed(source.info.protocol, target.info.protocol, len(content))
+        return taken
+
+    def _forwardFile(
+        self, target: _RemoteEntry, sender: str, filename: str, content: bytes
+    ) -> defer.Deferred:
+        """
+        Publish a whole file for C{target} on its node's channel; the
+        Deferred fires with whether the receiver took it.
+        """
         fileId = f"{self.nodeId}/{next(self._fileIds)}"
         taken = defer.Deferred()
         self._files[fileId] = (taken, target.key)
@@ -727,13 +784,12 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 "t": "file",
                 "id": fileId,
                 "from": self.nodeId,
-                "sender": source.info.name,
+                "sender": sender,
                 "receiver": target.info.name,
                 "filename": filename,
                 "content": base64.b64encode(content).decode("ascii"),
             },
         )
-        self.metrics.fileRelayed(source.info.protocol, target.info.protocol, len(content))
         self.clusterMetrics.remoteSent += 1
         return taken
 

@@ -29,7 +29,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
 from chatd.cluster import DEFAULT_PREFIX
@@ -56,6 +56,8 @@ class ClusterAddress:
     db: int = 0
     password: str | None = None
     username: str | None = None
+    #: C{rediss://}: a PEM file of the CA to trust instead of the system's.
+    ca: str | None = None
 
     def describe(self) -> str:
         """The address without its password, for logs."""
@@ -71,8 +73,9 @@ def parseClusterURL(url: str) -> ClusterAddress:
     Read a C{--cluster} URL:
 
       - C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]}, plain TCP;
-      - C{rediss://…}, the same over TLS (the server's certificate is
-        checked against the system's CAs and HOST);
+      - C{rediss://…[?ca=PEM]}, the same over TLS (the server's
+        certificate is checked against HOST and the system's CAs, or the CA
+        of the PEM file C{ca});
       - C{unix:///PATH[?db=DB]} (also C{redis+unix://}), a Unix socket.
 
     @raise ValueError: with the reason, for anything else.
@@ -104,6 +107,9 @@ def parseClusterURL(url: str) -> ClusterAddress:
         raise ValueError(f"{url!r} has a bad port") from None
     path = parts.path.strip("/")
     db = _db(path or query.get("db", ["0"])[0], url)
+    ca = query.get("ca", [None])[0]
+    if ca is not None and scheme != "rediss":
+        raise ValueError(f"{url!r}: ca= is for rediss:// only")
     return ClusterAddress(
         "tls" if scheme == "rediss" else "tcp",
         host=parts.hostname,
@@ -111,6 +117,7 @@ def parseClusterURL(url: str) -> ClusterAddress:
         db=db,
         password=password,
         username=username,
+        ca=ca,
     )
 
 
@@ -135,7 +142,13 @@ def clientEndpoint(reactor, address: ClusterAddress):
         return UNIXClientEndpoint(reactor, address.path, timeout=10)
     endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=10)
     if address.kind == "tls":
-        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+        trustRoot = None
+        if address.ca is not None:
+            with open(address.ca, "rb") as f:
+                trustRoot = Certificate.loadPEM(f.read())
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(address.host, trustRoot=trustRoot), endpoint
+        )
     return endpoint
 
 

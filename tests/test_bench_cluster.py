@@ -93,6 +93,8 @@ class ScenarioSevenTests(SynchronousTestCase):
         for key in ("same", "split", "same_paced", "split_paced"):
             self.assertEqual(set(out[key]["processes"]), {"b", "redis"})
             self.assertIn("redis_us_per_msg", out[key])
+        self.assertIn("cpu_per_msg_ratio", out)
+        self.assertIn("cpu_per_msg_ratio_paced", out)
         for key in ("same_paced", "split_paced"):
             latency = out[key]["latency_ms"]
             self.assertEqual(latency["samples"], out[key]["total_delivered"])

@@ -8,8 +8,10 @@ Each scenario starts its own server (and baseline), drives it with
 C{chatd.loadgen} worker processes, and stops it. The figures go to a table
 on stdout, to C{DIR/latest.json} and a timestamped copy, and to a chart
 (C{docs/bench.png} for a full run, C{DIR/latest-quick.png} for C{--quick}).
-C{--profile} also samples the server with py-spy during scenario 1 and
-writes the hottest functions to C{DIR/profile-*.txt}.
+C{--profile} also samples the server with py-spy during scenario 1 (and
+both nodes during scenario 7's pairs across nodes) and writes the hottest
+functions to C{DIR/profile-*.txt}. Scenario 7 starts its own redis-server
+(installed with apt-get when missing and root, as socat is for scenario 5).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,7 +43,9 @@ from chatd.harness import (  # noqa: E402
     chatdCommand,
     chatdOptions,
     machineBusySeconds,
+    readStats,
 )
+from chatd.testservers import RedisServer  # noqa: E402
 
 #: Every listener on a free loopback port; a long backlog, so that
 #: thousands of connections at once are not dropped and retried.
@@ -58,6 +64,10 @@ SIZES = {
         "idle": {"protobuf": 7000, "msrp": 2500, "msgr": 500}, "hold": 3.0,
         "file_bytes": 1 << 30,
         "msgr_duration": 5.0, "msgr_pairs": 20, "cross_pairs": 5,
+        # Scenario 7: the cluster.
+        "cluster_pairs": 100, "cluster_window": 64, "cluster_warmup": 1.0,
+        "cluster_duration": 5.0, "cluster_rate": 5000.0, "cluster_rate_duration": 5.0,
+        "cluster_file_bytes": 256 << 20, "redis_publishes": 1_000_000,
     },
     "quick": {
         "pairs": 100, "window": 64, "warmup": 0.5, "duration": 1.5,
@@ -67,6 +77,9 @@ SIZES = {
         "idle": {"protobuf": 700, "msrp": 250, "msgr": 50}, "hold": 0.5,
         "file_bytes": 128 << 20,
         "msgr_duration": 1.5, "msgr_pairs": 20, "cross_pairs": 5,
+        "cluster_pairs": 100, "cluster_window": 64, "cluster_warmup": 0.5,
+        "cluster_duration": 1.5, "cluster_rate": 5000.0, "cluster_rate_duration": 1.5,
+        "cluster_file_bytes": 64 << 20, "redis_publishes": 200_000,
     },
 }
 
@@ -77,6 +90,20 @@ TARGET_KIB_4 = 10.0
 TARGET_SESSIONS_4 = 10000
 TARGET_RATIO_5 = 0.6
 TARGET_PEAK_5_MIB = 32.0
+
+#: The targets of issue 16 (scenario 7): a cross-node message costs the
+#: nodes at most twice the CPU of a same-node one; cross-node p99 at 5,000
+#: messages a second; a cross-node file at 30% of a same-node one's rate,
+#: each node's RSS growing less than 32 MiB.
+TARGET_CPU_RATIO_7 = 2.0
+TARGET_P99_7_MS = 10.0
+TARGET_FILE_RATIO_7 = 0.3
+TARGET_PEAK_7_MIB = 32.0
+
+#: How long scenario 7's receiver waits for a file's header: longer means
+#: the server refused the file to its sender (the build does not carry
+#: large files across nodes).
+FILE_HEADER_TIMEOUT_7 = 5.0
 
 #: A measurement during which other processes used more than this (percent
 #: of one core) is run again (--retries), the machine permitting.
@@ -303,6 +330,153 @@ class Bench:
             )
         return out
 
+    def clusterNode(self, name: str, redis: RedisServer, prefix: str, nodeId: str) -> ServerProcess:
+        """A node of scenario 7's cluster: protobuf and MSRP, on C{redis}."""
+        return self.chatd(
+            name,
+            {
+                "protobuf": ENDPOINT, "msrp": ENDPOINT, "http": OFF, "msgr": OFF, "db": OFF,
+                "cluster": redis.url, "cluster-prefix": prefix, "node-id": nodeId,
+                "metrics": ENDPOINT,
+            },
+            ["protobuf", "msrp", "metrics"],
+        )
+
+    def scenario7(self) -> dict:
+        """
+        The cluster: the same pipelined pairs on one process without
+        --cluster (for reference), on one node with --cluster, and on two
+        nodes with every pair on one node or every pair across the two;
+        then paced at 5,000 messages a second across and within nodes; then
+        an MSRP file within a node and across nodes.
+        """
+        s = self.size
+        if "cluster" not in self.known:
+            return {"unsupported": "this chatd has no --cluster"}
+        program = findProgram("redis-server", "redis-server", "the cluster of scenario 7")
+        if program is None:
+            raise RuntimeError("redis-server is not installed, and cannot be installed (not root)")
+        redis = RedisServer(program)
+        redis.start()
+        watched = {"redis": redis.process.pid}
+        out: dict = {"redis_version": programVersion(program)}
+        # Threads instead of worker processes: the tests' tiny runs.
+        threads = s.get("threads", False)
+        pipelined = dict(
+            count=s["cluster_pairs"], window=s["cluster_window"], warmup=s["cluster_warmup"],
+            duration=s["cluster_duration"], threads=threads,
+        )
+        paced = dict(
+            count=s["cluster_pairs"], rate=s["cluster_rate"], mode="all", workers=1,
+            warmup=s["cluster_warmup"], duration=s["cluster_rate_duration"], threads=threads,
+        )
+        try:
+            with self.protobufOnly("s7-embedded", "raw") as server:
+                out["embedded"] = self.measure(
+                    scenarios.pairs, self.target(server), prefix="e", **pipelined
+                )
+            with self.clusterNode("s7-one", redis, "bench7one:", "one") as one:
+                out["one_node"] = self.measure(
+                    scenarios.pairs, self.target(one), prefix="o", processes=watched,
+                    settle=lambda users: waitDirectory([one], users), **pipelined
+                )
+            with self.clusterNode("s7-a", redis, "bench7:", "a") as a, \
+                    self.clusterNode("s7-b", redis, "bench7:", "b") as b:
+                nodes = [self.target(a), self.target(b)]
+                both = {"b": b.pid, **watched}
+
+                def settle(users: int) -> None:
+                    waitDirectory([a, b], users)
+
+                runs = [(layout, 2, pipelined, "x") for layout in scenarios.LAYOUTS]
+                runs += [(layout, 1, paced, "r") for layout in scenarios.LAYOUTS]
+                for layout, workers, figures, letter in runs:
+                    # Each run starts once the last one's users are gone
+                    # from every node's directory.
+                    settle(0)
+                    senders, receivers = scenarios.clusterLayout(nodes, layout, workers)
+                    out[layout + ("_paced" if letter == "r" else "")] = self.measure(
+                        scenarios.pairs, nodes[0], prefix=f"{layout[:2]}{letter}",
+                        senderTargets=senders, receiverTargets=receivers, processes=both,
+                        settle=settle, **figures,
+                    )
+                if self.args.profile:
+                    settle(0)
+                    senders, receivers = scenarios.clusterLayout(nodes, "split", 2)
+                    out["profile_split"] = self.sampleMany(
+                        {"s7-split-a": a.pid, "s7-split-b": b.pid},
+                        lambda: scenarios.pairs(
+                            nodes[0], prefix="pfx", senderTargets=senders,
+                            receiverTargets=receivers, settle=settle, **pipelined,
+                        ),
+                    )
+                settle(0)
+                out["files"] = self.clusterFiles(nodes, settle)
+            out["redis_benchmark"] = redisPublishRate(redis, s.get("redis_publishes", 100_000))
+        finally:
+            redis.cleanup()
+        for key in ("embedded", "one_node", *scenarios.LAYOUTS, "same_paced", "split_paced"):
+            out[key].update(clusterCosts(out[key]))
+        same, split = out["same"], out["split"]
+        out["cpu_per_msg_ratio"] = (
+            same["msgs_per_cpu_s"] / split["msgs_per_cpu_s"] if split.get("msgs_per_cpu_s") else None
+        )
+        # The same ratio at the paced rate, where neither layout batches
+        # (one message per read): shown, not a target.
+        same, split = out["same_paced"], out["split_paced"]
+        out["cpu_per_msg_ratio_paced"] = (
+            same["msgs_per_cpu_s"] / split["msgs_per_cpu_s"]
+            if split.get("msgs_per_cpu_s") and same.get("msgs_per_cpu_s") else None
+        )
+        self.addTarget(
+            "7", "cross-node CPU per message vs same-node", out["cpu_per_msg_ratio"], "<=",
+            TARGET_CPU_RATIO_7, "ratio",
+        )
+        self.addTarget(
+            "7", f"cross-node p99 at {s['cluster_rate']:.0f} msg/s",
+            out["split_paced"]["latency_ms"].get("p99"), "<", TARGET_P99_7_MS, "ms",
+        )
+        files = out["files"]
+        if files.get("supported"):
+            self.addTarget(
+                "7", f"cross-node {files['bytes'] >> 20} MiB file: MB/s vs same-node",
+                files["ratio"], ">=", TARGET_FILE_RATIO_7, "ratio",
+            )
+            for node, figures in files["cross_node"]["servers"].items():
+                self.addTarget(
+                    "7", f"cross-node file: {node.replace('_', ' ')} peak RSS growth",
+                    figures["peak_growth_mib"], "<", TARGET_PEAK_7_MIB, "MiB",
+                )
+        else:
+            self.results["warnings"].append(
+                f"scenario 7: the cross-node file was not measured: {files['not_supported']}"
+            )
+        return out
+
+    def clusterFiles(self, nodes: list, settle) -> dict:
+        """
+        Scenario 7's MSRP file within node A, then from A to B. A build
+        that does not carry such a file across nodes refuses it to the
+        sender: then the result says so (C{supported} false, and why).
+        """
+        size = self.size["cluster_file_bytes"]
+        threads = self.size.get("threads", False)
+        out = {"bytes": size}
+        out["same_node"] = scenarios.fileTransfer(nodes[0], size, settle=settle, threads=threads)
+        settle(0)
+        out["cross_node"] = scenarios.fileTransfer(
+            nodes[0], size, receiverTarget=nodes[1], headerTimeout=FILE_HEADER_TIMEOUT_7,
+            settle=settle, threads=threads,
+        )
+        refused = out["cross_node"].get("refused")
+        if refused is not None:
+            out["supported"] = False
+            out["not_supported"] = f"not supported by this build (the sender got: {refused})"
+        else:
+            out["supported"] = True
+            out["ratio"] = out["cross_node"]["mb_per_s"] / out["same_node"]["mb_per_s"]
+        return out
+
     def measure(self, scenario, *args, **kwargs) -> dict:
         """
         Run C{scenario}; while other processes took more than
@@ -357,30 +531,52 @@ class Bench:
 
     def profile(self, server: ServerProcess, framing: str, common: dict) -> dict:
         """Sample the server with py-spy during another run of scenario 1."""
+        return self.sample(
+            server.pid, f"s1-{framing}",
+            lambda: scenarios.pairs(self.target(server, framing), prefix="x", **common),
+        )
+
+    def sample(self, pid: int, name: str, run) -> dict:
+        """Sample process C{pid} with py-spy while C{run()} runs."""
+        return self.sampleMany({name: pid}, run)[name]
+
+    def sampleMany(self, pids: dict[str, int], run) -> dict:
+        """
+        Sample each of C{pids} (name to process id) with py-spy while
+        C{run()} runs; a summary per name.
+        """
         pyspy = os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.path.exists(pyspy):
-            return {"error": "py-spy is not installed (pip install '.[bench]')"}
-        raw = os.path.join(self.output, f"profile-s1-{framing}.raw")
+            return {name: {"error": "py-spy is not installed (pip install '.[bench]')"} for name in pids}
+        raws = {name: os.path.join(self.output, f"profile-{name}.raw") for name in pids}
         # py-spy samples from before the logins to after the drain (the
         # logins take a fraction of a second of the run); SIGINT stops it,
         # and it writes what it has.
-        recorder = subprocess.Popen(
-            [pyspy, "record", "--pid", str(server.pid), "--duration", "600",
-             "--rate", "200", "--function", "--format", "raw", "--output", raw],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        recorders = {
+            name: subprocess.Popen(
+                [pyspy, "record", "--pid", str(pid), "--duration", "600",
+                 "--rate", "200", "--function", "--format", "raw", "--output", raws[name]],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            for name, pid in pids.items()
+        }
         try:
-            run = scenarios.pairs(self.target(server, framing), prefix="x", **common)
+            result = run()
         finally:
-            recorder.send_signal(signal.SIGINT)
-        _, error = recorder.communicate(timeout=120)
-        if recorder.returncode != 0 or not os.path.exists(raw):
-            return {"error": error.decode("utf-8", "replace")[-500:]}
-        table = summarizeProfile(raw)
-        path = os.path.join(self.output, f"profile-s1-{framing}.txt")
-        with open(path, "w") as f:
-            f.write(table["text"])
-        return {"msgs_per_s_while_sampled": run["msgs_per_s"], "top": table["top"], "file": path}
+            for recorder in recorders.values():
+                recorder.send_signal(signal.SIGINT)
+        out = {}
+        for name, recorder in recorders.items():
+            _, error = recorder.communicate(timeout=120)
+            if recorder.returncode != 0 or not os.path.exists(raws[name]):
+                out[name] = {"error": error.decode("utf-8", "replace")[-500:]}
+                continue
+            table = summarizeProfile(raws[name])
+            path = os.path.join(self.output, f"profile-{name}.txt")
+            with open(path, "w") as f:
+                f.write(table["text"])
+            out[name] = {"msgs_per_s_while_sampled": result["msgs_per_s"], "top": table["top"], "file": path}
+        return out
 
     # Targets.
 
@@ -389,6 +585,8 @@ class Bench:
             passed = False
         elif op == ">=":
             passed = value >= threshold
+        elif op == "<=":
+            passed = value <= threshold
         else:
             passed = value < threshold
         self.results["targets"].append(
@@ -404,7 +602,7 @@ class Bench:
         started = time.monotonic()
         self.results["meta"] = meta(self.quick, self.args.checkout)
         only = set(self.args.only.split(",")) if self.args.only else None
-        for number in ("1", "2", "3", "4", "5", "6"):
+        for number in ("1", "2", "3", "4", "5", "6", "7"):
             if only and number not in only:
                 continue
             quiet = waitQuiet(self.args.wait_quiet)
@@ -432,12 +630,17 @@ class Bench:
 
 def findSocat() -> str | None:
     """socat, installed with apt-get when missing and we are root."""
-    found = shutil.which("socat")
+    return findProgram("socat", "socat", "the baseline of scenario 5")
+
+
+def findProgram(command: str, package: str, why: str) -> str | None:
+    """C{command}, installed (Debian C{package}) with apt-get when missing and we are root."""
+    found = shutil.which(command)
     if found or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found
-    print("installing socat (the baseline of scenario 5) ...", flush=True)
-    for steps in ([["apt-get", "install", "-y", "-qq", "socat"]],
-                  [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "socat"]]):
+    print(f"installing {package} ({why}) ...", flush=True)
+    for steps in ([["apt-get", "install", "-y", "-qq", package]],
+                  [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]]):
         try:
             for step in steps:
                 subprocess.run(step, check=True, capture_output=True, timeout=300,
@@ -445,7 +648,116 @@ def findSocat() -> str | None:
             break
         except (subprocess.SubprocessError, OSError):
             continue
-    return shutil.which("socat")
+    return shutil.which(command)
+
+
+def directorySize(server: ServerProcess) -> int | None:
+    """How many users a cluster node's directory holds (its /metrics)."""
+    url = f"http://127.0.0.1:{server.ports['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        for line in response.read().decode("utf-8").splitlines():
+            if line.startswith("chatd_cluster_directory_users{"):
+                return int(float(line.rsplit(" ", 1)[1]))
+    return None
+
+
+def waitDirectory(servers: list[ServerProcess], users: int, timeout: float = 30.0) -> None:
+    """
+    Wait until every node's directory holds C{users} users: a node learns
+    of another's logins and logouts a moment after they happen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sizes = [directorySize(server) for server in servers]
+        if all(size == users for size in sizes):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the nodes' directories hold {sizes} users, not {users}")
+        time.sleep(0.02)
+
+
+#: What a message to another node looks like on its channel (JSON of this
+#: size: a 64-byte text, two names, the node), for redis-benchmark.
+PUBLISHED = (
+    '{"t": "msg", "from": "a", "sender": "pxs0001", "receiver": "pxr0001",'
+    ' "text": "' + "x" * 64 + '"}'
+)
+
+
+def redisPublishRate(redis: RedisServer, publishes: int) -> dict:
+    """
+    What one Redis core carries of scenario 7's traffic alone:
+    C{redis-benchmark} sending C{publishes} PUBLISHes of L{PUBLISHED}
+    (50 connections, 16 commands pipelined each) to a channel that one
+    C{redis-cli} subscribes to, so that Redis writes every message out once,
+    as it does for a node.
+    """
+    benchmark, cli = shutil.which("redis-benchmark"), shutil.which("redis-cli")
+    if not benchmark or not cli:
+        return {"error": "redis-benchmark or redis-cli is not installed (Debian redis-tools)"}
+    channel = "bench7:capacity"
+    subscriber = subprocess.Popen(
+        [cli, "-p", str(redis.port), "subscribe", channel],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while redis.command("pubsub", "numsub", channel).split()[-1] != "1":
+            if time.monotonic() > deadline:
+                return {"error": "redis-cli did not subscribe"}
+            time.sleep(0.02)
+        before = readStats(redis.process.pid)
+        output = subprocess.run(
+            [benchmark, "-p", str(redis.port), "-n", str(publishes), "-c", "50", "-P", "16",
+             "-q", "publish", channel, PUBLISHED],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+        after = readStats(redis.process.pid)
+    finally:
+        subscriber.kill()
+        subscriber.wait()
+    # "PUBLISH bench7:capacity ...: 812345.67 requests per second, p50=..."
+    found = re.search(r"([\d.]+) requests per second", output)
+    if found is None:
+        return {"error": output[-300:]}
+    cpu = after.cpu - before.cpu
+    return {
+        "publishes": publishes,
+        "publishes_per_s": float(found.group(1)),
+        "redis_cpu_us_per_publish": 1e6 * cpu / publishes,
+        "bytes": len(PUBLISHED),
+    }
+
+
+def programVersion(program: str) -> str | None:
+    """The first line of C{PROGRAM --version}."""
+    try:
+        return subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=10,
+        ).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def clusterCosts(result: dict) -> dict:
+    """
+    What a run of scenario 7 cost: the chatd processes' CPU (the server,
+    and node C{b} when there is one) and Redis' apart, in % of one core;
+    messages per CPU-second of the chatd processes; Redis' CPU
+    microseconds per message, and so how many such messages one Redis
+    core would carry.
+    """
+    processes = result.get("processes", {})
+    chatd = result["server"]["cpu_percent"] + processes.get("b", {}).get("cpu_percent", 0.0)
+    out = {"chatd_cpu_percent": chatd}
+    rate = result["msgs_per_s"]
+    out["msgs_per_cpu_s"] = rate / (chatd / 100.0) if chatd > 0 else None
+    if "redis" in processes:
+        redis = processes["redis"]["cpu_percent"]
+        out["redis_cpu_percent"] = redis
+        out["redis_us_per_msg"] = 1e6 * redis / 100.0 / rate if rate else None
+        out["redis_msgs_per_cpu_s"] = rate / (redis / 100.0) if redis > 0 else None
+    return out
 
 
 def speedProbe() -> float:
@@ -615,6 +927,54 @@ def rows(results: dict) -> list[list[str]]:
         r = s["cross"]
         out.append(["6", f"cross-protocol msg/s ({len(r['directions'])} directions, {'all' if r['ok'] else 'NOT all'} delivered)",
                     _fmt(r["msgs_per_s"]), "", "", lat(r, "p50"), lat(r, "p99"), *srv(r)])
+    if "7" in sc and "split" in sc["7"]:
+        s = sc["7"]
+        labels = {
+            "embedded": "1 process, no --cluster",
+            "one_node": "1 node (--cluster)",
+            "same": "2 nodes, pairs within a node",
+            "split": "2 nodes, pairs across nodes",
+        }
+        for key, label in labels.items():
+            r = s[key]
+            costs = f"{_fmt(r.get('msgs_per_cpu_s'))} per chatd CPU-s"
+            if "redis_cpu_percent" in r:
+                costs += f", Redis {_fmt(r['redis_cpu_percent'])}%"
+            cpu, rss, other = srv(r)
+            out.append(["7", f"{label}: msg/s ({costs})", _fmt(r["msgs_per_s"]),
+                        _fmt(s["same"]["msgs_per_cpu_s"]) if key == "split" else "",
+                        _fmt(s.get("cpu_per_msg_ratio"), 2) if key == "split" else "",
+                        lat(r, "p50"), lat(r, "p99"), _fmt(r["chatd_cpu_percent"]), rss, other])
+        for layout in ("same", "split"):
+            r = s[f"{layout}_paced"]
+            across = layout == "split"
+            cpu, rss, other = srv(r)
+            out.append(["7", f"  {labels[layout][9:]} at {_fmt(r['offered_per_s'])} msg/s"
+                        f" (max {_fmt(r['latency_ms'].get('max'), 1)} ms;"
+                        f" {_fmt(r.get('msgs_per_cpu_s'))} per chatd CPU-s)",
+                        _fmt(r["msgs_per_s"]),
+                        _fmt(s["same_paced"].get("msgs_per_cpu_s")) if across else "",
+                        _fmt(s.get("cpu_per_msg_ratio_paced"), 2) if across else "",
+                        lat(r, "p50"), lat(r, "p99"), _fmt(r.get("chatd_cpu_percent")), rss, other])
+        bench = s.get("redis_benchmark", {})
+        if "publishes_per_s" in bench:
+            out.append(["7", f"Redis alone: PUBLISH/s, 1 subscriber (redis-benchmark;"
+                        f" {bench['redis_cpu_us_per_publish']:.1f} µs of Redis CPU each)",
+                        _fmt(bench["publishes_per_s"]), "", "", "", "", "", "", ""])
+        files = s.get("files", {})
+        if "same_node" in files:
+            r = files["same_node"]
+            out.append(["7", f"MSRP {files['bytes'] >> 20} MiB file within a node: MB/s",
+                        _fmt(r.get("mb_per_s")), "", "", "", "",
+                        _fmt(r.get("server", {}).get("cpu_percent")),
+                        f"peak +{r['server']['peak_growth_mib']:.1f}" if "server" in r else "", ""])
+            if files.get("supported"):
+                r = files["cross_node"]
+                peaks = "/".join(f"+{v['peak_growth_mib']:.1f}" for v in r["servers"].values())
+                out.append(["7", "  across nodes: MB/s", _fmt(r["mb_per_s"]), _fmt(files["same_node"]["mb_per_s"]),
+                            _fmt(files["ratio"], 2), "", "", "", f"peak {peaks}", ""])
+            else:
+                out.append(["7", "  across nodes: not supported by this build", "-", "", "", "", "", "", "", ""])
     return out
 
 
@@ -707,6 +1067,14 @@ def chart(results: dict, path: str) -> str | None:
                         ("cross msg", s["cross"]["msgs_per_s"], False)],
                        [(k, s[k]["latency_ms"].get("p50"), s[k]["latency_ms"].get("p99"))
                         for k in ("http_logins", "socket", "cross")]))
+    if "7" in sc and "split" in sc["7"]:
+        s = sc["7"]
+        keys = (("embedded", "1 proc"), ("one_node", "1 node"), ("same", "within"), ("split", "across"))
+        panels.append(("7: cluster, msg per chatd CPU-s", "msg / CPU-s",
+                       [(label, s[key].get("msgs_per_cpu_s") or 0, key == "embedded") for key, label in keys],
+                       [(label, s[f"{layout}_paced"]["latency_ms"].get("p50"),
+                         s[f"{layout}_paced"]["latency_ms"].get("p99"))
+                        for layout, label in (("same", "within"), ("split", "across"))]))
     if not panels:
         return None
     fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.5), squeeze=False)
@@ -763,10 +1131,11 @@ def main(argv: list[str] | None = None) -> int:
         description="make bench: every scenario of docs/performance.md against a real"
         " twistd -n chatd on 127.0.0.1, with its baselines in the same run."
     )
-    parser.add_argument("--quick", action="store_true", help="the short run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="the short run (about a minute and a half)")
     parser.add_argument("--only", help="scenarios to run, e.g. 1,5")
     parser.add_argument("--profile", action="store_true",
-                        help="also sample the server with py-spy during scenario 1")
+                        help="also sample the server with py-spy during scenario 1, and both"
+                             " nodes during scenario 7's pairs across nodes")
     parser.add_argument("--output", default=os.path.join(HERE, "results"),
                         help="where the JSON, logs and profiles go (default: %(default)s)")
     parser.add_argument("--chart", help="the PNG chart (default: docs/bench.png, or OUTPUT/latest-quick.png)")

@@ -111,7 +111,15 @@ def send(sock: socket.socket, receiver: str, filename: str, size: int, via: str,
     raise AssertionError("unreachable")
 
 
-def receive(sock: socket.socket, filename: str, size: int, via: str, timeout: float, verify: bool = False) -> dict:
+def receive(
+    sock: socket.socket,
+    filename: str,
+    size: int,
+    via: str,
+    timeout: float,
+    verify: bool = False,
+    headerTimeout: float | None = None,
+) -> dict:
     """
     Read a file's header and its C{size} bytes, then send the ACK.
 
@@ -119,10 +127,13 @@ def receive(sock: socket.socket, filename: str, size: int, via: str, timeout: fl
     ACK).
 
     @param verify: keep the content and compare it with L{content}.
+    @param headerTimeout: give up when nothing came for this many seconds
+        before the header (the server may have refused the file to its
+        sender), C{timeout} if C{None}.
     @return: C{first_ns} (first content byte), C{last_ns}, C{bytes}, and
         C{intact} when verifying.
     """
-    sock.settimeout(timeout)
+    sock.settimeout(timeout if headerTimeout is None else headerTimeout)
     name = filename.encode("utf-8")
     decoder = msrp.MsrpFrameDecoder(fromServer=True)
     header = None
@@ -138,6 +149,7 @@ def receive(sock: socket.socket, filename: str, size: int, via: str, timeout: fl
                     if frame.filename != name or frame.size != size:
                         raise ConnectionError(f"unexpected file {frame!r}")
                     header = frame
+                    sock.settimeout(timeout)
                 elif isinstance(frame, msrp.FileChunk):
                     if first is None:
                         first = time.monotonic_ns()

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from chatd.harness import Watch, readStats, resetPeak
-from chatd.loadgen.worker import WorkerPool
+from chatd.harness import ProcessStats, Watch, readStats, resetPeak
+from chatd.loadgen.worker import WorkerError, WorkerPool
 
 _NS = 1_000_000_000
 # Base 33: digits and lower-case letters but 'l', 'm' and 'o', which look like
@@ -99,7 +99,7 @@ class ScenarioFailed(Exception):
 
 def _login(
     pool: WorkerPool,
-    target: Target,
+    target: "Target | list[Target]",
     group: str,
     protocol: str,
     namesPerWorker: list[list[str]],
@@ -108,12 +108,14 @@ def _login(
     afterTokens: Callable[[], None] | None = None,
 ) -> dict:
     """
-    Log C{namesPerWorker[i]} in from worker C{i}, as C{group}; MSGR names
-    log in over HTTP first (then C{afterTokens} is called). Returns
+    Log C{namesPerWorker[i]} in from worker C{i}, as C{group}, to
+    C{target} (or to C{target[i]}: a node of a cluster per worker); MSGR
+    names log in over HTTP first (then C{afterTokens} is called). Returns
     C{elapsed} (wall seconds of the whole step), C{http_elapsed},
     C{logged_in}, C{failed}, C{errors}.
     """
     start = time.monotonic()
+    targets = target if isinstance(target, list) else [target] * len(namesPerWorker)
     tokens: list[dict] = [{} for _ in namesPerWorker]
     errors: list[str] = []
     httpElapsed = 0.0
@@ -121,9 +123,11 @@ def _login(
     if protocol == "msgr":
         results = pool.callAll(
             "msgrTokens",
-            perWorker=[{"names": names} for names in namesPerWorker],
-            address=target.address("msgr-http"),
-            password=target.password,
+            perWorker=[
+                {"names": names, "address": targets[i].address("msgr-http")}
+                for i, names in enumerate(namesPerWorker)
+            ],
+            password=targets[0].password,
             timeout=timeout,
         )
         tokens = [r["tokens"] for r in results]
@@ -137,12 +141,12 @@ def _login(
     results = pool.callAll(
         "login",
         perWorker=[
-            {"names": names, "tokens": tokens[i]} for i, names in enumerate(namesPerWorker)
+            {"names": names, "tokens": tokens[i], "address": targets[i].address(label)}
+            for i, names in enumerate(namesPerWorker)
         ],
         group=group,
         protocol=protocol,
-        address=target.address(label),
-        framing=target.framing,
+        framing=targets[0].framing,
         concurrency=concurrency,
         timeout=timeout,
     )
@@ -179,22 +183,30 @@ def _measure(
     duration: float,
     drainTimeout: float = 30.0,
     broadcaster: int | None = None,
+    processes: dict[str, int] | None = None,
 ) -> dict:
-    """Run the workers' traffic and add everything up."""
+    """
+    Run the workers' traffic and add everything up. Besides the server
+    (C{target.pid}), the C{processes} (label to pid: another node of a
+    cluster, its Redis) are sampled too, each in C{result["processes"]}.
+    """
     # Every worker must have the command before the start.
     start = time.monotonic() + (0.02 if pool.threads else 0.2)
     warm = start + warmup
     end = warm + duration
     watch = Watch(target.pid) if target.pid else None
-    if watch:
-        watch.__enter__()
+    others = {label: Watch(pid) for label, pid in (processes or {}).items()}
+    for each in [watch, *others.values()]:
+        if each:
+            each.__enter__()
     try:
         runs = pool.callAll("run", start=start, warm=warm, end=end)
         expected = runs[broadcaster]["sent"] if broadcaster is not None else None
         drains = pool.callAll("drain", timeout=drainTimeout, expected=expected)
     finally:
-        if watch:
-            watch.__exit__(None, None, None)
+        for each in [watch, *others.values()]:
+            if each:
+                each.__exit__(None, None, None)
     windows = [d["window"] for d in drains]
     seconds = duration
     delivered = sum(w["delivered"] for w in windows)
@@ -220,6 +232,8 @@ def _measure(
     }
     if lags:
         result["send_lag_ms"] = percentiles(lags)
+    if others:
+        result["processes"] = {label: w.span(warm, end) for label, w in others.items()}
     if watch:
         result["server"] = watch.span(warm, end)
         # What neither the server nor the workers did: the kernel's
@@ -233,6 +247,7 @@ def _measure(
             server["machine_cpu_percent"]
             - server["interrupt_cpu_percent"]
             - server["cpu_percent"]
+            - sum(p["cpu_percent"] for p in result.get("processes", {}).values())
             - result["loadgen_cpu_percent"],
         )
     result["ok"] = result["error_count"] == 0 and not result["missing"] and not result["unanswered"]
@@ -259,12 +274,23 @@ def pairs(
     prefix: str = "p",
     threads: bool = False,
     attempt: int = 0,
+    senderTargets: list[Target] | None = None,
+    receiverTargets: list[Target] | None = None,
+    processes: dict[str, int] | None = None,
+    settle: Callable[[int], None] | None = None,
 ) -> dict:
     """
     Scenarios 1 and 2: C{count} sender/receiver pairs of C{protocol}
     (C{protobuf} or C{relay}) sending 64-byte texts: pipelined, C{window}
     messages in flight per pair; or, with C{rate}, paced at C{rate}
     messages a second in all, evenly spread.
+
+    Scenario 7 spreads them over the nodes of a cluster: worker C{i}'s
+    senders log in to C{senderTargets[i]} and its receivers to
+    C{receiverTargets[i]} (L{clusterLayout}); C{processes} are sampled
+    besides C{target}'s (L{_measure}). C{settle(users)} is called once
+    every session logged in: a node learns of another's logins a moment
+    later, so it waits until every node's directory has them.
 
     Each C{attempt} uses other names, so that running a scenario again
     never meets the names of the last run, which the server may still be
@@ -275,15 +301,19 @@ def pairs(
     receivers = [f"{prefix}r{i:04d}" for i in range(count)]
     senders = [f"{prefix}s{i:04d}" for i in range(count)]
     with WorkerPool(workers, threads) as pool:
-        _loginOrFail(pool, target, "recv", protocol, _split(receivers, workers))
-        logins = _loginOrFail(pool, target, "send", protocol, _split(senders, workers))
+        _loginOrFail(pool, receiverTargets or target, "recv", protocol, _split(receivers, workers))
+        logins = _loginOrFail(
+            pool, senderTargets or target, "send", protocol, _split(senders, workers)
+        )
+        if settle is not None:
+            settle(2 * count)
         if rate:
             pool.callAll("traffic", mode=mode, window=None, rate=rate / workers)
         else:
             pool.callAll("traffic", mode=mode, window=window)
         pool.callAll("pairs", senders="send", receivers="recv")
         _calibrate(pool)
-        result = _measure(pool, target, warmup, duration)
+        result = _measure(pool, target, warmup, duration, processes=processes)
         pool.callAll("closeAll")
     result.update(
         {
@@ -297,6 +327,32 @@ def pairs(
         }
     )
     return result
+
+
+#: Scenario 7's layouts of sender/receiver pairs over two nodes.
+LAYOUTS = ("same", "split")
+
+
+def clusterLayout(
+    nodes: list[Target], layout: str, workers: int = 2
+) -> tuple[list[Target], list[Target]]:
+    """
+    Where each worker's senders and receivers log in, for L{pairs}, on the
+    C{nodes} of a cluster: C{"same"}, every pair on one node (worker C{i}'s
+    on node C{i % len(nodes)}), so no message crosses Redis; C{"split"},
+    every pair across two nodes (worker C{i}'s senders on node C{i}, its
+    receivers on the next), so every message does, in both directions.
+
+    @return: the senders' targets and the receivers' targets, per worker.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if layout == "split" and len(nodes) < 2:
+        raise ValueError("a split layout needs two nodes")
+    senders = [nodes[i % len(nodes)] for i in range(workers)]
+    shift = 1 if layout == "split" else 0
+    receivers = [nodes[(i + shift) % len(nodes)] for i in range(workers)]
+    return senders, receivers
 
 
 def broadcast(
@@ -445,6 +501,23 @@ def idle(
     return result
 
 
+def _memoryBefore(pid: int) -> tuple[bool, ProcessStats]:
+    return resetPeak(pid), readStats(pid)
+
+
+def _memoryDuring(peakReset: bool, before, after, watch: Watch, span: dict) -> dict:
+    sampledPeak = max(s.rss for s in watch.samples)
+    peak = after.peak if peakReset else sampledPeak
+    return {
+        "rss_before_mib": before.rss / 2**20,
+        "rss_peak_mib": peak / 2**20,
+        "peak_growth_mib": (peak - before.rss) / 2**20,
+        "peak_from": "VmHWM" if peakReset else "samples every 20 ms",
+        "cpu_percent": span["cpu_percent"],
+        "machine_cpu_percent": span["machine_cpu_percent"],
+    }
+
+
 def fileTransfer(
     target: Target,
     size: int,
@@ -452,18 +525,33 @@ def fileTransfer(
     timeout: float = 300.0,
     threads: bool = False,
     verify: bool = False,
+    receiverTarget: Target | None = None,
+    headerTimeout: float | None = None,
+    settle: Callable[[int], None] | None = None,
 ) -> dict:
     """
     Scenario 5: one MSRP client sends C{size} bytes to another, through
     chatd (C{via="chatd"}, port C{msrp}) or a plain pipe (C{via="pipe"},
     ports C{pipe-in} for the sender and C{pipe-out} for the receiver).
     C{verify} compares every byte received (for small files: it keeps them).
+
+    Scenario 7: the receiver logs in to C{receiverTarget} (another node of
+    a cluster), and both nodes' memory is read (C{result["servers"]}:
+    C{sender_node}, C{receiver_node}). A file the server refuses is not an
+    exception: C{result["refused"]} holds the ERROR the sender got, and
+    the receiver gives up once nothing came for C{headerTimeout} seconds.
+    C{settle(2)} is called once both are logged in (L{pairs}).
     """
     sender, receiver, filename = "fsnd", "frcv", "loadgen.bin"
     if via == "chatd":
-        senderAddress = receiverAddress = target.address("msrp")
+        senderAddress = target.address("msrp")
+        receiverAddress = (receiverTarget or target).address("msrp")
     else:
         senderAddress, receiverAddress = target.address("pipe-in"), target.address("pipe-out")
+    watched = {"sender_node": target.pid}
+    if receiverTarget is not None and receiverTarget.pid != target.pid:
+        watched["receiver_node"] = receiverTarget.pid
+    watched = {label: pid for label, pid in watched.items() if pid}
     with WorkerPool(2, threads) as pool:
         # A pipe's second port listens once its first has a connection.
         order = [(1, "receiver"), (0, "sender")] if via == "chatd" else [(0, "sender"), (1, "receiver")]
@@ -476,21 +564,36 @@ def fileTransfer(
                 name=receiver if role == "receiver" else sender,
                 via=via,
             )
-        peakReset = resetPeak(target.pid) if target.pid else False
-        before = readStats(target.pid) if target.pid else None
-        watch = Watch(target.pid, 0.02) if target.pid else None
-        if watch:
+        if settle is not None:
+            settle(2)
+        before = {label: _memoryBefore(pid) for label, pid in watched.items()}
+        watches = {label: Watch(pid, 0.02) for label, pid in watched.items()}
+        for watch in watches.values():
             watch.__enter__()
+        refused = None
         try:
-            pool.send(1, "fileReceive", filename=filename, size=size, via=via, timeout=timeout, verify=verify)
+            pool.send(
+                1, "fileReceive", filename=filename, size=size, via=via, timeout=timeout,
+                verify=verify, headerTimeout=headerTimeout,
+            )
             pool.send(0, "fileSend", receiver=receiver, filename=filename, size=size, via=via, timeout=timeout)
-            sent = pool.receive(0)
-            received = pool.receive(1)
+            try:
+                sent = pool.receive(0)
+            except WorkerError as e:
+                # The server's ERROR ends the sender's traceback.
+                refused = str(e).strip().splitlines()[-1]
+            try:
+                received = pool.receive(1)
+            except WorkerError:
+                if refused is None:
+                    raise
         finally:
-            if watch:
+            for watch in watches.values():
                 watch.__exit__(None, None, None)
-        after = readStats(target.pid) if target.pid else None
+        after = {label: readStats(pid) for label, pid in watched.items()}
         pool.callAll("closeAll")
+    if refused is not None:
+        return {"via": via, "bytes": size, "ok": False, "refused": refused}
     seconds = (received["last_ns"] - sent["start_ns"]) / _NS
     result = {
         "via": via,
@@ -502,18 +605,15 @@ def fileTransfer(
     }
     if verify:
         result["intact"] = received["intact"]
-    if before is not None:
-        sampledPeak = max(s.rss for s in watch.samples)
-        peak = after.peak if peakReset else sampledPeak
+    servers = {}
+    for label, watch in watches.items():
         span = watch.span(sent["start_ns"] / _NS, received["last_ns"] / _NS)
-        result["server"] = {
-            "rss_before_mib": before.rss / 2**20,
-            "rss_peak_mib": peak / 2**20,
-            "peak_growth_mib": (peak - before.rss) / 2**20,
-            "peak_from": "VmHWM" if peakReset else "samples every 20 ms",
-            "cpu_percent": span["cpu_percent"],
-            "machine_cpu_percent": span["machine_cpu_percent"],
-        }
+        peakReset, stats = before[label]
+        servers[label] = _memoryDuring(peakReset, stats, after[label], watch, span)
+    if "sender_node" in servers:
+        result["server"] = servers["sender_node"]
+    if receiverTarget is not None:
+        result["servers"] = servers
     return result
 
 
@@ -642,6 +742,8 @@ __all__ = [
     "Target",
     "ScenarioFailed",
     "pairs",
+    "clusterLayout",
+    "LAYOUTS",
     "broadcast",
     "idle",
     "fileTransfer",

@@ -189,8 +189,11 @@ class Worker:
         self.fileSocket = files.connect(role, tuple(address), name, via, timeout)
         return {"ok": True}
 
-    def cmd_fileReceive(self, filename: str, size: int, via: str, timeout: float, verify: bool = False) -> dict:
-        return files.receive(self.fileSocket, filename, size, via, timeout, verify)
+    def cmd_fileReceive(
+        self, filename: str, size: int, via: str, timeout: float, verify: bool = False,
+        headerTimeout: float | None = None,
+    ) -> dict:
+        return files.receive(self.fileSocket, filename, size, via, timeout, verify, headerTimeout)
 
     def cmd_fileSend(self, receiver: str, filename: str, size: int, via: str, timeout: float) -> dict:
         sock, self.fileSocket = self.fileSocket, None

@@ -232,12 +232,20 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 yield self._reap(self.nodeId)
             yield self._refreshHeartbeat()
             yield self.connection.redis.execute_command("SADD", self._nodes, self.nodeId)
-            if self._rejoining:
+            rejoining = self._rejoining
+            if rejoining:
                 self._reapFrom = self.clock.seconds() + self.ttl
                 yield self._reannounce()
             yield self._load()
             if self.connection.connected:  # not lost again meanwhile
                 self._rejoining = False
+                if rejoining:
+                    self.log.info(
+                        "cluster node {node} back: {count} users online in the cluster",
+                        node=self.nodeId,
+                        count=len(self._byName),
+                        event="cluster-back",
+                    )
         except Exception:
             self.log.failure("cluster node {node} could not join", node=self.nodeId)
             return

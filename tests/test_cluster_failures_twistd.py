@@ -1,0 +1,169 @@
+"""
+Two real C{twistd chatd} nodes on one real redis-server that stops and
+starts again empty (docs/cluster.md, "Failures"): what users of each
+protocol see while it is away and once it is back; and an MSGR login on one
+node whose chat socket binds on the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from chatd.msrp.texts import ERR_CLUSTER_LOGIN
+from chatd.testservers import redisServer
+from tests.test_client_support import ClientTestMixin
+from tests import test_cluster_twistd
+
+_prefixes = itertools.count()
+
+#: What a user is told of a message to a user of the other node meanwhile.
+UNREACHABLE = "bob is on another node, and the cluster cannot be reached now"
+
+
+class RedisOutageTests(ClientTestMixin, TestCase):
+    timeout = 120
+
+    # test_cluster_twistd's nodes (its class is not imported by name, so
+    # that its tests are not collected again here).
+    startNode = test_cluster_twistd.TwoNodeTests.startNode
+    on = test_cluster_twistd.TwoNodeTests.on
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.redis = redisServer()
+        self.prefix = f"failures{os.getpid()}-{next(_prefixes)}:"
+        self.nodes: dict[str, dict[str, int]] = {}
+        self.servers: dict = {}
+
+    def tearDown(self) -> None:
+        # The next tests need the run's redis-server.
+        if self.redis.process is None:
+            self.redis.start()
+
+    @defer.inlineCallbacks
+    def outage(self):
+        """Stop Redis; fires once both nodes have seen it go."""
+        self.redis.stop()
+        for node in ("a", "b"):
+            yield self.servers[node].waitForOutput(
+                b"cluster command connection to " + self.redis.url.encode() + b"/0 lost"
+            )
+
+    @defer.inlineCallbacks
+    def comeBack(self):
+        """Start Redis again, empty; fires once both nodes are back."""
+        self.redis.start()
+        for node in ("a", "b"):
+            yield self.servers[node].waitForOutput(f"cluster node {node} back:".encode())
+
+    @defer.inlineCallbacks
+    def test_redisRestartedUnderTraffic(self):
+        yield self.startNode("a")
+        yield self.startNode("b")
+        alice = yield self.on("a", "protobuf", "alice")
+        carol = yield self.on("a", "protobuf", "carol")
+        mara = yield self.on("a", "msrp", "mara")
+        bob = yield self.on("b", "protobuf", "bob")
+        luna = yield self.on("b", "msgr", "luna")
+        alice.write("msg bob antes\n")
+        yield bob.waitFor("[alice] antes")
+
+        yield self.outage()
+        # Users of one node go on chatting.
+        alice.write("msg carol durante\n")
+        yield carol.waitFor("[alice] durante")
+        mara.write("msg alice hola desde msrp\n")
+        yield alice.waitFor("[mara] hola desde msrp")
+        # A message to the other node is refused, and its sender told why.
+        alice.write("msg bob durante\n")
+        yield alice.waitFor(UNREACHABLE)
+        luna.write("msg alice durante\n")
+        # The list is the last one known: everyone, as before.
+        alice.write("list\n")
+        yield alice.waitFor("* 5 users online")
+        # A status changed meanwhile, a user who leaves meanwhile.
+        alice.write("status fuera\n")
+        yield alice.waitFor("fuera")
+        yield self.finish(carol)
+
+        yield self.comeBack()
+        for process, text in [(alice, "list\n"), (bob, "list\n")]:
+            process.write(text)
+        # carol left during the outage: gone on both nodes.
+        yield alice.waitFor("* 4 users online")
+        yield bob.waitFor("* 4 users online")
+        self.assertEqual(self.redis.command("HEXISTS", self.prefix + "names", "carol").strip(), "0")
+        self.assertIn('"status":"fuera"', self.redis.command("HGET", self.prefix + "names", "alice"))
+        # Across nodes, both ways and every protocol, as before the outage.
+        alice.write("msg bob después\n")
+        yield bob.waitFor("[alice] después")
+        bob.write("msg mara de vuelta\n")
+        yield mara.waitFor("de vuelta")
+        luna.write("msg alice otra vez\n")
+        yield alice.waitFor("[luna] otra vez")
+        # And new logins.
+        yield self.on("b", "protobuf", "dave")
+
+    @defer.inlineCallbacks
+    def test_newLoginsRefusedWhileRedisIsAway(self):
+        yield self.startNode("a")
+        yield self.startNode("b")
+        self.ports = self.nodes["a"]
+        registered = yield self.script("msgr", "", "--name", "luna", "--password", "pw", "--register")
+        self.assertIn("logged in as luna", registered.stdout)
+        yield self.outage()
+        protobuf = yield self.script("protobuf", "", "--name", "dave")
+        self.assertIn(
+            "login refused: the cluster cannot be reached",
+            protobuf.stdout + protobuf.stderr,
+        )
+        msrp = yield self.script("msrp", "", "--name", "dav1")
+        self.assertIn(ERR_CLUSTER_LOGIN, msrp.stdout + msrp.stderr)
+        # MSGR: the HTTP login cannot be counted by the lockout, so it is
+        # refused with the login's general code once Redis' deadline passed.
+        msgr = yield self.script("msgr", "", "--name", "luna", "--password", "pw")
+        self.assertIn("901", msgr.stdout + msgr.stderr)
+
+        yield self.comeBack()
+        yield self.on("a", "protobuf", "dave")
+        yield self.on("b", "msrp", "dav1")
+        self.ports = self.nodes["a"]
+        yield self.loggedIn("msgr", "luna", "--password", "pw")
+
+
+class MsgrAcrossNodesTests(ClientTestMixin, TestCase):
+    """An MSGR login over HTTP on node a, its chat socket bound on node b."""
+
+    timeout = 120
+
+    startNode = test_cluster_twistd.TwoNodeTests.startNode
+    on = test_cluster_twistd.TwoNodeTests.on
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.redis = redisServer()
+        self.prefix = f"msgrnodes{os.getpid()}-{next(_prefixes)}:"
+        self.nodes: dict[str, dict[str, int]] = {}
+        self.servers: dict = {}
+
+    @defer.inlineCallbacks
+    def test_loginOnASocketOnB(self):
+        # The nodes share one account database, as a cluster must.
+        shared = os.path.join(self.directory, "accounts.sqlite3")
+        yield self.startNode("a", "--db", shared)
+        yield self.startNode("b", "--db", shared)
+        alice = yield self.on("a", "protobuf", "alice")
+        # The client logs in (registers) over node a's HTTP API and binds
+        # the chat socket on node b with the token a gave it.
+        self.ports = {"msgr-http": self.nodes["a"]["msgr-http"], "msgr": self.nodes["b"]["msgr"]}
+        luna = yield self.loggedIn("msgr", "luna", "--password", "pw", "--register")
+        self.assertIn(b"luna bound the MSGR socket", self.servers["b"].output)
+        self.assertNotIn(b"luna bound the MSGR socket", self.servers["a"].output)
+        luna.write("msg alice hola desde b\n")
+        yield alice.waitFor("[luna] hola desde b")
+        alice.write("msg luna hola desde a\n")
+        yield luna.waitFor("hola desde a")

@@ -16,6 +16,8 @@ from twisted.trial.unittest import TestCase
 from chatd.msrp.texts import ERR_CLUSTER_LOGIN
 from chatd.testservers import redisServer
 from tests.test_client_support import ClientTestMixin
+from tests.test_metrics import samples
+from tests.test_observability_twistd import httpGet
 from tests import test_cluster_twistd
 
 _prefixes = itertools.count()
@@ -73,6 +75,11 @@ class RedisOutageTests(ClientTestMixin, TestCase):
         yield bob.waitFor("[alice] antes")
 
         yield self.outage()
+        health = yield httpGet(self.nodes["a"]["msgr-http"], "/healthz")
+        self.assertEqual(
+            (health.status, health.body),
+            (503, "unavailable\ncluster: disconnected (node a)\n"),
+        )
         # Users of one node go on chatting.
         alice.write("msg carol durante\n")
         yield carol.waitFor("[alice] durante")
@@ -82,6 +89,10 @@ class RedisOutageTests(ClientTestMixin, TestCase):
         alice.write("msg bob durante\n")
         yield alice.waitFor(UNREACHABLE)
         luna.write("msg alice durante\n")
+        # MSGR answers #MSJ with a code only: 803, as for a busy receiver.
+        yield luna.waitFor("not delivered to alice")
+        mara.write("msg bob durante\n")
+        yield mara.waitFor("No se pudo entregar a bob: está en otro nodo")
         # The list is the last one known: everyone, as before.
         alice.write("list\n")
         yield alice.waitFor("* 5 users online")
@@ -107,6 +118,15 @@ class RedisOutageTests(ClientTestMixin, TestCase):
         yield alice.waitFor("[luna] otra vez")
         # And new logins.
         yield self.on("b", "protobuf", "dave")
+        health = yield httpGet(self.nodes["a"]["msgr-http"], "/healthz")
+        self.assertEqual(
+            (health.status, health.body), (200, "ok\ncluster: connected (node a)\n")
+        )
+        metrics = yield httpGet(self.nodes["a"]["msgr-http"], "/metrics")
+        found = samples(metrics.body)
+        # Both connections (commands, subscriber) came back once.
+        self.assertEqual(found['chatd_cluster_reconnects_total{node="a"}'], 2.0)
+        self.assertEqual(found['chatd_cluster_connected{node="a"}'], 1.0)
 
     @defer.inlineCallbacks
     def test_newLoginsRefusedWhileRedisIsAway(self):

@@ -183,6 +183,38 @@ class RedisStoppedTests(FailureTestCase):
         yield self.login(b, "carol")
 
 
+class RestartedTests(FailureTestCase):
+    @defer.inlineCallbacks
+    def test_orderKeptAfterARestart(self):
+        """
+        After Redis restarted (its scripts forgotten), a node's changes
+        still reach the others in the order it made them: a status change
+        then a logout, when Redis has seen the logout's script again but not
+        yet the status's.
+        """
+        a = yield self.node("a")
+        b = yield self.node("b")
+        alice = yield self.login(a, "alice")
+        yield until(b, lambda: b.lookup("alice") is not None)
+        self.redis.restart()
+        yield connectionIs(a, False)
+        yield a.whenInCluster()
+        yield b.whenInCluster()
+        other = yield self.login(a, "xavi")
+        gone = events(b, LOGOUT, "xavi")
+        a.logout(other)  # Redis knows the logout's script from now on
+        yield gone
+        seen = []
+        b.addObserver(lambda kind, info: seen.append((kind, info.name, info.status)))
+        loggedOut = events(b, LOGOUT, "alice")
+        a.setStatus(alice, "fuera")
+        a.logout(alice)
+        yield loggedOut
+        self.assertEqual(
+            seen, [("status", "alice", "fuera"), ("logout", "alice", "fuera")]
+        )
+
+
 class SplitTests(FailureTestCase):
     """One node cut off from Redis while the other keeps it."""
 

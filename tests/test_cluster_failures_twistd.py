@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from chatd.msrp.texts import ERR_CLUSTER_LOGIN
 from chatd.testservers import redisServer
 from tests.test_client_support import ClientTestMixin
+from tests.test_cluster_failures import RedisLink
 from tests.test_metrics import samples
 from tests.test_observability_twistd import httpGet
 from tests import test_cluster_twistd
@@ -26,7 +27,9 @@ _prefixes = itertools.count()
 UNREACHABLE = "bob is on another node, and the cluster cannot be reached now"
 
 
-class RedisOutageTests(ClientTestMixin, TestCase):
+class TwoNodes(ClientTestMixin):
+    """Two twistd nodes on the run's redis-server, which tests may stop."""
+
     timeout = 120
 
     # test_cluster_twistd's nodes (its class is not imported by name, so
@@ -62,6 +65,8 @@ class RedisOutageTests(ClientTestMixin, TestCase):
         for node in ("a", "b"):
             yield self.servers[node].waitForOutput(f"cluster node {node} back:".encode())
 
+
+class RedisOutageTests(TwoNodes, TestCase):
     @defer.inlineCallbacks
     def test_redisRestartedUnderTraffic(self):
         yield self.startNode("a")
@@ -155,20 +160,8 @@ class RedisOutageTests(ClientTestMixin, TestCase):
         yield self.loggedIn("msgr", "luna", "--password", "pw")
 
 
-class MsgrAcrossNodesTests(ClientTestMixin, TestCase):
+class MsgrAcrossNodesTests(TwoNodes, TestCase):
     """An MSGR login over HTTP on node a, its chat socket bound on node b."""
-
-    timeout = 120
-
-    startNode = test_cluster_twistd.TwoNodeTests.startNode
-    on = test_cluster_twistd.TwoNodeTests.on
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.redis = redisServer()
-        self.prefix = f"msgrnodes{os.getpid()}-{next(_prefixes)}:"
-        self.nodes: dict[str, dict[str, int]] = {}
-        self.servers: dict = {}
 
     @defer.inlineCallbacks
     def test_loginOnASocketOnB(self):
@@ -187,3 +180,38 @@ class MsgrAcrossNodesTests(ClientTestMixin, TestCase):
         yield alice.waitFor("[luna] hola desde b")
         alice.write("msg luna hola desde a\n")
         yield luna.waitFor("hola desde a")
+
+
+class ConflictTwistdTests(TwoNodes, TestCase):
+    """The rule of a name claimed twice, seen by real clients."""
+
+    @defer.inlineCallbacks
+    def test_laterLoginLosesTheName(self):
+        """
+        Redis restarts empty while node a is cut off from it; on node b,
+        back first, a new user takes the name alice, which a's alice (who
+        logged in earlier) still holds. When a is back, a's alice keeps the
+        name, and b's is told why and disconnected.
+        """
+        link = RedisLink(self.redis.port)
+        self.addCleanup(link.close)
+        yield self.startNode("a", "--cluster", link.url)
+        yield self.startNode("b")
+        first = yield self.on("a", "protobuf", "alice")
+        watcher = yield self.on("b", "protobuf", "watcher")
+        yield link.cut()
+        yield self.servers["a"].waitForOutput(b"cluster command connection to " + link.url.encode() + b"/0 lost")
+        self.redis.restart()
+        yield self.servers["b"].waitForOutput(b"cluster node b back:")
+        second = yield self.on("b", "protobuf", "alice")
+        link.restore()
+        yield self.servers["a"].waitForOutput(b"cluster node a back:")
+        yield second.ended
+        self.assertIn(
+            "the name alice was also taken on another node while the cluster"
+            " was split; the earlier login keeps it",
+            second.stdout,
+        )
+        watcher.write("msg alice ¿quién eres?\n")
+        yield first.waitFor("[watcher] ¿quién eres?")
+        self.assertIn('"node":"a"', self.redis.command("HGET", self.prefix + "names", "alice"))

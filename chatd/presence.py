@@ -114,6 +114,16 @@ class FilesNotAccepted(PresenceError):
     """The receiver's protocol (or mode) cannot carry this file."""
 
 
+class ClusterUnavailable(PresenceError):
+    """
+    A node of a cluster cannot reach the cluster's Redis: what needs it (a
+    new login, whose name cannot be checked; a message or file to a user on
+    another node) is refused until it is back (docs/cluster.md, Failures).
+    Defined here so that protocols can answer it without importing the
+    cluster's backend.
+    """
+
+
 def checkName(name: str) -> None:
     """
     Enforce the one name rule every protocol shares.

@@ -28,12 +28,13 @@ import itertools
 import json
 from typing import Callable
 
+import txredisapi
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatd.cluster import DEFAULT_TTL, scripts
+from chatd.cluster import DEFAULT_TTL, rejoin, scripts
 from chatd.cluster.metrics import ClusterMetrics
 from chatd.cluster.redis import ClusterConnection
 from chatd.metrics import BUSY, ChatdMetrics
@@ -46,6 +47,7 @@ from chatd.presence import (
     STATUS,
     AlreadyLoggedIn,
     ChatMessage,
+    ClusterUnavailable,
     FilesNotAccepted,
     IChatSession,
     IFileReceiver,
@@ -68,10 +70,6 @@ from chatd.presence import (
 #: one Redis message). Larger MSRP files streamed across nodes are not
 #: carried yet: the sender is told the receiver takes files of at most this.
 REMOTE_FILE_LIMIT = 8 * 1024 * 1024
-
-
-class ClusterUnavailable(PresenceError):
-    """The cluster's Redis cannot be reached: a name cannot be claimed now."""
 
 
 class _RemoteEntry(_Entry):
@@ -121,7 +119,8 @@ class RemoteSession:
 
 
 class _LocalEntry(_Entry):
-    __slots__ = ("seq",)
+    # t: the login time in milliseconds, for the rule of rejoin.py.
+    __slots__ = ("seq", "t")
 
 
 def _text(value) -> str:
@@ -186,6 +185,13 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = clock
         self._stopping = False
+        # Between a lost connection and the end of the re-announce that
+        # follows its return (chatd.cluster.rejoin): new logins wait.
+        self._rejoining = False
+        # No reaping of others before this time: after an outage, theirs
+        # may have lapsed as ours did, and they need a TTL to come back.
+        self._reapFrom = 0.0
+        self._inCluster: list[defer.Deferred] = []
 
     # The service.
 
@@ -196,6 +202,17 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             d.callback(None)
         else:
             self._ready.addCallback(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def whenInCluster(self) -> defer.Deferred:
+        """
+        Fires once the node is connected, its directory loaded and, after
+        an outage, its users announced again (at once if all that holds).
+        """
+        if self._ready.called and self.connection.connected and not self._rejoining:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._inCluster.append(d)
         return d
 
     def startService(self) -> None:
@@ -230,6 +247,11 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         return d.addBoth(lambda _: self.connection.stopService())
 
     def _connectionChanged(self, connected: bool) -> None:
+        if not connected and self._ready.called and not self._stopping:
+            # What arrives after the return waits for the re-announce and
+            # the reload (a reaping of our users then is undone, not obeyed).
+            self._rejoining = True
+            self._buffer = []
         if connected and not self._stopping:
             # Each (re)connection loads the directory again: pub/sub keeps
             # nothing for a subscriber that was away.
@@ -244,7 +266,20 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 yield self._reap(self.nodeId)
             yield self._refreshHeartbeat()
             yield self.connection.redis.execute_command("SADD", self._nodes, self.nodeId)
+            rejoining = self._rejoining
+            if rejoining:
+                self._reapFrom = self.clock.seconds() + self.ttl
+                yield self._reannounce()
             yield self._load()
+            if self.connection.connected:  # not lost again meanwhile
+                self._rejoining = False
+                if rejoining:
+                    self.log.info(
+                        "cluster node {node} back: {count} users online in the cluster",
+                        node=self.nodeId,
+                        count=len(self._byName),
+                        event="cluster-back",
+                    )
         except Exception:
             self.log.failure("cluster node {node} could not join", node=self.nodeId)
             return
@@ -258,6 +293,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 event="cluster-ready",
             )
             self._ready.callback(None)
+        if not self._rejoining:
+            waiting, self._inCluster = self._inCluster, []
+            for d in waiting:
+                d.callback(None)
 
     def _refreshHeartbeat(self) -> defer.Deferred:
         started = self.clock.seconds()
@@ -275,9 +314,23 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         if not self.connection.connected:
             return
         d = self._refreshHeartbeat()
-        d.addCallback(lambda _: self._reap(""))
-        d.addCallback(self._reaped)
-        d.addErrback(lambda f: self.log.failure("cluster heartbeat failed", f))
+        if not (self._rejoining or self.clock.seconds() < self._reapFrom):
+            # Not just back from an outage, when the others may be too.
+            d.addCallback(lambda _: self._reap(""))
+            d.addCallback(self._reaped)
+        d.addErrback(self._beatFailed)
+
+    def _beatFailed(self, failure) -> None:
+        if failure.check(txredisapi.ConnectionError):
+            # Redis went away in the middle: an outage, handled as one
+            # (docs/cluster.md, Failures), not a bug to trace.
+            self.log.warn(
+                "cluster heartbeat of {node} lost with the connection",
+                node=self.nodeId,
+                event="cluster-heartbeat-lost",
+            )
+            return
+        self.log.failure("cluster heartbeat failed", failure)
 
     def _reaped(self, count) -> None:
         if count:
@@ -297,6 +350,65 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         )
 
     @defer.inlineCallbacks
+    def _reannounce(self):
+        # Back from an outage: claim every local user again, at once, by
+        # the rule of chatd.cluster.rejoin.
+        entries = {}
+        claims = []
+        for entry in list(self._bySession.values()):
+            info = entry.info
+            entries[entry.key] = entry
+            claims.append(
+                {
+                    "name": info.name,
+                    "key": entry.key,
+                    "skel": entry.skeleton,
+                    "proto": info.protocol,
+                    "ip": info.ip,
+                    "status": info.status,
+                    "node": self.nodeId,
+                    "auth": bool(entry.authenticated),
+                    "files": IFileReceiver(entry.session, None) is not None,
+                    "t": entry.t,
+                }
+            )
+        outcomes = yield rejoin.reannounce(
+            self.connection, self._names, self._seqKey, self._events, claims
+        )
+        lost = 0
+        for key, (outcome, detail) in outcomes.items():
+            entry = entries[key]
+            if self._bySession.get(entry.session) is not entry:
+                continue  # left meanwhile (its release follows the script)
+            if outcome == "ok":
+                entry.seq = detail
+            else:
+                lost += 1
+                self._evictLocal(entry, rejoin.conflictReason(entry.info.name))
+        self.log.info(
+            "cluster node {node} re-announced {count} users ({lost} lost their"
+            " name to an earlier login)",
+            node=self.nodeId,
+            count=len(claims) - lost,
+            lost=lost,
+            event="cluster-reannounced",
+        )
+
+    def _evictLocal(self, entry, reason: str) -> None:
+        # Off the directory first, so that the name's new owner can enter
+        # the replica; the session's own logout is then a no-op.
+        self.log.warn(
+            "cluster: {user} disconnected: {reason}",
+            user=entry.info.name,
+            reason=reason,
+            node=self.nodeId,
+            event="cluster-evicted",
+        )
+        session = entry.session
+        InMemoryPresenceService.logout(self, session)
+        session.disconnect(reason)
+
+    @defer.inlineCallbacks
     def _load(self):
         self._buffer = []
         reply = yield self.connection.evalScript(
@@ -312,6 +424,13 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         for entry in list(self._byName.values()):
             if isinstance(entry, _RemoteEntry) and entry.key not in present:
                 self._removeRemote(entry)
+        # A local user whose name another node's user holds now (lost to
+        # the rule after our re-announce, its event older than this).
+        owners = {e["key"]: e for e in entries}
+        for entry in list(self._bySession.values()):
+            owner = owners.get(entry.key)
+            if owner is not None and owner["node"] != self.nodeId:
+                self._evictLocal(entry, rejoin.conflictReason(entry.info.name))
         for e in entries:
             if e["node"] != self.nodeId:
                 self._applyRemote({"k": LOGIN, "seq": seq, "e": e})
@@ -341,6 +460,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         except PresenceError as e:
             return self._refused(session, name, ip, e)
         info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
+        loginTime = int(self.clock.seconds() * 1000)
         stored = json.dumps(
             {
                 "name": name,
@@ -352,6 +472,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 "node": self.nodeId,
                 "auth": bool(authenticated),
                 "files": IFileReceiver(session, None) is not None,
+                "t": loginTime,
             },
             # UTF-8 as it is: Lua's cjson passes it through untouched.
             ensure_ascii=False,
@@ -375,6 +496,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 )
             entry = _LocalEntry(session, info, key, skeleton, authenticated)
             entry.seq = int(detail)
+            entry.t = loginTime
             self._byName[key] = entry
             self._bySkeleton.setdefault(skeleton, []).append(entry)
             self._bySession[session] = entry
@@ -471,9 +593,15 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             )
         if not authenticated and self.isProtectedName(name):
             raise NameProtected(f"the name {name} belongs to a registered account")
-        if not self.connection.connected or not self._ready.called or self._stopping:
+        if (
+            not self.connection.connected
+            or not self._ready.called
+            or self._stopping
+            or self._rejoining
+        ):
             # A name claimed now could not be checked (or, while this node
-            # stops, would outlive it in Redis).
+            # stops, would outlive it in Redis; or, while it rejoins, could
+            # clash with the users it re-announces).
             raise ClusterUnavailable("the cluster cannot be reached")
         return key, skeleton
 
@@ -542,7 +670,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         entry = event["e"]
         if entry["node"] == self.nodeId:
             if event["k"] == LOGOUT:
-                self._ownUserRemoved(entry)
+                self._ownUserRemoved(entry, event.get("why"))
             return  # local changes are applied when they are made
         self._applyRemote(event)
 
@@ -591,7 +719,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 d.callback(False)
         self._notify(LOGOUT, entry.info)
 
-    def _ownUserRemoved(self, e: dict) -> None:
+    def _ownUserRemoved(self, e: dict, why: str | None = None) -> None:
         # Our user removed by someone else: our heartbeat lapsed (a long
         # pause) and another node reaped us. The name is free in the
         # cluster, so the session must go.
@@ -601,6 +729,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             and entry.seq == e["seq"]
             and not self._stopping
         ):
+            if why == "conflict":
+                # Another node's earlier login won the name (rejoin.py).
+                self._evictLocal(entry, rejoin.conflictReason(entry.info.name))
+                return
             self.log.warn(
                 "cluster: {user} was removed by another node (heartbeat lapsed)",
                 user=entry.info.name,
@@ -619,6 +751,9 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             count = self._broadcastLocally(source, text)
             # One publish for every other node; each delivers to its own.
             remote = [e for e in self._byName.values() if isinstance(e, _RemoteEntry)]
+            if not self.connection.connected:
+                # Only this node's users can be reached now (docs/cluster.md).
+                remote = []
             if remote:
                 self._publish(
                     self._broadcast,
@@ -644,6 +779,8 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
 
     def _forward(self, target: _RemoteEntry, sender: str, text: str) -> None:
         """Publish a message for C{target} on its node's channel."""
+        if not self.connection.connected:
+            raise self._unreachable(target)
         self._publish(
             self.connection.key("to", target.node),
             {
@@ -655,6 +792,15 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             },
         )
         self.clusterMetrics.remoteSent += 1
+
+    @staticmethod
+    def _unreachable(target) -> ClusterUnavailable:
+        # Refused rather than queued: the sender is told now, and nothing
+        # waits for a node that may be gone by the time Redis is back.
+        return ClusterUnavailable(
+            f"{target.info.name} is on another node, and the cluster cannot"
+            " be reached now"
+        )
 
     def _broadcastLocally(self, source, text: str) -> int:
         message = ChatMessage(source.info.name, BROADCAST, text)
@@ -757,6 +903,8 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         target = self._byName.get(nameKey(receiver))
         if source is None or not isinstance(target, _RemoteEntry):
             return InMemoryPresenceService.sendFile(self, sender, receiver, filename, content)
+        if not self.connection.connected:
+            raise self._unreachable(target)
         limit = self._fileLimit(target)
         if limit == 0:
             raise FilesNotAccepted(f"{target.info.name} cannot receive files")
@@ -775,6 +923,8 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         Publish a whole file for C{target} on its node's channel; the
         Deferred fires with whether the receiver took it.
         """
+        if not self.connection.connected:
+            raise self._unreachable(target)
         fileId = f"{self.nodeId}/{next(self._fileIds)}"
         taken = defer.Deferred()
         self._files[fileId] = (taken, target.key)

@@ -230,6 +230,9 @@ class ClusterConnection(service.Service):
         self._subscriber = _Factory(self, "subscriber", address, _Subscriber)
         self.redis = self._command.handler
         self._scripts: dict[str, str] = {}
+        # The scripts sent in full (EVAL) on the current command connection,
+        # so known to its Redis: only those go by hash (see evalScript).
+        self._loaded: set[str] = set()
 
     def key(self, *parts: str) -> str:
         """C{prefix} + C{parts} joined by C{:}."""
@@ -263,6 +266,8 @@ class ClusterConnection(service.Service):
         self._observers.append(observer)
 
     def _connectionMade(self, name: str, conn) -> None:
+        if name == "command":
+            self._loaded = set()  # perhaps a new Redis (restarted empty)
         if name in self._everUp:
             self.reconnects += 1
         self._everUp.add(name)
@@ -323,13 +328,20 @@ class ClusterConnection(service.Service):
 
     def evalScript(self, script: str, keys, args) -> defer.Deferred:
         """
-        Run the Lua C{script} by its hash (EVALSHA), loading it first when
-        Redis does not know it (after a restart, say).
+        Run the Lua C{script}: in full (EVAL, which makes Redis keep it) the
+        first time on a command connection, by its hash (EVALSHA) after.
+
+        Not EVALSHA first with EVAL on NOSCRIPT: after a Redis restart that
+        would reorder one connection's scripts (a status change retried
+        after the logout that followed it had gone through by hash).
         """
         sha = self._scripts.get(script)
         if sha is None:
             sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()
         n = len(keys)
+        if sha not in self._loaded:
+            self._loaded.add(sha)
+            return self.redis.execute_command("EVAL", script, n, *keys, *args)
         d = self.redis.execute_command("EVALSHA", sha, n, *keys, *args)
 
         def noScript(failure):

@@ -40,6 +40,7 @@ from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.presence import (
     BROADCAST,
     ChatMessage,
+    ClusterUnavailable,
     FilesNotAccepted,
     IChatSession,
     IFileReceiver,
@@ -96,6 +97,7 @@ from chatd.msrp.texts import (
     ERR_EMPTY,
     ERR_FORMAT,
     ERR_INTERNAL,
+    ERR_CLUSTER_LOGIN,
     ERR_LINE_TOO_LONG,
     ERR_NAME_LENGTH,
     ERR_NAME_RULE,
@@ -110,6 +112,7 @@ from chatd.msrp.texts import (
     NAME_PROMPT,
     REFUSALS,
     errAckSenderGone,
+    errClusterUnavailable,
     errFileTooLarge,
     errFetching,
     errFileTooLargeFor,
@@ -441,6 +444,8 @@ class MsrpProtocol(SessionProtocol):
             self._closeWith(errNameInUse(name), LOGIN_REFUSED)
         elif failure.check(NameProtected):
             self._closeWith(errNameProtected(name), LOGIN_REFUSED)
+        elif failure.check(ClusterUnavailable):
+            self._closeWith(ERR_CLUSTER_LOGIN, LOGIN_REFUSED)
         else:
             self.log.failure("msrp login failed", failure)
             self._closeWith(ERR_INTERNAL, ERROR)
@@ -529,6 +534,8 @@ class MsrpProtocol(SessionProtocol):
             self._sendError(errReceivingFile(receiver))
         except RecipientBusy:
             self._sendError(errQueueFull(receiver))
+        except ClusterUnavailable:
+            self._sendError(errClusterUnavailable(receiver))
 
     def _fileHeader(self, frame: FileHeader) -> None:
         size = frame.size
@@ -624,7 +631,7 @@ class MsrpProtocol(SessionProtocol):
         """Hand a whole file to a user of another protocol or variant."""
         try:
             taken = self.presence.sendFile(self, receiver, filename, content)
-        except (NoSuchUser, FilesNotAccepted, RecipientBusy):
+        except (NoSuchUser, FilesNotAccepted, RecipientBusy, ClusterUnavailable):
             self._sendError(errNotDelivered(receiver, filename))
             return
         if taken is not None:

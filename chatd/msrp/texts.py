@@ -67,6 +67,22 @@ def errNameInUse(name: str) -> str:
     return f"El nombre {name} ya está en uso."
 
 
+#: A login refused because the cluster's Redis cannot be reached (the name
+#: cannot be checked across the cluster).
+ERR_CLUSTER_LOGIN = (
+    "No se puede iniciar sesión ahora: el clúster no está disponible."
+    " Inténtalo de nuevo en unos segundos."
+)
+
+
+def errClusterUnavailable(name: str) -> str:
+    """A message or file to a user of another node while the cluster is away."""
+    return (
+        f"No se pudo entregar a {name}: está en otro nodo y el clúster no"
+        " está disponible ahora."
+    )
+
+
 def errNameProtected(name: str) -> str:
     return f"El nombre {name} pertenece a una cuenta registrada; elige otro."
 

@@ -217,3 +217,36 @@ class TwoNodeTests(ClientTestMixin, TestCase):
             " whose names a node without it cannot protect (docs/cluster.md)\n",
             output,
         )
+
+    @defer.inlineCallbacks
+    def test_postgresNodeWithAnotherDatabaseRefused(self):
+        """The same on PostgreSQL: two nodes on one database, a third on another."""
+        from chatd.msgr.databases import redacted
+        from chatd.testservers import postgresServer
+
+        shared = postgresServer().createDatabase()
+        yield self.startNode("a", db=shared)
+        yield self.startNode("b", db=shared)
+        other = postgresServer().createDatabase()
+        output = yield self.refused("c", db=other)
+        self.assertIn(
+            f"chatd: --db {redacted(other)} is not this cluster's account database",
+            output,
+        )
+
+    @defer.inlineCallbacks
+    def test_nameRegisteredOnOneNodeProtectedOnTheOther(self):
+        """
+        What the one database is for: an MSGR name registered on node a is
+        kept from a protobuf user of node b, and its owner logs in on b.
+        """
+        yield self.startNode("a")
+        luna = yield self.on("a", "msgr", "luna")
+        yield self.finish(luna)
+        yield self.startNode("b")
+        self.ports = self.nodes["b"]
+        taken = yield self.script("protobuf", "", "--name", "luna")
+        self.assertIn(
+            "the name luna belongs to a registered account", taken.stdout + taken.stderr
+        )
+        yield self.loggedIn("msgr", "luna", "--password", "pw")

@@ -770,10 +770,14 @@ class AccountsDatabaseCheck(service.Service):
         if self._ready.called:
             # Serving already (Redis lost the key, another node recorded
             # its own): stopping now would cut its users off; say it loudly.
-            self.log.critical("{line}", line=line, event="accounts-db-mismatch")
+            self.log.critical(
+                "{line}", line=line, db=self.option, event="accounts-db-mismatch"
+            )
             return
         self._refused = True
-        self.log.critical("{line}", line=line, event="accounts-db-refused")
+        self.log.critical(
+            "{line}", line=line, db=self.option, event="accounts-db-refused"
+        )
         self.refuse(line)
 
     def _mismatch(self, found: str) -> str:

@@ -52,16 +52,34 @@ class ChatdService(service.MultiService):
         self.limiter = limiter
         self.accounts = accounts
         self.cluster = cluster
+        # What else must be ready before the listeners accept (see
+        # addStartupCheck).
+        self._startupChecks: list = []
         if service.IService.providedBy(presence):
             # A cluster's presence service connects and loads the directory
             # as a child, started before (and stopped after) the listeners.
             presence.setName("presence")
             presence.setServiceParent(self)
 
+    def addStartupCheck(self, check) -> None:
+        """
+        Make the listeners wait for C{check.whenReady()} too: a start-up
+        step of a front (on a cluster, MSGR's check that the node's account
+        database is the cluster's). A check that never fires keeps every
+        listener from accepting.
+        """
+        self._startupChecks.append(check)
+
     def whenReady(self) -> defer.Deferred:
         """
         Fires when the listeners may accept connections: at once in one
-        process; once a cluster node has loaded the directory.
+        process; once a cluster node has loaded the directory and passed
+        its start-up checks (L{addStartupCheck}).
         """
+        waits = [check.whenReady() for check in self._startupChecks]
         whenReady = getattr(self.presence, "whenReady", None)
-        return defer.succeed(None) if whenReady is None else whenReady()
+        if whenReady is not None:
+            waits.insert(0, whenReady())
+        if not waits:
+            return defer.succeed(None)
+        return defer.gatherResults(waits).addCallback(lambda _: None)

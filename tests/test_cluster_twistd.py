@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from chatd.testservers import redisServer
 from tests.test_client_support import LISTENERS, LOOPBACK, ClientTestMixin
+from chatd.harness import ServerError
 from tests.twistd import TwistdProcess
 
 _prefixes = itertools.count()
@@ -57,14 +58,20 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         self.servers: dict[str, NodeProcess] = {}
 
     @defer.inlineCallbacks
-    def startNode(self, nodeId: str, *extra: str):
+    def startNode(self, nodeId: str, *extra: str, db: str | None = None):
+        """
+        Start node C{nodeId}. Its accounts are the cluster's one SQLite file
+        (every node must share one: docs/cluster.md) unless C{db} says.
+        """
         directory = os.path.join(self.directory, nodeId)
         os.makedirs(directory)
         args = []
         for label, option in LISTENERS.items():
             args += [option, LOOPBACK]
+        if db is None:
+            db = os.path.join(self.directory, "accounts.sqlite3")
         args += [
-            "--db", os.path.join(directory, "accounts.sqlite3"),
+            "--db", db,
             "--cluster", self.redis.url,
             "--cluster-prefix", self.prefix,
             "--node-id", nodeId,
@@ -72,8 +79,8 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         ]
         server = NodeProcess(args, list(LABELS), directory)
         self.addCleanup(server.signal, "KILL")
-        self.nodes[nodeId] = yield server.start()
         self.servers[nodeId] = server
+        self.nodes[nodeId] = yield server.start()
         return server
 
     def on(self, nodeId: str, protocolName: str, name: str, *args: str):
@@ -161,3 +168,85 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         alice.write("msg bob otra\nlist\n")
         yield alice.waitFor("bob is not online")
         yield alice.waitFor("* 1 user online")
+
+    # One account database (docs/cluster.md): registered MSGR names are
+    # protected on every node only if every node reads them from one
+    # database, so a node started on another refuses to serve, with one
+    # line and exit status 1.
+
+    @defer.inlineCallbacks
+    def refused(self, nodeId: str, *extra: str, db: str) -> defer.Deferred:
+        """Start C{nodeId}, which must stop without listening; its output."""
+        failure = yield self.assertFailure(
+            self.startNode(nodeId, *extra, db=db), ServerError
+        )
+        server = self.servers[nodeId]
+        yield server.ended
+        self.assertEqual(server.exitStatus.exitCode, 1, str(failure))
+        self.assertNotIn(b"listening on", server.output)
+        return server.output.decode()
+
+    @defer.inlineCallbacks
+    def test_nodeWithAnotherDatabaseRefused(self):
+        yield self.startNode("a")
+        own = os.path.join(self.directory, "b.sqlite3")
+        output = yield self.refused("b", db=own)
+        self.assertIn(
+            f"chatd: --db {own} is not this cluster's account database"
+            " (the cluster's nodes share one: docs/cluster.md)\n",
+            output,
+        )
+        # The cluster's database is still the first node's: a node on the
+        # shared file, after a restart of the first, serves.
+        yield self.servers["a"].signal("TERM")
+        yield self.startNode("a2")
+        yield self.on("a2", "protobuf", "alice")
+
+    @defer.inlineCallbacks
+    def test_nodeWithoutDatabaseRefused(self):
+        """
+        C{--db none} (its MSGR listeners off) cannot protect the registered
+        names its protobuf and MSRP users would take.
+        """
+        yield self.startNode("a")
+        output = yield self.refused(
+            "b", "--http", "none", "--msgr", "none", db="none"
+        )
+        self.assertIn(
+            "chatd: --db none: this cluster's nodes share an account database,"
+            " whose names a node without it cannot protect (docs/cluster.md)\n",
+            output,
+        )
+
+    @defer.inlineCallbacks
+    def test_postgresNodeWithAnotherDatabaseRefused(self):
+        """The same on PostgreSQL: two nodes on one database, a third on another."""
+        from chatd.msgr.databases import redacted
+        from chatd.testservers import postgresServer
+
+        shared = postgresServer().createDatabase()
+        yield self.startNode("a", db=shared)
+        yield self.startNode("b", db=shared)
+        other = postgresServer().createDatabase()
+        output = yield self.refused("c", db=other)
+        self.assertIn(
+            f"chatd: --db {redacted(other)} is not this cluster's account database",
+            output,
+        )
+
+    @defer.inlineCallbacks
+    def test_nameRegisteredOnOneNodeProtectedOnTheOther(self):
+        """
+        What the one database is for: an MSGR name registered on node a is
+        kept from a protobuf user of node b, and its owner logs in on b.
+        """
+        yield self.startNode("a")
+        luna = yield self.on("a", "msgr", "luna")
+        yield self.finish(luna)
+        yield self.startNode("b")
+        self.ports = self.nodes["b"]
+        taken = yield self.script("protobuf", "", "--name", "luna")
+        self.assertIn(
+            "the name luna belongs to a registered account", taken.stdout + taken.stderr
+        )
+        yield self.loggedIn("msgr", "luna", "--password", "pw")

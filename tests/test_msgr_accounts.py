@@ -682,3 +682,47 @@ class PostgresSkeletonMigrationTests(
 
     def connectRaw(self):
         return accounts.connect(self.path)
+
+
+class DatabaseIdTestsMixin:
+    """
+    The database's identity (schema step L{accounts._databaseId}): a random
+    id made once per database, by which a cluster's nodes make sure they
+    share one (docs/cluster.md, "One account database").
+    """
+
+    def test_existingDatabaseGetsOneAtMigration(self):
+        """
+        A database of the step before keeps its accounts and gets an id,
+        which a store opened on it says and a restart reads back unchanged.
+        """
+        path = self.newDatabase()
+        connection = databaseBefore(path, accounts._databaseId)
+        connection.execute(
+            "INSERT INTO accounts (name_key, name, password) VALUES (?, ?, ?)",
+            ("ana", "Ana", hashPassword("pw", FAST_SCRYPT)),
+        )
+        connection.close()
+        store = AccountStore.open(path, reactor, FAST_SCRYPT)
+        store.close()
+        self.assertRegex(store.databaseId, "^[0-9a-f]{32}$")
+        self.assertTrue(store.isProtectedName("ana"))
+        again = AccountStore.open(path, reactor, FAST_SCRYPT)
+        again.close()
+        self.assertEqual(again.databaseId, store.databaseId)
+        self.assertEqual(sql(path, "SELECT id FROM database_id"), [(store.databaseId,)])
+
+    def test_eachDatabaseItsOwn(self):
+        first, second = self.newDatabase(), self.newDatabase()
+        self.assertNotEqual(
+            accounts.prepareDatabaseWithId(first)[1],
+            accounts.prepareDatabaseWithId(second)[1],
+        )
+
+
+class DatabaseIdTests(SQLiteFile, DatabaseIdTestsMixin, unittest.TestCase):
+    pass
+
+
+class PostgresDatabaseIdTests(PostgresDatabase, DatabaseIdTestsMixin, unittest.TestCase):
+    pass

@@ -98,7 +98,7 @@ class PostgresMigrationTests(unittest.TestCase):
         def node(index: int) -> None:
             start.wait()
             try:
-                results[index] = prepareDatabase(url)
+                results[index] = accounts.prepareDatabaseWithId(url)
             except Exception as e:  # reported below
                 results[index] = e
 
@@ -107,7 +107,9 @@ class PostgresMigrationTests(unittest.TestCase):
             thread.start()
         for thread in threads:
             thread.join()
-        self.assertEqual(results, [[], []])
+        # One database id: the step that makes it ran once, under the lock.
+        [(ident,)] = sql(url, "SELECT id FROM database_id")
+        self.assertEqual(results, [([], ident), ([], ident)])
         self.assertEqual(
             sql(url, "SELECT version FROM schema_version"), [(SCHEMA_VERSION,)]
         )

@@ -31,6 +31,7 @@ import collections
 import hashlib
 import hmac
 import secrets
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
@@ -146,7 +147,7 @@ def verifyPassword(password: str, stored: str) -> bool:
 # Schema.
 
 #: The schema version this code writes; older databases are migrated.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _schemaV1(cursor) -> None:
@@ -305,8 +306,28 @@ def _numericIds(cursor) -> None:
     cursor.dialect.createUidTrigger(cursor)
 
 
+def _databaseId(cursor) -> None:
+    """
+    Give the database an identity: a random id, made once, in a table of one
+    row. A cluster's nodes must share one account database
+    (docs/cluster.md, "One account database"): each node records the id of
+    its own in the cluster's Redis, and one with another id refuses to
+    start. The step runs under the schema lock like every other, so nodes
+    migrating at once end with one id.
+    """
+    cursor = asCursor(cursor)
+    cursor.execute("CREATE TABLE database_id (id TEXT NOT NULL)")
+    cursor.execute("INSERT INTO database_id VALUES (?)", (uuid.uuid4().hex,))
+
+
 #: version -> the step that brings a database from version - 1 to it.
-MIGRATIONS = {1: _schemaV1, 2: _revocationLog, 3: _addSkeletons, 4: _numericIds}
+MIGRATIONS = {
+    1: _schemaV1,
+    2: _revocationLog,
+    3: _addSkeletons,
+    4: _numericIds,
+    5: _databaseId,
+}
 
 #: The kinds of row in the revocations table.
 REVOKE = "revoke"
@@ -378,16 +399,30 @@ def migrate(connection) -> int:
     return found
 
 
+def databaseId(connection) -> str:
+    """The id of a migrated database (schema step 5), the same for ever."""
+    (ident,) = asDatabase(connection).execute("SELECT id FROM database_id").fetchone()
+    return ident
+
+
 def prepareDatabase(path: str) -> list[str]:
     """
     Create (on first run) or migrate the database at C{path} (a SQLite file
     or a PostgreSQL URL), synchronously, and return every registered account
     name.
     """
+    return prepareDatabaseWithId(path)[0]
+
+
+def prepareDatabaseWithId(path: str) -> tuple[list[str], str]:
+    """
+    L{prepareDatabase}, and the database's id (L{databaseId}) as well.
+    """
     connection = connect(path)
     try:
         migrate(connection)
-        return [row[0] for row in connection.execute("SELECT name FROM accounts")]
+        names = [row[0] for row in connection.execute("SELECT name FROM accounts")]
+        return names, databaseId(connection)
     finally:
         connection.close()
 
@@ -613,6 +648,8 @@ class AccountStore:
         self.path = path
         self.reactor = reactor
         self.scrypt = scrypt
+        #: The database's id (L{databaseId}), when L{open} prepared it.
+        self.databaseId: str | None = None
         names = list(names)
         self._names = {nameKey(name) for name in names}
         # skeleton -> how many accounts have it (old look-alike pairs share).
@@ -637,7 +674,10 @@ class AccountStore:
     @classmethod
     def open(cls, path: str, reactor=None, scrypt=DEFAULT_SCRYPT) -> "AccountStore":
         """Prepare the database at C{path} (synchronously) and open it."""
-        return cls(path, prepareDatabase(path), reactor, scrypt)
+        names, ident = prepareDatabaseWithId(path)
+        store = cls(path, names, reactor, scrypt)
+        store.databaseId = ident
+        return store
 
     def close(self) -> None:
         """

@@ -649,3 +649,149 @@ class RedisRegistrationLimit(_RedisUser):
             ],
         )
         return d.addCallback(bool)
+
+
+#: What a node without an account database (C{--db none}) records as the
+#: cluster's: such a node cannot protect registered names, so a cluster is
+#: either all C{--db none} or all on one database.
+NO_ACCOUNTS_DATABASE = "none"
+
+
+def stopChatd(line: str) -> None:
+    """Stop twistd, which then exits with status 1 (a node that must not serve)."""
+    from twisted.internet import reactor
+
+    from chatd.workers import WorkerSupervisor
+
+    WorkerSupervisor.exitWith(1)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+#: Record ARGV[1] as the cluster's account database unless one is, and say
+#: how it compares: C{same}, C{none} (the cluster's nodes have none) or
+#: C{other}. A word, not the id itself: txredisapi would turn an id of
+#: digits into a number.
+_RECORD_ACCOUNTS_DATABASE = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local found = redis.call('GET', KEYS[1])
+if found == ARGV[1] then return 'same' end
+if found == 'none' then return 'none' end
+return 'other'
+"""
+
+
+class AccountsDatabaseCheck(service.Service):
+    """
+    Makes sure every node of a cluster uses one account database: MSGR
+    names are protected from other protocols' users by each node's own copy
+    of the registered names, read from its database, so a node with a
+    database of its own would let them be taken (docs/cluster.md, "One
+    account database").
+
+    When the node's connection to Redis comes up, the id of its database
+    (L{chatd.msgr.accounts.databaseId}; L{NO_ACCOUNTS_DATABASE} for C{--db
+    none}) is recorded as the cluster's (C{SET <prefix>accounts-db id NX}, in a
+    script) unless one is there, and compared with it. L{whenReady} fires when they
+    are the same; otherwise the node is refused: the reason is logged in
+    one line and C{refuse(line)} called (L{stopChatd} in C{twistd}), and
+    L{whenReady} never fires, so no listener accepts a connection.
+
+    Each reconnection records the id again (Redis may have lost it); a
+    different one found then is logged, but a node already serving keeps
+    its users.
+
+    @param cluster: the node's L{ClusterState} (with C{addConnectionObserver}
+        and C{connected}, as L{chatd.cluster.redis.ClusterConnection} has).
+    @param databaseId: the id of the node's account database, or C{None}
+        for C{--db none}.
+    @param option: the node's C{--db} value as its lines show it (a
+        PostgreSQL password redacted).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        cluster,
+        databaseId: str | None,
+        option: str,
+        refuse: Callable[[str], None] = stopChatd,
+    ) -> None:
+        self.cluster = cluster
+        self.value = databaseId or NO_ACCOUNTS_DATABASE
+        self.option = option
+        self.refuse = refuse
+        self.key = cluster.prefix + "accounts-db"
+        self._ready = defer.Deferred()
+        self._refused = False
+        self._checking = False
+
+    def whenReady(self) -> defer.Deferred:
+        """Fires once this node's database is found to be the cluster's."""
+        d = defer.Deferred()
+        self._ready.addCallback(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def startService(self) -> None:
+        super().startService()
+        self.cluster.addConnectionObserver(self._connectionChanged)
+        if self.cluster.connected:
+            self._check()
+
+    def _connectionChanged(self, connected: bool) -> None:
+        if connected and self.running:
+            self._check()
+
+    @defer.inlineCallbacks
+    def _check(self):
+        if self._checking or self._refused:
+            return
+        self._checking = True
+        try:
+            found = yield self.cluster.redis.execute_command(
+                "EVAL", _RECORD_ACCOUNTS_DATABASE, 1, self.key, self.value
+            )
+        except Exception:
+            # The connection went down again: the next one checks.
+            self.log.failure("cluster account database check failed")
+            return
+        finally:
+            self._checking = False
+        if isinstance(found, bytes):
+            found = found.decode("utf-8", "replace")
+        if found == "same":
+            if not self._ready.called:
+                self._ready.callback(None)
+            return
+        line = self._mismatch(found)
+        if self._ready.called:
+            # Serving already (Redis lost the key, another node recorded
+            # its own): stopping now would cut its users off; say it loudly.
+            self.log.critical(
+                "{line}", line=line, db=self.option, event="accounts-db-mismatch"
+            )
+            return
+        self._refused = True
+        self.log.critical(
+            "{line}", line=line, db=self.option, event="accounts-db-refused"
+        )
+        self.refuse(line)
+
+    def _mismatch(self, found: str) -> str:
+        if self.value == NO_ACCOUNTS_DATABASE:
+            return (
+                "chatd: --db none: this cluster's nodes share an account database,"
+                " whose names a node without it cannot protect (docs/cluster.md)"
+            )
+        if found == "none":
+            return (
+                f"chatd: --db {self.option}: this cluster's nodes run with --db none,"
+                " and would not protect its names (docs/cluster.md)"
+            )
+        return (
+            f"chatd: --db {self.option} is not this cluster's account database"
+            " (the cluster's nodes share one: docs/cluster.md)"
+        )

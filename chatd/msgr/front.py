@@ -31,6 +31,7 @@ from chatd.fronts import (
 from chatd.msgr import lockout as msgr_lockout
 from chatd.msgr.accounts import DEFAULT_SCRYPT, AccountStore
 from chatd.msgr.cluster import (
+    AccountsDatabaseCheck,
     RedisLoginLockout,
     RedisRegistrationLimit,
     RedisTokenRegistry,
@@ -288,10 +289,21 @@ class MsgrFront:
 
     def build(self, config, services, reactor) -> None:
         store = services.accounts
+        cluster = getattr(services, "cluster", None)
+        if cluster is not None:
+            # Names are protected cluster-wide only if every node reads
+            # them from one database: a node on another refuses to serve.
+            check = AccountsDatabaseCheck(
+                cluster,
+                None if store is None else store.databaseId,
+                redacted(config["db"]),
+            )
+            check.setName("msgr-accounts-db")
+            check.setServiceParent(services)
+            services.addStartupCheck(check)
         if store is None:
             return  # --db none: check() made sure both listeners are off
         metrics, limits = services.metrics, services.limits
-        cluster = getattr(services, "cluster", None)
         if cluster is None:
             tokens, lockout, registrations = _inMemory(config, reactor)
         else:

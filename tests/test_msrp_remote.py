@@ -263,3 +263,33 @@ class CrossNodeTests(TwoNodes):
         alic.disconnect()
         yield task.deferLater(reactor, 0, lambda: None)
         self.flushLoggedErrors(txredisapi.ConnectionError)
+
+    @defer.inlineCallbacks
+    def test_receiverNodeGoneTellsSender(self):
+        """Node b leaves the cluster mid-file: its users' logouts end it on a."""
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        alic.send(encodeFileHeader(b"bobb", b"f", 10**6) + b"x" * 400)
+        yield self.until(lambda: self.received(bobb).endswith(b"x" * 400))
+        yield self.nodes["b"][0].stopService()
+        gone = encodeError(wireText(errRecipientGone("bobb", "f")))
+        yield self.until(lambda: self.received(alic).endswith(gone))
+        self.assertFalse(alic.readingPaused)
+        bobb.disconnect()
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.flushLoggedErrors(txredisapi.ConnectionError)
+
+    @defer.inlineCallbacks
+    def test_senderNodeGoneCutsTheFile(self):
+        """Node a leaves the cluster mid-file: b sees its sender go, and cuts."""
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        alic.send(encodeFileHeader(b"bobb", b"f", 1000) + b"x" * 400)
+        yield self.until(lambda: self.received(bobb).endswith(b"x" * 400))
+        yield self.nodes["a"][0].stopService()
+        cut = encodeError(wireText(errRecipientGone("alic", "f")))
+        yield self.until(lambda: self.received(bobb).endswith(cut))
+        self.assertTrue(bytes(bobb.got).endswith(b"x" * 400 + bytes(600) + cut))
+        alic.disconnect()
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.flushLoggedErrors(txredisapi.ConnectionError)

@@ -91,7 +91,7 @@ class PieceProducer:
 
 
 class CrossNodeFileTests(ClientTestMixin, TestCase):
-    timeout = 180
+    timeout = 120
 
     def setUp(self) -> None:
         super().setUp()
@@ -220,3 +220,28 @@ class CrossNodeFileTests(ClientTestMixin, TestCase):
         gone = encodeError(wireText(errRecipientGone("bobb", "f.txt")))
         yield alic.waitFor(lambda r: r.endswith(gone))
         self.assertEqual(alic.received, gone)
+
+    @defer.inlineCallbacks
+    def test_filesBetweenMsrpAndMsgrAcrossNodes(self):
+        """Whole files, both ways, between an MSRP user on a and an MSGR user on b."""
+        yield self.startNode("a")
+        yield self.startNode("b")
+        msrpFile = os.path.join(self.directory, "de-msrp.txt")
+        msgrFile = os.path.join(self.directory, "de-msgr.txt")
+        with open(msrpFile, "wb") as f:
+            f.write(b"hola desde MSRP en a\n")
+        with open(msgrFile, "wb") as f:
+            f.write(b"hola desde MSGR en b\n")
+        clt2Inbox = os.path.join(self.directory, "clt2")
+        lunaInbox = os.path.join(self.directory, "luna")
+        self.ports = self.nodes["b"]
+        luna = yield self.loggedIn("msgr", "luna", "--password", "l", "--register", "--save-dir", lunaInbox)
+        self.ports = self.nodes["a"]
+        clt2 = yield self.loggedIn("msrp", "clt2", "--save-dir", clt2Inbox, "--ack-wait", "0")
+        clt2.write(f"send luna {msrpFile}\n")
+        yield luna.waitFor("[clt2] file de-msrp.txt")
+        yield clt2.waitFor("* sent de-msrp.txt to luna (21 bytes)")
+        luna.write(f"send clt2 {msgrFile}\n")
+        yield clt2.waitFor(f"[luna] file de-msgr.txt (21 bytes) saved as {clt2Inbox}/de-msgr.txt")
+        self.assertEqual(self.saved(clt2Inbox), {"de-msgr.txt": b"hola desde MSGR en b\n"})
+        self.assertEqual(self.saved(lunaInbox), {"de-msrp.txt": b"hola desde MSRP en a\n"})

@@ -559,10 +559,14 @@ class MsrpProtocol(SessionProtocol):
         receiver, target = self._fileTarget(receiver)
         remote = None
         if target is None:
+            # Someone on another node, or nobody.
             remote = self._remoteMsrpUser(receiver)
             if remote is None:
-                self._sendError(ERR_NOT_FOUND)
-                return
+                info = self._remoteUser(receiver)
+                if info is None:
+                    self._sendError(ERR_NOT_FOUND)
+                    return
+                receiver = info.name  # collected whole, as below
         try:
             filename = frame.filename.decode("utf-8")
         except UnicodeDecodeError:
@@ -796,7 +800,7 @@ class MsrpProtocol(SessionProtocol):
         if target is None and receiver != BROADCAST:
             # A user of another node: fetched here, handed over whole
             # through the cluster (up to its whole-file limit).
-            info = self.presence.lookup(receiver)
+            info = self._remoteUser(receiver)
             if info is not None:
                 if offer.size > self.fileSizeLimit:
                     self._sendError(errFileTooLarge(offer.size, self.fileSizeLimit))
@@ -894,6 +898,15 @@ class MsrpProtocol(SessionProtocol):
             return False
         self.outbound.send(offer)
         return True
+
+    def _remoteUser(self, receiver: str) -> UserInfo | None:
+        """The online user C{receiver} (name or slot) without a session here."""
+        info = self.presence.lookup(receiver)
+        if info is None:
+            owner = self.factory.slots.ownerOf(receiver)
+            if owner is not None:
+                info = self.presence.lookup(owner)
+        return info
 
     def _remoteMsrpUser(self, receiver: str) -> str | None:
         """The name of an MSRP user on another node a file streams to, if any."""

@@ -30,13 +30,14 @@ from chatd.msrp.codec import (
     encodeMessage,
     wireText,
 )
-from chatd.msrp.protocol import MsrpFactory
+from chatd.msrp.protocol import P2P, MsrpFactory
 from chatd.msrp.relay import FILL_MAX
 from chatd.msrp.remote import CHUNK, WINDOW, ReceiverWindow, SenderCredit
 from chatd.msrp.texts import (
     errFileStalled,
     errNoFiles,
     errRecipientGone,
+    errRemoteVariant,
 )
 from chatd.testservers import redisServer
 from tests.test_msrp_protocol import MsrpClient
@@ -293,3 +294,19 @@ class CrossNodeTests(TwoNodes):
         alic.disconnect()
         yield task.deferLater(reactor, 0, lambda: None)
         self.flushLoggedErrors(txredisapi.ConnectionError)
+
+    @defer.inlineCallbacks
+    def test_peerToPeerReceiverRefused(self):
+        """
+        A client of the peer-to-peer variant on another node is offered files
+        from a port of its own node; a streamed file cannot be: refused.
+        """
+        self.nodes["b"][1].variant = P2P
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        self.assertEqual(bobb.protocol.mode, P2P)
+        alic.send(encodeFileHeader(b"bobb", b"f", 10) + b"0123456789")
+        refused = encodeError(wireText(errRemoteVariant("bobb")))
+        yield self.until(lambda: self.received(alic).endswith(refused))
+        self.assertEqual(bytes(alic.got), refused)
+        self.assertEqual(bytes(self.received(bobb)), b"")

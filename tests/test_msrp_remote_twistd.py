@@ -245,3 +245,32 @@ class CrossNodeFileTests(ClientTestMixin, TestCase):
         yield clt2.waitFor(f"[luna] file de-msgr.txt (21 bytes) saved as {clt2Inbox}/de-msgr.txt")
         self.assertEqual(self.saved(clt2Inbox), {"de-msgr.txt": b"hola desde MSGR en b\n"})
         self.assertEqual(self.saved(lunaInbox), {"de-msrp.txt": b"hola desde MSRP en a\n"})
+
+    @defer.inlineCallbacks
+    def test_peerToPeerOfferToAnotherNode(self):
+        """
+        A client of the peer-to-peer variant on a offers a file to a binary
+        client on b: a fetches it from the offered port and hands it over whole.
+        """
+        a = yield self.startNode("a")
+        yield self.startNode("b")
+        bobb = yield self.connect("b", b"bobb")
+        content = os.urandom(100000)
+
+        class Serve(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(content)
+                self.transport.loseConnection()
+
+        factory = protocol.ServerFactory.forProtocol(Serve)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        abcd = yield self.connect("a", b"abcd")
+        while b"msrp abcd connected" not in a.output:
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        offer = f"bobb f.bin {len(content)} {port.getHost().port} 10.9.9.9"
+        abcd.transport.write(b"\x00\x02" + offer.encode())
+        header = encodeFileHeader(b"abcd", b"f.bin", len(content))
+        yield bobb.waitFor(lambda r: len(r) >= len(header) + len(content))
+        self.assertEqual(bobb.received, header + content)
+        self.assertEqual(abcd.received, b"")

@@ -8,7 +8,9 @@ factories on an injected clock (the idle timeout).
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 import os
 
 import txredisapi
@@ -21,8 +23,6 @@ from chatd.cluster.redis import ClusterConnection, parseClusterURL
 from chatd.limits import Limits
 from chatd.metrics import ChatdMetrics
 from chatd.msrp.codec import (
-    Ack,
-    FileHeader,
     Message,
     encodeAck,
     encodeError,
@@ -310,3 +310,23 @@ class CrossNodeTests(TwoNodes):
         yield self.until(lambda: self.received(alic).endswith(refused))
         self.assertEqual(bytes(alic.got), refused)
         self.assertEqual(bytes(self.received(bobb)), b"")
+
+    @defer.inlineCallbacks
+    def test_recipientFreedWithoutTheCollector(self):
+        """
+        A recipient that kept a remote sender's stand-in for an ACK is freed
+        by reference counting once it closes (docs/architecture.md).
+        """
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        alic.send(encodeFileHeader(b"bobb", b"f", 10) + b"0123456789")
+        yield self.until(lambda: self.received(bobb).endswith(b"0123456789"))
+        gc.disable()
+        self.addCleanup(gc.enable)
+        recipient = weakref.ref(bobb.protocol)
+        bobb.disconnect()
+        bobb.protocol = None
+        # Its logout's script in Redis holds its entry until it answers.
+        yield self.until(lambda: self.nodes["a"][0].lookup("bobb") is None)
+        yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNone(recipient())

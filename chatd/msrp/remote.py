@@ -294,9 +294,10 @@ class RemoteSender:
         self.files.send(self.node, {"t": "fs-grant", "id": self.id, "n": n})
 
     def received(self, data: bytes) -> None:
+        stream = self.stream  # released if the write ends it
         self.window.arrived(len(data))
-        self.stream.write(data)
-        self.updateFlow(self.stream)
+        stream.write(data)
+        self.updateFlow(stream)
 
     def fileAbandoned(self, stream: FileStream, text: str) -> None:
         self._stop(text)
@@ -308,7 +309,7 @@ class RemoteSender:
     def _stop(self, text: str) -> None:
         if self.ended:
             return  # told already, or A ended it (and told its sender)
-        self.files.incoming.pop(self.id, None)
+        self.files.release(self)
         self.ended = True
         self.files.send(self.node, {"t": "fs-stop", "id": self.id,
                                     "sender": self.user.name, "text": text})
@@ -477,17 +478,27 @@ class RemoteFiles:
         if proxy is not None:
             proxy.received(_unb64(data["d"]))
 
+    def release(self, proxy: RemoteSender) -> FileStream | None:
+        """
+        Nothing more comes from A for C{proxy}'s file: forget it, and let
+        go of its stream (the recipient may keep C{proxy} for an ACK, and
+        must not keep itself alive through it).
+        """
+        self.incoming.pop(proxy.id, None)
+        stream, proxy.stream = proxy.stream, None
+        return stream
+
     def _ended(self, data: dict) -> None:
-        proxy = self.incoming.pop(data["id"], None)
+        proxy = self.incoming.get(data["id"])
         if proxy is not None:
-            proxy.stream.finish()
+            self.release(proxy).finish()
 
     def _cut(self, data: dict) -> None:
-        proxy = self.incoming.pop(data["id"], None)
+        proxy = self.incoming.get(data["id"])
         if proxy is None:
             return
         proxy.ended = True  # A told its sender already
-        stream = proxy.stream
+        stream = self.release(proxy)
         if data.get("stalled") and stream.live:
             stream.stalled()
         else:
@@ -503,7 +514,6 @@ class RemoteFiles:
             if out.receiverKey == key:
                 out.stop(errRecipientGone(info.name, show(out.filename)))
         for proxy in list(self.incoming.values()):
-            if proxy.senderKey == key and not proxy.stream.done:
-                del self.incoming[proxy.id]
+            if proxy.senderKey == key:
                 proxy.ended = True
-                proxy.stream.cut()
+                self.release(proxy).cut()

@@ -34,6 +34,7 @@ from chatd.msrp.protocol import P2P, MsrpFactory
 from chatd.msrp.relay import FILL_MAX
 from chatd.msrp.remote import CHUNK, WINDOW, ReceiverWindow, SenderCredit
 from chatd.msrp.texts import (
+    errAckSenderGone,
     errFileStalled,
     errNoFiles,
     errRecipientGone,
@@ -330,3 +331,15 @@ class CrossNodeTests(TwoNodes):
         yield self.until(lambda: self.nodes["a"][0].lookup("bobb") is None)
         yield task.deferLater(reactor, 0.01, lambda: None)
         self.assertIsNone(recipient())
+
+    @defer.inlineCallbacks
+    def test_ackForSenderGone(self):
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        alic.send(encodeFileHeader(b"bobb", b"f", 10) + b"0123456789")
+        yield self.until(lambda: self.received(bobb).endswith(b"0123456789"))
+        alic.disconnect()
+        yield self.until(lambda: self.nodes["b"][0].lookup("alic") is None)
+        bobb.got = bytearray()
+        bobb.send(encodeAck(b"f"))
+        self.assertEqual(bobb.wire(), encodeError(wireText(errAckSenderGone("f"))))

@@ -274,3 +274,23 @@ class CrossNodeFileTests(ClientTestMixin, TestCase):
         yield bobb.waitFor(lambda r: len(r) >= len(header) + len(content))
         self.assertEqual(bobb.received, header + content)
         self.assertEqual(abcd.received, b"")
+
+    @defer.inlineCallbacks
+    def test_senderNodeKilledMidFile(self):
+        """
+        kill -9 of the sender's node: the recipient's file is cut once the
+        node's users are reaped (--cluster-ttl), before the idle timeout.
+        """
+        yield self.startNode("a", "--cluster-ttl", "1.5")
+        yield self.startNode("b", "--cluster-ttl", "1.5")
+        bobb = yield self.connect("b", b"bobb")
+        alic = yield self.connect("a", b"alic")
+        yield self.seen(alic, b"bobb")
+        alic.transport.write(encodeFileHeader(b"bobb", b"f.txt", 100000) + b"x" * 1000)
+        yield bobb.waitFor(lambda r: r.endswith(b"x" * 1000))
+        yield self.servers["a"].signal("KILL")
+        cut = encodeError(wireText(errRecipientGone("alic", "f.txt")))
+        yield bobb.waitFor(lambda r: r.endswith(cut))
+        header = encodeFileHeader(b"alic", b"f.txt", 100000)
+        self.assertEqual(bobb.received, header + b"x" * 1000 + bytes(99000) + cut)
+        self.assertIn(b"freed 1 names of nodes whose heartbeat is gone", self.servers["b"].output)

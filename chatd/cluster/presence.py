@@ -64,8 +64,8 @@ from chatd.presence import (
 )
 
 #: The largest whole file handed to a user on another node (it travels in
-#: one Redis message). Larger MSRP files streamed across nodes are not
-#: carried yet: the sender is told the receiver takes files of at most this.
+#: one Redis message). Files between MSRP users on different nodes are
+#: streamed instead (chatd/msrp/remote.py), whatever their size.
 REMOTE_FILE_LIMIT = 8 * 1024 * 1024
 
 

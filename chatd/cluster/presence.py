@@ -67,8 +67,8 @@ from chatd.presence import (
 )
 
 #: The largest whole file handed to a user on another node (it travels in
-#: one Redis message). Larger MSRP files streamed across nodes are not
-#: carried yet: the sender is told the receiver takes files of at most this.
+#: one Redis message). Files between MSRP users on different nodes are
+#: streamed instead (chatd/msrp/remote.py), whatever their size.
 REMOTE_FILE_LIMIT = 8 * 1024 * 1024
 
 
@@ -181,6 +181,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         self._ready = defer.Deferred()
         self._pending: set[IChatSession] = set()
         self._files: dict[str, tuple[defer.Deferred, str]] = {}
+        #: Handlers of other kinds of messages on this node's channel, by
+        #: their C{"t"}: the MSRP file streams (chatd/msrp/remote.py) ride
+        #: it so that they keep their order with this node's messages.
+        self.inboxHandlers: dict[str, Callable[[dict], None]] = {}
         self._fileIds = itertools.count(1)
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = clock
@@ -847,6 +851,23 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             waiting = self._files.pop(data["id"], None)
             if waiting is not None:
                 waiting[0].callback(bool(data["ok"]))
+        else:
+            handler = self.inboxHandlers.get(kind)
+            if handler is not None:
+                handler(data)
+
+    def nodeOf(self, name: str) -> str | None:
+        """The node of C{name}, a user online on another node; else C{None}."""
+        entry = self._byName.get(nameKey(name))
+        return entry.node if isinstance(entry, _RemoteEntry) else None
+
+    def sendToNode(self, node: str, data: dict) -> None:
+        """
+        Publish C{data} (JSON, with a C{"t"} an L{inboxHandlers} of that
+        node knows) on C{node}'s channel, after what this node published
+        there before (one connection: Redis keeps the order).
+        """
+        self._publish(self.connection.key("to", node), data)
 
     def _remoteMessage(self, data: dict) -> None:
         entry = self._byName.get(nameKey(data["receiver"]))

@@ -121,6 +121,13 @@ def errFileTooLargeFor(name: str, size: int, limit: int) -> str:
     )
 
 
+def errRemoteVariant(name: str) -> str:
+    return (
+        f"{name} usa la variante entre pares en otro nodo: no puede recibir"
+        " archivos en flujo; no se entregó."
+    )
+
+
 def errRecipientGone(name: str, filename: str) -> str:
     return f"{ERR_FILE} {name} se desconectó; {filename} no se entregó."
 

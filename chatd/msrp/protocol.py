@@ -564,16 +564,15 @@ class MsrpProtocol(SessionProtocol):
             self._sendError(ERR_NOT_FOUND)
             return
         receiver, target = self._fileTarget(receiver)
-        remote = None
-        if target is None:
-            # Someone on another node, or nobody.
-            remote = self._remoteMsrpUser(receiver)
-            if remote is None:
-                info = self._remoteUser(receiver)
-                if info is None:
-                    self._sendError(ERR_NOT_FOUND)
-                    return
-                receiver = info.name  # collected whole, as below
+        # An MSRP user on another node (whose session here is the cluster's
+        # stand-in, or none): streamed through the cluster, with credit.
+        remote = self._remoteMsrpUser(receiver)
+        if remote is None and target is None:
+            info = self._remoteUser(receiver)
+            if info is None:
+                self._sendError(ERR_NOT_FOUND)
+                return
+            receiver = info.name  # collected whole, as below
         try:
             filename = frame.filename.decode("utf-8")
         except UnicodeDecodeError:

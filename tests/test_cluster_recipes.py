@@ -181,8 +181,7 @@ class QuickStartTests(TestCase):
     def localCommand(self, command: str) -> str:
         """A chatd-client line with the test node's port for the page's."""
         port = int(re.search(r"--port (\d+)", command).group(1))
-        command = command.replace(f"--port {port}", f"--port {self.ports[port]}")
-        return command.replace("chatd-client ", os.path.join(os.path.dirname(sys.executable), "chatd-client") + " ", 1)
+        return command.replace(f"--port {port}", f"--port {self.ports[port]}")
 
     def asDocumented(self, output: bytes) -> str:
         """What a client printed, with the page's ports for the test's."""
@@ -192,9 +191,19 @@ class QuickStartTests(TestCase):
         return text
 
     def spawn(self, shell, command: str):
+        """Run a chatd-client line of the page in bash, the venv's first on PATH."""
         env = {k: v for k, v in environment().items() if k != "CHATD_PASSWORD"}
-        reactor.spawnProcess(shell, "/bin/bash", ["bash", "-c", self.localCommand(command)], env=env, path=self.directory)
-        self.addCleanup(lambda: None if shell.ended.called else (shell.transport.signalProcess("KILL"), shell.ended)[1])
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        reactor.spawnProcess(
+            shell, "/bin/bash", ["bash", "-c", self.localCommand(command)], env=env, path=self.directory
+        )
+
+        def kill():
+            if not shell.ended.called:
+                shell.transport.signalProcess("KILL")
+            return shell.ended
+
+        self.addCleanup(kill)
         return shell
 
     @defer.inlineCallbacks

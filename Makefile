@@ -40,7 +40,8 @@ test: $(VENV)/.installed-test test-tools
 # create and start a "main" cluster on port 5432 that no test uses: the
 # createcluster.conf written first (kept by --force-confold) says not to.
 TEST_TOOLS := nc:netcat-openbsd xxd:xxd curl:curl openssl:openssl \
-	redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql
+	redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql \
+	haproxy:haproxy
 test-tools:
 	@missing=; for pair in $(TEST_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \

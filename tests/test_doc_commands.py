@@ -16,7 +16,8 @@ one is claimed by a test in one of three ways:
 So a new recipe nobody runs fails L{CoverageTests}.
 
 The runners of this module (the others are in the modules their markers
-name: tests/test_msgr_recipes.py, tests/test_tls.py):
+name: tests/test_msgr_recipes.py, tests/test_tls.py,
+tests/test_cluster_recipes.py for docs/cluster.md):
 
   - C{twistd} lines that start a server are checked as their twin: their
     options, parsed as twistd parses them, chatd's included (files under
@@ -53,9 +54,6 @@ from tests import test_doc_recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: docs/cluster.md is left out for now: the cluster engineers (issue 16)
-#: add it with its own runner, and then it joins the documents here.
-SKIPPED_DOCUMENTS = {"docs/cluster.md"}
 
 #: A command that makes a block a recipe.
 COMMAND = re.compile(
@@ -86,7 +84,7 @@ def documents() -> list[str]:
     found = ["README.md"] + sorted(
         os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "docs", "*.md"))
     )
-    return [name for name in found if name not in SKIPPED_DOCUMENTS]
+    return found
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """
-Two real C{twistd chatd} nodes on one real redis-server: users of every
-protocol on each node write to users of every protocol on the other, and a
-node killed with C{kill -9} loses its users on the other within the TTL.
+Two and three real C{twistd chatd} nodes on one real redis-server: users of
+every protocol on each node write to users of every protocol on the others,
+a broadcast reaches every node once, one name claimed on three nodes at once
+is won once, and a node killed with C{kill -9} loses its users on the others
+within the TTL.
 """
 
 from __future__ import annotations
@@ -129,6 +131,56 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         self.ports = self.nodes["b"]
         taken = yield self.script("protobuf", "", "--name", "PEPA")
         self.assertIn("PEPA is already online", taken.stdout + taken.stderr)
+
+    @defer.inlineCallbacks
+    def test_threeNodes(self):
+        """
+        Three nodes: a broadcast from a user of one reaches the users of
+        the two others once each, in their protocols; one name claimed on
+        the three nodes in the same instant is won by exactly one login.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from chatd.protobuf import chat_pb2
+        from tests.support import login
+        from tests.twistd import ByteCollector
+
+        for nodeId in "abc":
+            yield self.startNode(nodeId)
+        pep = yield self.on("a", "protobuf", "pepa")
+        mar = yield self.on("b", "msrp", "mara")
+        lun = yield self.on("c", "msgr", "luna")
+        pep.write("all hola a todos\nmsg luna fin\nmsg mara fin\n")
+        yield pep.waitFor("* delivered to 2 users")
+        yield mar.waitFor("[pepa] fin")
+        yield lun.waitFor("[pepa] fin")
+        self.assertEqual(mar.out.count(b"[pepa] hola a todos"), 1)
+        self.assertEqual(lun.out.count(b"[pepa -> all] hola a todos"), 1)
+
+        clients = []
+        for nodeId in "abc":
+            client = ByteCollector()
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.nodes[nodeId]["protobuf"])
+            yield connectProtocol(endpoint, client)
+            self.addCleanup(lambda c=client: (c.transport.loseConnection(), c.closed)[1])
+            clients.append(client)
+        request = login("zoe").SerializeToString()
+        for client in clients:  # in one reactor turn
+            client.transport.write(request)
+        responses = []
+        for client in clients:
+            response = yield client.waitFor(
+                lambda data: data and chat_pb2.ServerResponse.FromString(data)
+            )
+            responses.append(response)
+        won = [r for r in responses if r.code == chat_pb2.ServerResponse.SUCCESSFUL_OPERATION]
+        self.assertEqual(len(won), 1, responses)
+        self.assertEqual(
+            sorted(r.code for r in responses).count(chat_pb2.ServerResponse.FAILED_OPERATION),
+            2,
+            responses,
+        )
 
     @defer.inlineCallbacks
     def test_killedNodeFreesItsUsers(self):

@@ -33,7 +33,7 @@ class ClientProcess(protocol.ProcessProtocol):
         self.err = b""
         self.ended: defer.Deferred = defer.Deferred()
         self.exitCode: int | None = None
-        self._waiters: list[tuple[str, bytes, defer.Deferred]] = []
+        self._waiters: list[tuple[str, bytes, defer.Deferred, int]] = []
 
     @property
     def stdout(self) -> str:
@@ -56,17 +56,21 @@ class ClientProcess(protocol.ProcessProtocol):
 
     def _check(self) -> None:
         for waiter in list(self._waiters):
-            stream, text, d = waiter
-            if text in (self.out if stream == "out" else self.err):
+            stream, text, d, count = waiter
+            if (self.out if stream == "out" else self.err).count(text) >= count:
                 self._waiters.remove(waiter)
                 d.callback(None)
 
     def waitFor(self, text: str, stream: str = "out") -> defer.Deferred:
+        return self.waitForCount(text, 1, stream)
+
+    def waitForCount(self, text: str, count: int, stream: str = "out") -> defer.Deferred:
+        """Fires once the output holds C{text} C{count} times."""
         data = text.encode("utf-8")
-        if data in (self.out if stream == "out" else self.err):
+        if (self.out if stream == "out" else self.err).count(data) >= count:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
-        self._waiters.append((stream, data, d))
+        self._waiters.append((stream, data, d, count))
         return d
 
     def write(self, text: str) -> None:

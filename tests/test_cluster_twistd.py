@@ -183,6 +183,35 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_msgrFriendsAcrossNodes(self):
+        """
+        MSGR friends on two nodes: a friend request and its answer cross
+        nodes, the friend-list pushes follow logins and logouts on the other
+        node, and a status changed on one node is what the other shows.
+        """
+        yield self.startNode("a")
+        yield self.startNode("b")
+        bea = yield self.on("a", "msgr", "bea")
+        ana = yield self.on("b", "msgr", "ana")
+        ana.write("friend bea\n")
+        yield bea.waitFor("* friend requests: ana")
+        bea.write("accept ana\n")
+        yield ana.waitFor("* friends online: bea")
+        yield bea.waitFor("* friends online: ana")
+        ana.write("status OCUPADO\n")
+        yield ana.waitFor("* status is now OCUPADO")
+        # The change reaches node a's replica a moment after b answered:
+        # ask until it shows (each answer is awaited, nothing sleeps).
+        for asked in range(1, 51):
+            bea.write("info ana\n")
+            yield bea.waitForCount("* ana online ", asked)
+            if b"* ana online OCUPADO" in bea.out:
+                break
+        self.assertIn(b"* ana online OCUPADO", bea.out)
+        ana.write("quit\n")
+        yield bea.waitFor("* friends online: none")
+
+    @defer.inlineCallbacks
     def test_killedNodeFreesItsUsers(self):
         ttl = 1.5
         yield self.startNode("a", "--cluster-ttl", str(ttl))

@@ -313,6 +313,9 @@ class MsgrFront:
         )
         msgr.setName("msgr-accounts")
         msgr.setServiceParent(services)  # stopping it closes the database
+        if getattr(services.presence, "inboxHandlers", None) is not None:
+            # Friend requests and answers for users bound on other nodes.
+            msgr.joinCluster(services.presence)
         if isinstance(tokens, RedisTokenRegistry):
             tokens.onRevoked = msgr.revokedElsewhere
             tokens.setName("msgr-tokens")

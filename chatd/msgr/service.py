@@ -106,6 +106,12 @@ class PushTarget(TypingProtocol):
     def tokenRevoked(self) -> None: ...
 
 
+#: What one node of a cluster tells another about a user bound there: the
+#: friend requests waiting for it, and a new friend.
+REQUESTS = "msgr-requests"
+BEFRIENDED = "msgr-befriended"
+
+
 class MsgrService(service.Service):
     """
     The shared state of MSGR UQ: the account store, the tokens, the lockout,
@@ -142,6 +148,8 @@ class MsgrService(service.Service):
         self.registrations = registrations
         # nameKey -> the bound socket, and its friends (nameKey -> name).
         self._sessions: dict[str, PushTarget] = {}
+        # A cluster's presence service, once joinCluster is called.
+        self._cluster = None
         self._friends: dict[str, dict[str, str]] = {}
         self._watching = False
         self._revocationPoll: task.LoopingCall | None = None
@@ -668,6 +676,8 @@ class MsgrService(service.Service):
             if key in self._friends:
                 self._friends[key][nameKey(other)] = other
                 self._pushFriends(key)
+            else:
+                self._toUsersNode(me, {"t": BEFRIENDED, "user": me, "friend": other})
 
     def _pushFriends(self, key: str) -> None:
         session = self._sessions.get(key)
@@ -678,6 +688,42 @@ class MsgrService(service.Service):
         session = self._sessions.get(nameKey(name))
         if session is not None:
             session.pushRequests(list(pending))
+        else:
+            self._toUsersNode(name, {"t": REQUESTS, "user": name, "pending": list(pending)})
+
+    # Pushes for a user bound on another node of a cluster: a friend request
+    # or an answer is written to the shared database by the node that took
+    # it, and the receiver's chat socket may be bound on another node, which
+    # is told on its inbox channel (chatd/cluster/, docs/cluster.md).
+
+    def joinCluster(self, presence) -> None:
+        """
+        Take the pushes other nodes send for this node's bound users, and
+        send them theirs: C{presence} is a cluster's presence service (with
+        C{inboxHandlers}, C{nodeOf} and C{sendToNode}).
+        """
+        self._cluster = presence
+        presence.inboxHandlers[REQUESTS] = self._remoteRequests
+        presence.inboxHandlers[BEFRIENDED] = self._remoteBefriended
+
+    def _toUsersNode(self, name: str, data: dict) -> None:
+        if self._cluster is None:
+            return
+        node = self._cluster.nodeOf(name)
+        if node is not None:
+            self._cluster.sendToNode(node, data)
+
+    def _remoteRequests(self, data: dict) -> None:
+        session = self._sessions.get(nameKey(str(data.get("user", ""))))
+        if session is not None:
+            session.pushRequests([str(n) for n in data.get("pending") or []])
+
+    def _remoteBefriended(self, data: dict) -> None:
+        key = nameKey(str(data.get("user", "")))
+        friend = str(data.get("friend", ""))
+        if key in self._friends and friend:
+            self._friends[key][nameKey(friend)] = friend
+            self._pushFriends(key)
 
     def _presenceChanged(self, kind: str, info: UserInfo) -> None:
         if kind not in (LOGIN, LOGOUT):

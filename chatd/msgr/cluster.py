@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from chatd.msgr.lockout import (
     BUSY,
+    LoginAttempt,
     DEFAULT_ACCOUNT_FAILURES,
     DEFAULT_ADDRESS_FAILURES,
     DEFAULT_LOCK_TIME,
@@ -478,7 +479,7 @@ class RedisLoginLockout(_RedisUser):
     limits, window and lock, with the failures, the locks, the checks in
     flight and the one check of a name at a time kept in Redis.
 
-    L{reserve} returns a L{Deferred} firing with a L{RedisLoginAttempt}
+    L{reserve} returns a L{Deferred} firing with a L{LoginAttempt}
     (whose C{refusal} is set as on one node), or failing when Redis does
     not answer: the login is then refused, never let through uncounted.
     A check in flight counts for at most L{CHECK_TIMEOUT} seconds, so that
@@ -537,7 +538,9 @@ class RedisLoginLockout(_RedisUser):
         )
         refusals = {"locked": LOCKED, "busy": BUSY, "spent": SPENT, "ok": None}
         return d.addCallback(
-            lambda answer: RedisLoginAttempt(self, keys, attemptId, refusals[answer])
+            lambda answer: LoginAttempt(
+                lambda outcome: self._ended(keys, attemptId, outcome), refusals[answer]
+            )
         )
 
     def _ended(self, keys: list[str], attemptId: str, outcome: str) -> None:
@@ -563,40 +566,6 @@ class RedisLoginLockout(_RedisUser):
                 "Redis: ending a login check failed", failure
             )
         )
-
-
-class RedisLoginAttempt:
-    """
-    A password check reserved by L{RedisLoginLockout.reserve}, with the
-    methods of L{chatd.msgr.lockout.LoginAttempt}; ending it twice does
-    nothing.
-    """
-
-    FAILED, SUCCEEDED, ABANDONED = "failed", "succeeded", "abandoned"
-
-    def __init__(self, lockout: RedisLoginLockout, keys, attemptId: str, refusal: str | None):
-        self.refusal = refusal
-        self._lockout = lockout
-        self._keys = keys
-        self._id = attemptId
-        self._open = refusal is None
-
-    def _end(self, outcome: str) -> None:
-        if self._open:
-            self._open = False
-            self._lockout._ended(self._keys, self._id, outcome)
-
-    def failed(self) -> None:
-        """The password was wrong: the failure stays counted."""
-        self._end(self.FAILED)
-
-    def succeeded(self) -> None:
-        """The password was right: the account's failures are forgotten."""
-        self._end(self.SUCCEEDED)
-
-    def abandoned(self) -> None:
-        """No answer (an internal error): the attempt does not count."""
-        self._end(self.ABANDONED)
 
 
 # The registration limit. KEYS: the address's registrations. ARGV: now,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -163,7 +164,9 @@ class LoginLockout:
             refusal = BUSY
         elif self.accounts.spent(key) or self.addresses.spent(address):
             refusal = SPENT
-        attempt = LoginAttempt(self, key, address, refusal)
+        attempt = LoginAttempt(
+            lambda outcome: self._ended(key, address, outcome), refusal
+        )
         if refusal is None:
             self._checking.add(key)
             self.accounts.begin(key)
@@ -194,24 +197,25 @@ class LoginLockout:
 
 class LoginAttempt:
     """
-    A password check reserved by L{LoginLockout.reserve}. Unless C{refusal}
-    is set, it counts as a failure until it ends; ending it twice does
-    nothing.
+    A password check reserved by a lockout's C{reserve} (L{LoginLockout},
+    or a cluster's C{RedisLoginLockout}). Unless C{refusal} is set, it
+    counts as a failure until it ends; ending it twice does nothing.
+
+    @param ended: called once, with the outcome (L{FAILED}, L{SUCCEEDED} or
+        L{ABANDONED}), when the check ends; never for a refused attempt.
     """
 
     FAILED, SUCCEEDED, ABANDONED = "failed", "succeeded", "abandoned"
 
-    def __init__(self, lockout: LoginLockout, key: str, address: str, refusal: str | None):
+    def __init__(self, ended: Callable[[str], None], refusal: str | None):
         self.refusal = refusal
-        self._lockout = lockout
-        self._key = key
-        self._address = address
+        self._ended = ended
         self._open = refusal is None
 
     def _end(self, outcome: str) -> None:
         if self._open:
             self._open = False
-            self._lockout._ended(self._key, self._address, outcome)
+            self._ended(outcome)
 
     def failed(self) -> None:
         """The password was wrong: the failure stays counted."""

@@ -465,7 +465,7 @@ class TwistdProcess(protocol.ProcessProtocol):
     C{twistd --nodaemon chatd ARGS} in C{directory}, driven by the
     reactor, for the tests. L{ready} fires with C{{label: port}} once
     every listener in C{labels} logged its address; L{ended} once the
-    process is gone.
+    process is gone; L{waitForOutput} when its output holds a text.
     """
 
     #: twistd's own options, before C{chatd}.
@@ -480,6 +480,7 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ready: defer.Deferred = defer.Deferred()
         self.ended: defer.Deferred = defer.Deferred()
         self.exitStatus = None
+        self._waiting: list[tuple[bytes, defer.Deferred]] = []
 
     def start(self) -> defer.Deferred:
         # Imported here, not above: the soak (asyncio) imports this module
@@ -499,8 +500,20 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ports.update(listeningPorts(self.output))
         if not self.ready.called and self.labels <= set(self.ports):
             self.ready.callback(dict(self.ports))
+        for entry in list(self._waiting):
+            if entry[0] in self.output:
+                self._waiting.remove(entry)
+                entry[1].callback(None)
 
     errReceived = outReceived
+
+    def waitForOutput(self, text: bytes) -> defer.Deferred:
+        """Fires once the process's output (out and err) holds C{text}."""
+        if text in self.output:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((text, d))
+        return d
 
     def processEnded(self, reason: Failure) -> None:
         self.exitStatus = reason.value

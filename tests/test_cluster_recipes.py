@@ -112,7 +112,6 @@ class ShellTwistd(TwistdProcess):
     def __init__(self, command: str, labels: list[str], directory: str) -> None:
         super().__init__([], labels, directory)
         self.command = command
-        self._waiting: list[tuple[bytes, defer.Deferred]] = []
 
     def start(self) -> defer.Deferred:
         env = environment()
@@ -122,22 +121,6 @@ class ShellTwistd(TwistdProcess):
             self, "/bin/bash", ["bash", "-c", "exec " + self.command], env=env, path=self.directory
         )
         return self.ready
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        for entry in list(self._waiting):
-            if entry[0] in self.output:
-                self._waiting.remove(entry)
-                entry[1].callback(None)
-
-    errReceived = outReceived
-
-    def waitForOutput(self, text: bytes) -> defer.Deferred:
-        if text in self.output:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((text, d))
-        return d
 
 
 #: A twistd listener option of the page -> its label in the log.

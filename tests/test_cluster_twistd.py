@@ -23,29 +23,6 @@ from tests.twistd import TwistdProcess
 _prefixes = itertools.count()
 
 
-class NodeProcess(TwistdProcess):
-    """A twistd whose output can be waited for."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._waiting: list[tuple[bytes, defer.Deferred]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        for entry in list(self._waiting):
-            if entry[0] in self.output:
-                self._waiting.remove(entry)
-                entry[1].callback(None)
-
-    errReceived = outReceived
-
-    def waitForOutput(self, text: bytes) -> defer.Deferred:
-        if text in self.output:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._waiting.append((text, d))
-        return d
-
 LABELS = ("protobuf", "msrp", "msgr", "msgr-http")
 
 
@@ -57,7 +34,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         self.redis = redisServer()
         self.prefix = f"twistd{os.getpid()}-{next(_prefixes)}:"
         self.nodes: dict[str, dict[str, int]] = {}
-        self.servers: dict[str, NodeProcess] = {}
+        self.servers: dict[str, TwistdProcess] = {}
 
     @defer.inlineCallbacks
     def startNode(self, nodeId: str, *extra: str, db: str | None = None):
@@ -79,7 +56,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
             "--node-id", nodeId,
             *extra,
         ]
-        server = NodeProcess(args, list(LABELS), directory)
+        server = TwistdProcess(args, list(LABELS), directory)
         self.addCleanup(server.signal, "KILL")
         self.servers[nodeId] = server
         self.nodes[nodeId] = yield server.start()

@@ -30,7 +30,7 @@ from chatd.msrp.texts import errRecipientGone
 from chatd.testservers import redisServer
 from tests import test_cluster_twistd as cluster
 from tests.test_client_support import ClientTestMixin
-from tests.twistd import ByteCollector
+from tests.twistd import ByteCollector, TwistdProcess
 
 MiB = 1024 * 1024
 
@@ -98,7 +98,7 @@ class CrossNodeFileTests(ClientTestMixin, TestCase):
         self.redis = redisServer()
         self.prefix = f"files{os.getpid()}-{next(cluster._prefixes)}:"
         self.nodes: dict[str, dict[str, int]] = {}
-        self.servers: dict[str, cluster.NodeProcess] = {}
+        self.servers: dict[str, TwistdProcess] = {}
 
     # The cluster's twistd tests start their nodes the same way.
     startNode = cluster.TwoNodeTests.startNode

@@ -655,17 +655,27 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
 
     def _received(self, channel, message) -> None:
         channel = _text(channel)
-        data = json.loads(_text(message))
+        data = json.loads(message)
         if channel == self._events:
             if self._buffer is not None:
                 self._buffer.append(data)
             else:
                 self._applyEvent(data)
         elif channel == self._broadcast:
-            if data["node"] != self.nodeId:
-                self._deliverBroadcast(data)
+            # A batch (the Publisher's JSON array), applied in order.
+            for item in data:
+                if item["node"] != self.nodeId:
+                    self._applyOne(self._deliverBroadcast, item)
         elif channel == self._inbox:
-            self._inboxMessage(data)
+            for item in data:
+                self._applyOne(self._inboxMessage, item)
+
+    def _applyOne(self, handler, item: dict) -> None:
+        # One bad message does not cost the rest of its batch.
+        try:
+            handler(item)
+        except Exception:
+            self.log.failure("cluster message {item!r} failed", item=item)
 
     def _applyEvent(self, event: dict) -> None:
         if event["seq"] <= self._seq:
@@ -762,6 +772,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 self._publish(
                     self._broadcast,
                     {"node": self.nodeId, "sender": source.info.name, "text": text},
+                    barrier=True,
                 )
                 routed = self._routed[source.info.protocol]
                 for entry in remote:
@@ -823,9 +834,11 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 count += 1
         return count
 
-    def _publish(self, channel: str, data: dict) -> None:
-        d = self.connection.redis.publish(channel, json.dumps(data, ensure_ascii=False))
-        d.addErrback(lambda f: self.log.failure("cluster publish on {channel} failed", f, channel=channel))
+    def _publish(self, channel: str, data: dict, barrier: bool = False) -> None:
+        # Joined with the rest of this turn's (chatd.cluster.redis.Publisher).
+        self.connection.publisher.publish(
+            channel, json.dumps(data, ensure_ascii=False).encode(), barrier
+        )
 
     def _deliverBroadcast(self, data: dict) -> None:
         message = ChatMessage(data["sender"], BROADCAST, data["text"])

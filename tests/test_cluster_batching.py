@@ -145,3 +145,27 @@ class BatchingTests(ClusterTestCase):
         a.logout(alice)
         yield gone
         self.assertEqual(order, [("message", "bye"), ("logout", "alice")])
+
+    @defer.inlineCallbacks
+    def test_wireFormat(self):
+        """
+        The bytes Redis carries for a message and a broadcast: compact JSON
+        arrays, as docs/cluster.md shows them.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        inbox = yield self.spy(b.connection.key("to", "b"))
+        broadcasts = yield self.spy(b.connection.key("broadcast"))
+        text = 'h\u00e9llo "you"\n\\'
+        a.sendMessage(alice, "bob", text)
+        a.sendMessage(alice, BROADCAST, text)
+        yield bob.messagesArrived(2)
+        yield b.connection.redis.ping()
+        self.assertEqual(
+            inbox,
+            ['[{"t":"msg","from":"a","sender":"alice","receiver":"bob",'
+             '"text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+        )
+        self.assertEqual(
+            broadcasts,
+            ['[{"node":"a","sender":"alice","text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+        )

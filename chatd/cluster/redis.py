@@ -11,6 +11,10 @@ capped exponential backoff:
     (messages from one sender to one receiver arrive in order);
   - the subscriber connection (pub/sub), which hands every message to
     C{onMessage(channel, message)} and subscribes again after a reconnect.
+
+What a node publishes goes through L{Publisher}, which joins what one
+reactor turn publishes into one PUBLISH per run of a channel (a JSON array:
+docs/cluster.md, "What is in Redis").
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from chatd.cluster import DEFAULT_PREFIX
 
 #: Redis' own port.
 DEFAULT_PORT = 6379
+
+#: The most bytes of messages joined into one PUBLISH (a single message
+#: larger than that still goes, alone).
+BATCH_LIMIT = 64 * 1024
 
 #: Seconds before the first reconnection attempt, and the most between two.
 RECONNECT_INITIAL = 0.5
@@ -188,6 +196,86 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.owner._messageReceived(channel, message)
 
 
+class Publisher:
+    """
+    Joins what a node publishes during one reactor turn into as few PUBLISH
+    commands as keep the order (docs/cluster.md, "Batches").
+
+    Each PUBLISH and each message it brings to a subscriber cost the nodes'
+    Redis client far more than the few bytes they carry (txredisapi's reader
+    takes a reactor turn per bulk string): under load a batch pays that once
+    for many messages. At a low rate a message waits only for the end of
+    the turn that published it (one C{callLater(0)} per turn, none while
+    nothing is pending).
+
+    A batch is a run of messages for one channel, sent as the JSON array of
+    them. The runs go out in the order they began, so:
+
+      - a message for a node's own channel joins the open run of that
+        channel (what other nodes' channels got meanwhile cannot be seen by
+        that node, so it need not wait behind it);
+      - a C{barrier} message (a broadcast: every node sees it) joins the
+        last run only if that run is of its channel, and closes every open
+        run: what follows a broadcast is published after it;
+      - a run closes once it holds C{limit} bytes.
+
+    @param send: C{send(channel, payload)} publishes one batch (the bytes of
+        a JSON array), returning a Deferred.
+    @param clock: the L{IReactorTime} whose C{callLater(0)} ends a turn.
+    """
+
+    log = Logger()
+
+    def __init__(self, send, clock, limit: int = BATCH_LIMIT) -> None:
+        self._send = send
+        self.clock = clock
+        self.limit = limit
+        #: The runs not sent yet, in order: [channel, [messages], bytes].
+        self._runs: list[list] = []
+        #: The runs new messages of a channel may still join.
+        self._open: dict[str, list] = {}
+        self._flushCall = None
+        #: How many PUBLISH commands and messages went out (the metrics).
+        self.batches = 0
+        self.messages = 0
+
+    def publish(self, channel: str, message: bytes, barrier: bool = False) -> None:
+        """Publish C{message} (one JSON value, UTF-8) on C{channel} at the end of the turn."""
+        if barrier:
+            run = self._runs[-1] if self._runs else None
+            if run is None or run[0] != channel or run[2] >= self.limit:
+                run = [channel, [], 0]
+                self._runs.append(run)
+            # Nothing published after a broadcast may overtake it.
+            self._open.clear()
+        else:
+            run = self._open.get(channel)
+            if run is None or run[2] >= self.limit:
+                run = self._open[channel] = [channel, [], 0]
+                self._runs.append(run)
+        run[1].append(message)
+        run[2] += len(message) + 1
+        if self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what is pending now (also before a script: it may publish too)."""
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+        runs, self._runs = self._runs, []
+        self._open.clear()
+        for channel, messages, _ in runs:
+            self.batches += 1
+            self.messages += len(messages)
+            d = self._send(channel, b"[" + b",".join(messages) + b"]")
+            d.addErrback(self._failed, channel)
+
+    def _failed(self, failure, channel) -> None:
+        self.log.failure("cluster publish on {channel} failed", failure, channel=channel)
+
+
 class ClusterConnection(service.Service):
     """
     This node's connections to the cluster's Redis (see the module).
@@ -233,6 +321,8 @@ class ClusterConnection(service.Service):
         # The scripts sent in full (EVAL) on the current command connection,
         # so known to its Redis: only those go by hash (see evalScript).
         self._loaded: set[str] = set()
+        #: What this node publishes goes through it (one PUBLISH per batch).
+        self.publisher = Publisher(self.redis.publish, reactor)
 
     def key(self, *parts: str) -> str:
         """C{prefix} + C{parts} joined by C{:}."""
@@ -248,6 +338,7 @@ class ClusterConnection(service.Service):
             return defer.succeed(None)  # stopped already (a test's kill)
         super().stopService()
         self.connected = False
+        self.publisher.flush()
         return defer.gatherResults(
             [self._command.disconnect(), self._subscriber.disconnect()],
             consumeErrors=True,
@@ -335,6 +426,9 @@ class ClusterConnection(service.Service):
         would reorder one connection's scripts (a status change retried
         after the logout that followed it had gone through by hash).
         """
+        # The scripts publish directory events: what this node published
+        # before goes first (a message before its sender's logout).
+        self.publisher.flush()
         sha = self._scripts.get(script)
         if sha is None:
             sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()

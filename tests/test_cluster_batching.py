@@ -1,0 +1,171 @@
+"""
+What a node publishes in one reactor turn goes as few PUBLISH commands as
+keep the order (chatd.cluster.redis.Publisher, docs/cluster.md "Batches"),
+on a real redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer, task
+
+from chatd.cluster.redis import ClusterConnection, parseClusterURL
+from chatd.presence import BROADCAST, LOGIN, LOGOUT, ChatMessage
+from tests.test_cluster_presence import ClusterTestCase, WaitingSession, events
+
+
+class BatchingTests(ClusterTestCase):
+    @defer.inlineCallbacks
+    def twoNodes(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        seen = events(a, LOGIN, "bob")
+        alice = yield self.login(a, "alice")
+        bob = yield self.login(b, "bob")
+        yield seen
+        return a, b, alice, bob
+
+    @defer.inlineCallbacks
+    def publishCount(self, node):
+        info = yield node.connection.redis.execute_command("INFO", "commandstats")
+        for line in info.splitlines():
+            if line.startswith("cmdstat_publish:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    @defer.inlineCallbacks
+    def spy(self, channel):
+        """The payloads published on C{channel}, as Redis delivers them."""
+        payloads = []
+        connection = ClusterConnection(
+            parseClusterURL(self.redis.url), "spy", self.prefix
+        )
+        connection.channels = [channel]
+        connection.onMessage = lambda c, message: payloads.append(message)
+        connection.startService()
+        self.addCleanup(connection.stopService)
+        yield connection.whenConnected()
+        return payloads
+
+    @defer.inlineCallbacks
+    def test_burstWithBroadcastsInOrder(self):
+        """
+        A burst from one sender to a user of another node, interleaved with
+        broadcasts, all in one turn, arrives in the order it was sent, in
+        one PUBLISH per run of a channel.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        before = yield self.publishCount(a)
+        expected = []
+        for i in range(60):
+            a.sendMessage(alice, "bob", f"m{i}")
+            expected.append(ChatMessage("alice", "bob", f"m{i}"))
+            if i % 10 == 9:
+                a.sendMessage(alice, BROADCAST, f"b{i}")
+                expected.append(ChatMessage("alice", BROADCAST, f"b{i}"))
+        received = yield bob.messagesArrived(len(expected))
+        self.assertEqual(received, expected)
+        after = yield self.publishCount(a)
+        # Ten messages, then a broadcast, six times: 12 runs, not 66.
+        self.assertEqual(after - before, 12)
+
+    @defer.inlineCallbacks
+    def test_otherNodesChannelsDoNotSplitARun(self):
+        """
+        Messages to two nodes interleaved go as one PUBLISH per node: a
+        node sees nothing of the other's channel, so nothing is reordered.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        c = yield self.node("c")
+        seen = events(a, LOGIN, "carol")
+        carol = yield self.login(c, "carol")
+        yield seen
+        before = yield self.publishCount(a)
+        for i in range(20):
+            a.sendMessage(alice, "bob", f"b{i}")
+            a.sendMessage(alice, "carol", f"c{i}")
+        toBob = yield bob.messagesArrived(20)
+        toCarol = yield carol.messagesArrived(20)
+        self.assertEqual([m.text for m in toBob], [f"b{i}" for i in range(20)])
+        self.assertEqual([m.text for m in toCarol], [f"c{i}" for i in range(20)])
+        after = yield self.publishCount(a)
+        self.assertEqual(after - before, 2)
+
+    @defer.inlineCallbacks
+    def test_batchSplitAtTheLimit(self):
+        """No PUBLISH carries more than the limit plus one message."""
+        a, b, alice, bob = yield self.twoNodes()
+        payloads = yield self.spy(b.connection.key("to", "b"))
+        limit = a.connection.publisher.limit = 1000
+        texts = [f"{i:03d}" + "x" * 97 for i in range(40)]
+        for text in texts:
+            a.sendMessage(alice, "bob", text)
+        received = yield bob.messagesArrived(40)
+        self.assertEqual([m.text for m in received], texts)
+        yield b.connection.redis.ping()  # the spy's connection had its turn too
+        batches = [json.loads(p) for p in payloads]
+        one = len(payloads[0]) // len(batches[0])
+        self.assertGreater(len(batches), 1)
+        for payload in payloads:
+            self.assertLessEqual(len(payload.encode()), limit + 2 * one)
+        self.assertEqual([m["text"] for batch in batches for m in batch], texts)
+
+    @defer.inlineCallbacks
+    def test_lowRateNotDelayedPastTheTurn(self):
+        """
+        A lone message is published when the turn that sent it ends: one
+        call of delay 0 on the clock, scheduled once per turn.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        clock = a.connection.publisher.clock = task.Clock()
+        clock.advance(100)
+        a.sendMessage(alice, "bob", "hello")
+        a.sendMessage(alice, "bob", "again")
+        calls = clock.getDelayedCalls()
+        self.assertEqual([call.getTime() for call in calls], [100])
+        clock.advance(0)
+        received = yield bob.messagesArrived(2)
+        self.assertEqual([m.text for m in received], ["hello", "again"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_messageBeforeItsSendersLogout(self):
+        """
+        A script (here the sender's logout) publishes after what the node
+        published before it in the same turn: the receiver's node has the
+        message before it hears that the sender left.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        order = []
+        bob.deliverMessage = lambda message: order.append(("message", message.text))
+        gone = events(b, LOGOUT, "alice")
+        gone.addCallback(lambda info: order.append(("logout", info.name)))
+        a.sendMessage(alice, "bob", "bye")
+        a.logout(alice)
+        yield gone
+        self.assertEqual(order, [("message", "bye"), ("logout", "alice")])
+
+    @defer.inlineCallbacks
+    def test_wireFormat(self):
+        """
+        The bytes Redis carries for a message and a broadcast: compact JSON
+        arrays, as docs/cluster.md shows them.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        inbox = yield self.spy(b.connection.key("to", "b"))
+        broadcasts = yield self.spy(b.connection.key("broadcast"))
+        text = 'h\u00e9llo "you"\n\\'
+        a.sendMessage(alice, "bob", text)
+        a.sendMessage(alice, BROADCAST, text)
+        yield bob.messagesArrived(2)
+        yield b.connection.redis.ping()
+        self.assertEqual(
+            inbox,
+            ['[{"t":"msg","from":"a","sender":"alice","receiver":"bob",'
+             '"text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+        )
+        self.assertEqual(
+            broadcasts,
+            ['[{"node":"a","sender":"alice","text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 
 from twisted.internet import defer
@@ -62,6 +63,35 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         self.nodes[nodeId] = yield server.start()
         return server
 
+    @defer.inlineCallbacks
+    def directoriesHold(self, count: int):
+        """
+        Wait until every running node's copy of the directory holds C{count}
+        users (its C{/metrics}): a node learns of another's login a moment
+        after that node answered it. Each scrape is awaited; none sleeps.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.twistd import ByteCollector
+
+        pattern = re.compile(rb"^chatd_cluster_directory_users\{[^}]*\} (\d+)", re.M)
+        for nodeId, ports in self.nodes.items():
+            if self.servers[nodeId].ended.called:
+                continue
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["msgr-http"])
+            for _ in range(500):
+                # HTTP/1.0: the answer ends when the server closes.
+                scrape = ByteCollector()
+                yield connectProtocol(endpoint, scrape)
+                scrape.transport.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+                yield scrape.closed
+                found = pattern.search(scrape.received)
+                if found is not None and int(found.group(1)) >= count:
+                    break
+            else:
+                self.fail(f"node {nodeId} never held {count} users")
+
     def on(self, nodeId: str, protocolName: str, name: str, *args: str):
         """A client of C{nodeId}, logged in as C{name}."""
         self.ports = self.nodes[nodeId]
@@ -85,6 +115,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
             ("b", "msgr", "lunb", "--save-dir", inboxes["lunb"]),
         ]:
             users[name] = (node, (yield self.on(node, protocolName, name, *args)))
+        yield self.directoriesHold(len(users))
         # Every user writes to every user of the other node.
         for sender, (node, process) in users.items():
             for receiver, (other, _) in users.items():
@@ -128,6 +159,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         pep = yield self.on("a", "protobuf", "pepa")
         mar = yield self.on("b", "msrp", "mara")
         lun = yield self.on("c", "msgr", "luna")
+        yield self.directoriesHold(3)
         pep.write("all hola a todos\nmsg luna fin\nmsg mara fin\n")
         yield pep.waitFor("* delivered to 2 users")
         yield mar.waitFor("[pepa] fin")
@@ -170,6 +202,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         yield self.startNode("b")
         bea = yield self.on("a", "msgr", "bea")
         ana = yield self.on("b", "msgr", "ana")
+        yield self.directoriesHold(2)
         ana.write("friend bea\n")
         yield bea.waitFor("* friend requests: ana")
         bea.write("accept ana\n")
@@ -196,6 +229,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         yield self.on("b", "protobuf", "bob")
         yield self.on("b", "msrp", "bert")
         alice = yield self.on("a", "protobuf", "alice")
+        yield self.directoriesHold(3)
         alice.write("msg bob hola\n")
         yield alice.waitFor("* delivered to bob")
         killed = time.monotonic()
@@ -219,6 +253,7 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         yield self.startNode("b", "--cluster-ttl", "600")
         yield self.on("b", "msgr", "bob")
         alice = yield self.on("a", "protobuf", "alice")
+        yield self.directoriesHold(2)
         alice.write("msg bob hola\n")
         yield alice.waitFor("* delivered to bob")
         yield self.servers["b"].signal("TERM")

@@ -204,16 +204,22 @@ class WorkersTests(TestCase):
             clients[name] = client
         yield server.waitForLog(rb"worker 1: .*ana logged in")
         yield server.waitForLog(rb"worker 2: .*beto logged in")
-        clients["ana"].transport.write(message("beto", "hola desde w1").SerializeToString())
+        # Worker 1 learns of beto's login from Redis a moment after worker 2
+        # logged it: ask its list until it has him (each answer awaited).
+        ana = clients["ana"]
+        for _ in range(100):
+            ana.received = b""
+            ana.transport.write(
+                request(option=chat_pb2.ClientRequest.CONNECTED_USERS).SerializeToString()
+            )
+            listed = yield ana.waitFor(responseWith("users"))
+            if "beto" in [u.username for u in listed.users.users]:
+                break
+        ana.transport.write(message("beto", "hola desde w1").SerializeToString())
         yield clients["beto"].waitFor(lambda data: b"hola desde w1" in data)
-        clients["beto"].received = b""
-        clients["beto"].transport.write(
-            request(option=chat_pb2.ClientRequest.CONNECTED_USERS).SerializeToString()
+        self.assertEqual(
+            sorted(u.username for u in listed.users.users), ["ana", "beto"]
         )
-        listed = yield clients["beto"].waitFor(
-            lambda data: b"ana" in data and b"beto" in data and data
-        )
-        self.assertIn(b"ana", listed)
 
     @defer.inlineCallbacks
     def test_killedWorkerIsRestarted(self):

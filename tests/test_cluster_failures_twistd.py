@@ -36,6 +36,7 @@ class TwoNodes(ClientTestMixin):
     # that its tests are not collected again here).
     startNode = test_cluster_twistd.TwoNodeTests.startNode
     on = test_cluster_twistd.TwoNodeTests.on
+    directoriesHold = test_cluster_twistd.TwoNodeTests.directoriesHold
 
     def setUp(self) -> None:
         super().setUp()
@@ -76,6 +77,7 @@ class RedisOutageTests(TwoNodes, TestCase):
         mara = yield self.on("a", "msrp", "mara")
         bob = yield self.on("b", "protobuf", "bob")
         luna = yield self.on("b", "msgr", "luna")
+        yield self.directoriesHold(5)
         alice.write("msg bob antes\n")
         yield bob.waitFor("[alice] antes")
 
@@ -176,6 +178,7 @@ class MsgrAcrossNodesTests(TwoNodes, TestCase):
         luna = yield self.loggedIn("msgr", "luna", "--password", "pw", "--register")
         self.assertIn(b"luna bound the MSGR socket", self.servers["b"].output)
         self.assertNotIn(b"luna bound the MSGR socket", self.servers["a"].output)
+        yield self.directoriesHold(2)
         luna.write("msg alice hola desde b\n")
         yield alice.waitFor("[luna] hola desde b")
         alice.write("msg luna hola desde a\n")

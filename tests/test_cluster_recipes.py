@@ -34,6 +34,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from chatd.harness import TwistdProcess, environment
 from chatd.testservers import freePort, redisServer
 from tests.test_client_support import LISTENERS, ClientTestMixin
+from tests.test_cluster_twistd import directoriesHold
 from tests.test_doc_commands import (
     DOC_POSTGRES,
     ROOT,
@@ -322,14 +323,30 @@ class HAProxyProcess(protocol.ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""
         self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: list[tuple[bytes, defer.Deferred]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        for entry in list(self._waiting):
+            if entry[0] in self.output:
+                self._waiting.remove(entry)
+                entry[1].callback(None)
 
     errReceived = outReceived
 
+    def waitForOutput(self, text: bytes) -> defer.Deferred:
+        """Fires once HAProxy's messages hold C{text}."""
+        if text in self.output:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((text, d))
+        return d
+
     def processEnded(self, reason) -> None:
         self.ended.callback(None)
+        for _, d in self._waiting:
+            d.errback(AssertionError("haproxy ended:\n" + self.output.decode(errors="replace")))
+        self._waiting = []
 
     def stop(self) -> defer.Deferred:
         if not self.ended.called:
@@ -391,6 +408,7 @@ class HAProxyTests(ClientTestMixin, TestCase):
         node = ShellTwistd(
             shlex.join(["twistd", "-n", "--pidfile=", "chatd", *args]), list(LISTENERS), directory
         )
+        node.host = host
         self.addCleanup(node.signal, "KILL")
         found = yield node.start()
         self.nodes[nodeId] = node
@@ -464,6 +482,7 @@ class HAProxyTests(ClientTestMixin, TestCase):
             for name in ("ana", "bea")
         }
         self.assertEqual(sorted(served["ana"] + served["bea"]), ["chat1", "chat2"], served)
+        yield directoriesHold(self, self.nodes.values(), 2)
         ana.write("msg bea hola bea\n")
         yield bea.waitFor("[ana] hola bea")
         bea.write("msg ana hola ana\n")
@@ -472,6 +491,7 @@ class HAProxyTests(ClientTestMixin, TestCase):
         # An MSGR user through HAProxy: its HTTP calls and its chat socket
         # may each go to either node (the accounts and tokens are shared).
         dora = yield self.loggedIn("msgr", "dora", "--password", "pw", "--register")
+        yield directoriesHold(self, self.nodes.values(), 3)
         dora.write("msg ana hola desde msgr\n")
         yield ana.waitFor("[dora] hola desde msgr")
         yield dora.kill()
@@ -480,8 +500,7 @@ class HAProxyTests(ClientTestMixin, TestCase):
         # every section (they all check its HTTP port).
         [other] = served["bea"]
         yield self.nodes[other].signal("TERM")
-        while f"protobuf/{other} is DOWN".encode() not in proxy.output:
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        yield proxy.waitForOutput(f"protobuf/{other} is DOWN".encode())
         carla = yield self.loggedIn("protobuf", "carla")
         [kept] = served["ana"]
         self.assertIn(b"carla logged in (", self.nodes[kept].output)

@@ -27,6 +27,40 @@ _prefixes = itertools.count()
 LABELS = ("protobuf", "msrp", "msgr", "msgr-http")
 
 
+@defer.inlineCallbacks
+def directoriesHold(testCase, servers, count: int):
+    """
+    Wait until the copy of the directory of every running node among
+    C{servers} (L{TwistdProcess}es with an C{msgr-http} listener, on their
+    C{host} attribute if they have one, else 127.0.0.1) holds
+    C{count} users, read from its C{/metrics}: a node learns of another's
+    login a moment after that node answered it. Each scrape is awaited;
+    none sleeps.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from tests.twistd import ByteCollector
+
+    pattern = re.compile(rb"^chatd_cluster_directory_users\{[^}]*\} (\d+)", re.M)
+    for server in list(servers):
+        if server.ended.called:
+            continue
+        host = getattr(server, "host", "127.0.0.1")
+        endpoint = TCP4ClientEndpoint(reactor, host, server.ports["msgr-http"])
+        for _ in range(500):
+            # HTTP/1.0: the answer ends when the server closes.
+            scrape = ByteCollector()
+            yield connectProtocol(endpoint, scrape)
+            scrape.transport.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+            yield scrape.closed
+            found = pattern.search(scrape.received)
+            if found is not None and int(found.group(1)) >= count:
+                break
+        else:
+            testCase.fail(f"a node never held {count} users:\n{scrape.received!r}")
+
+
 class TwoNodeTests(ClientTestMixin, TestCase):
     timeout = 120
 
@@ -63,34 +97,9 @@ class TwoNodeTests(ClientTestMixin, TestCase):
         self.nodes[nodeId] = yield server.start()
         return server
 
-    @defer.inlineCallbacks
-    def directoriesHold(self, count: int):
-        """
-        Wait until every running node's copy of the directory holds C{count}
-        users (its C{/metrics}): a node learns of another's login a moment
-        after that node answered it. Each scrape is awaited; none sleeps.
-        """
-        from twisted.internet import reactor
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-        from tests.twistd import ByteCollector
-
-        pattern = re.compile(rb"^chatd_cluster_directory_users\{[^}]*\} (\d+)", re.M)
-        for nodeId, ports in self.nodes.items():
-            if self.servers[nodeId].ended.called:
-                continue
-            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["msgr-http"])
-            for _ in range(500):
-                # HTTP/1.0: the answer ends when the server closes.
-                scrape = ByteCollector()
-                yield connectProtocol(endpoint, scrape)
-                scrape.transport.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-                yield scrape.closed
-                found = pattern.search(scrape.received)
-                if found is not None and int(found.group(1)) >= count:
-                    break
-            else:
-                self.fail(f"node {nodeId} never held {count} users")
+    def directoriesHold(self, count: int) -> defer.Deferred:
+        """Wait until every running node's directory holds C{count} users."""
+        return directoriesHold(self, self.servers.values(), count)
 
     def on(self, nodeId: str, protocolName: str, name: str, *args: str):
         """A client of C{nodeId}, logged in as C{name}."""

@@ -9,7 +9,7 @@ C{chatd.loadgen} worker processes, and stops it. The figures go to a table
 on stdout, to C{DIR/latest.json} and a timestamped copy, and to a chart
 (C{docs/bench.png} for a full run, C{DIR/latest-quick.png} for C{--quick}).
 C{--profile} also samples the server with py-spy during scenario 1 (and
-both nodes during scenario 7's pairs across nodes) and writes the hottest
+both nodes during scenario 7's pairs and file across nodes) and writes the hottest
 functions to C{DIR/profile-*.txt}. Scenario 7 starts its own redis-server
 (installed with apt-get when missing and root, as socat is for scenario 5).
 """
@@ -1146,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="scenarios to run, e.g. 1,5")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the server with py-spy during scenario 1, and both"
-                             " nodes during scenario 7's pairs across nodes")
+                             " nodes during scenario 7's pairs and file across nodes")
     parser.add_argument("--output", default=os.path.join(HERE, "results"),
                         help="where the JSON, logs and profiles go (default: %(default)s)")
     parser.add_argument("--chart", help="the PNG chart (default: docs/bench.png, or OUTPUT/latest-quick.png)")

@@ -668,7 +668,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
 
     def _received(self, channel, message) -> None:
         channel = _text(channel)
-        if message[:1] in (RAW_MARK, RAW_MARK_TEXT):
+        if message[:1] == (RAW_MARK if isinstance(message, bytes) else RAW_MARK_TEXT):
             # A binary frame (JSON never starts with NUL). txredisapi hands
             # over what decodes as UTF-8 as text: encoding it back gives
             # the exact bytes.

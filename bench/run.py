@@ -9,7 +9,7 @@ C{chatd.loadgen} worker processes, and stops it. The figures go to a table
 on stdout, to C{DIR/latest.json} and a timestamped copy, and to a chart
 (C{docs/bench.png} for a full run, C{DIR/latest-quick.png} for C{--quick}).
 C{--profile} also samples the server with py-spy during scenario 1 (and
-both nodes during scenario 7's pairs across nodes) and writes the hottest
+both nodes during scenario 7's pairs and file across nodes) and writes the hottest
 functions to C{DIR/profile-*.txt}. Scenario 7 starts its own redis-server
 (installed with apt-get when missing and root, as socat is for scenario 5).
 """
@@ -412,6 +412,17 @@ class Bench:
                     )
                 settle(0)
                 out["files"] = self.clusterFiles(nodes, settle)
+                if self.args.profile and out["files"].get("supported"):
+                    settle(0)
+                    out["profile_file"] = self.sampleMany(
+                        {"s7-file-a": a.pid, "s7-file-b": b.pid},
+                        lambda: scenarios.fileTransfer(
+                            nodes[0], out["files"]["bytes"], receiverTarget=nodes[1],
+                            headerTimeout=FILE_HEADER_TIMEOUT_7, settle=settle,
+                            threads=threads,
+                        ),
+                        figure="mb_per_s",
+                    )
             out["redis_benchmark"] = redisPublishRate(redis, s.get("redis_publishes", 100_000))
         finally:
             redis.cleanup()
@@ -540,10 +551,10 @@ class Bench:
         """Sample process C{pid} with py-spy while C{run()} runs."""
         return self.sampleMany({name: pid}, run)[name]
 
-    def sampleMany(self, pids: dict[str, int], run) -> dict:
+    def sampleMany(self, pids: dict[str, int], run, figure: str = "msgs_per_s") -> dict:
         """
         Sample each of C{pids} (name to process id) with py-spy while
-        C{run()} runs; a summary per name.
+        C{run()} runs; a summary per name, with C{run()}'s C{figure}.
         """
         pyspy = os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.path.exists(pyspy):
@@ -575,7 +586,7 @@ class Bench:
             path = os.path.join(self.output, f"profile-{name}.txt")
             with open(path, "w") as f:
                 f.write(table["text"])
-            out[name] = {"msgs_per_s_while_sampled": result["msgs_per_s"], "top": table["top"], "file": path}
+            out[name] = {f"{figure}_while_sampled": result[figure], "top": table["top"], "file": path}
         return out
 
     # Targets.
@@ -1135,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="scenarios to run, e.g. 1,5")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the server with py-spy during scenario 1, and both"
-                             " nodes during scenario 7's pairs across nodes")
+                             " nodes during scenario 7's pairs and file across nodes")
     parser.add_argument("--output", default=os.path.join(HERE, "results"),
                         help="where the JSON, logs and profiles go (default: %(default)s)")
     parser.add_argument("--chart", help="the PNG chart (default: docs/bench.png, or OUTPUT/latest-quick.png)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 
 from chatd.cluster.redis import ClusterConnection, parseClusterURL
 from chatd.presence import BROADCAST, LOGIN, LOGOUT, ChatMessage
@@ -110,6 +110,40 @@ class BatchingTests(ClusterTestCase):
         for payload in payloads:
             self.assertLessEqual(len(payload.encode()), limit + 2 * one)
         self.assertEqual([m["text"] for batch in batches for m in batch], texts)
+
+    @defer.inlineCallbacks
+    def test_rawFrameAloneAndInOrder(self):
+        """
+        A binary frame (sendRawToNode) goes alone in its PUBLISH, after
+        the messages sent before it and before those sent after it.
+        """
+        a, b, alice, bob = yield self.twoNodes()
+        order = []
+        bob.deliverMessage = lambda message: order.append(message.text)
+        b.rawInboxHandlers[b"probe"] = lambda payload: order.append(payload)
+        before = yield self.publishCount(a)
+        a.sendMessage(alice, "bob", "one")
+        a.sendRawToNode("b", b"probe", b"\xff\x00bin")
+        a.sendRawToNode("b", b"probe", "texto".encode())
+        a.sendMessage(alice, "bob", "two")
+        while len(order) < 4:
+            yield task.deferLater(reactor, 0.002, lambda: None)
+        self.assertEqual(order, ["one", b"\xff\x00bin", b"texto", "two"])
+        after = yield self.publishCount(a)
+        self.assertEqual(after - before, 4)
+
+    @defer.inlineCallbacks
+    def test_commandConnectionWithoutNagle(self):
+        """
+        The command connection sends each PUBLISH at once (TCP_NODELAY):
+        the tail of a large one does not wait for Redis' delayed ACK.
+        """
+        import socket
+
+        a = yield self.node("a")
+        transport = a.connection._up["command"].transport
+        handle = transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @defer.inlineCallbacks
     def test_lowRateNotDelayedPastTheTurn(self):

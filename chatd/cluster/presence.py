@@ -72,6 +72,11 @@ from chatd.presence import (
 #: streamed instead (chatd/msrp/remote.py), whatever their size.
 REMOTE_FILE_LIMIT = 8 * 1024 * 1024
 
+#: The first byte of a binary frame on a node's channel (L{sendRawToNode}),
+#: as txredisapi hands it over: bytes, or text when it decodes as UTF-8.
+RAW_MARK = b"\x00"
+RAW_MARK_TEXT = "\x00"
+
 
 class _RemoteEntry(_Entry):
     """A user held by another node: no session here."""
@@ -189,6 +194,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         #: their C{"t"}: the MSRP file streams (chatd/msrp/remote.py) ride
         #: it so that they keep their order with this node's messages.
         self.inboxHandlers: dict[str, Callable[[dict], None]] = {}
+        #: Handlers of binary frames on this node's channel (L{sendRawToNode}),
+        #: by their kind: a file's content goes as it is, without base64
+        #: and JSON, which cost more than the rest of its way.
+        self.rawInboxHandlers: dict[bytes, Callable[[bytes], None]] = {}
         self._fileIds = itertools.count(1)
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = clock
@@ -659,6 +668,13 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
 
     def _received(self, channel, message) -> None:
         channel = _text(channel)
+        if message[:1] == (RAW_MARK if isinstance(message, bytes) else RAW_MARK_TEXT):
+            # A binary frame (JSON never starts with NUL). txredisapi hands
+            # over what decodes as UTF-8 as text: encoding it back gives
+            # the exact bytes.
+            if channel == self._inbox:
+                self._rawFrame(message if isinstance(message, bytes) else message.encode())
+            return
         data = json.loads(message)
         if channel == self._events:
             if self._buffer is not None:
@@ -673,6 +689,17 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         elif channel == self._inbox:
             for item in data:
                 self._applyOne(self._inboxMessage, item)
+
+    def _rawFrame(self, frame: bytes) -> None:
+        end = frame.find(RAW_MARK, 1)
+        handler = self.rawInboxHandlers.get(frame[1:end]) if end > 0 else None
+        if handler is None:
+            self.log.warn("cluster frame of unknown kind dropped", node=self.nodeId)
+            return
+        try:
+            handler(frame[end + 1:])
+        except Exception:
+            self.log.failure("cluster frame {kind!r} failed", kind=frame[1:end])
 
     def _applyOne(self, handler, item: dict) -> None:
         # One bad message does not cost the rest of its batch.
@@ -883,6 +910,16 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         there before (one connection: Redis keeps the order).
         """
         self._publish(self.connection.key("to", node), data)
+
+    def sendRawToNode(self, node: str, kind: bytes, payload: bytes) -> None:
+        """
+        Publish the binary frame C{NUL kind NUL payload} on C{node}'s
+        channel, for its L{rawInboxHandlers}C{[kind]}, in order with what
+        L{sendToNode} sends there (one PUBLISH of its own).
+        """
+        self.connection.publisher.publishRaw(
+            self.connection.key("to", node), b"".join((RAW_MARK, kind, RAW_MARK, payload))
+        )
 
     def _remoteMessage(self, data: dict) -> None:
         entry = self._byName.get(nameKey(data["receiver"]))

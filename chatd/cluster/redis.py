@@ -183,6 +183,15 @@ class _Factory(txredisapi.RedisFactory):
 
     def addConnection(self, conn) -> None:
         super().addConnection(conn)
+        # A PUBLISH goes out at once: with Nagle's algorithm the tail of a
+        # large one (a piece of a file) waits for the ACK of the rest, which
+        # Redis may delay (docs/cluster.md, "Files across nodes").
+        setNoDelay = getattr(conn.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass  # not a TCP socket (a Unix one)
         if conn in self.pool:
             self.owner._connectionMade(self.name, conn)
 
@@ -243,7 +252,7 @@ class Publisher:
         """Publish C{message} (one JSON value, UTF-8) on C{channel} at the end of the turn."""
         if barrier:
             run = self._runs[-1] if self._runs else None
-            if run is None or run[0] != channel or run[2] >= self.limit:
+            if run is None or run[0] != channel or run[1] is None or run[2] >= self.limit:
                 run = [channel, [], 0]
                 self._runs.append(run)
             # Nothing published after a broadcast may overtake it.
@@ -258,6 +267,16 @@ class Publisher:
         if self._flushCall is None:
             self._flushCall = self.clock.callLater(0, self.flush)
 
+    def publishRaw(self, channel: str, payload: bytes) -> None:
+        """
+        Publish C{payload} as it is, alone in its PUBLISH, at the end of the
+        turn: after what C{channel} got before, before what it gets after.
+        """
+        self._open.pop(channel, None)  # what follows goes in a later run
+        self._runs.append([channel, None, payload])
+        if self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self.flush)
+
     def flush(self) -> None:
         """Send what is pending now (also before a script: it may publish too)."""
         if self._flushCall is not None:
@@ -266,10 +285,14 @@ class Publisher:
             self._flushCall = None
         runs, self._runs = self._runs, []
         self._open.clear()
-        for channel, messages, _ in runs:
+        for channel, messages, size in runs:
             self.batches += 1
-            self.messages += len(messages)
-            d = self._send(channel, b"[" + b",".join(messages) + b"]")
+            if messages is None:  # publishRaw's: its payload in place of a size
+                self.messages += 1
+                d = self._send(channel, size)
+            else:
+                self.messages += len(messages)
+                d = self._send(channel, b"[" + b",".join(messages) + b"]")
             d.addErrback(self._failed, channel)
 
     def _failed(self, failure, channel) -> None:

@@ -16,15 +16,16 @@ the sender were local. Flow control is by credit:
     read over) and resumes it when B grants more.
 
 So each node holds about a window plus one read per file, and Redis' pub/sub
-output buffer for B never holds more than a window (base64: 4/3 of it).
+output buffer for B never holds more than a window.
 
-The messages, JSON on the node channels (C{"t"}):
+The messages, JSON on the node channels (C{"t"}) but for C{fs-data}:
 
   - C{fs-open} A→B: the header (id, sender, receiver, filename, size,
     port, ip);
   - C{fs-grant} B→A: C{n} more bytes may be sent (the first, perhaps of 0,
     says the file was accepted);
-  - C{fs-data} A→B: a piece of content; C{fs-end} A→B: all of it was sent;
+  - C{fs-data} A→B: a piece of content, a binary frame (C{sendRawToNode}:
+    the file's id, NUL, the content as it is); C{fs-end} A→B: all of it was sent;
   - C{fs-cut} A→B: the sender left before the end (C{stalled}: or A's idle
     watch fired);
   - C{fs-stop} B→A: the file was refused or not delivered, with the text
@@ -64,14 +65,22 @@ from chatd.presence import LOGOUT, nameKey
 if TYPE_CHECKING:  # pragma: no cover
     from chatd.msrp.protocol import MsrpFactory, MsrpProtocol
 
-#: The most content in one message through Redis (64 KiB).
-CHUNK = 64 * 1024
+#: The most content in one message through Redis (256 KiB): fewer, larger
+#: messages cost each node's Redis client and JSON less per byte.
+CHUNK = 256 * 1024
+
+#: The kind of the binary frames of a file's content, and what ends the
+#: file's id in them (ids never hold a NUL).
+FS_DATA = b"fs-data"
+RAW_SEP = b"\x00"
 
 #: How many files all sent a node remembers, for a late "not delivered".
 MAX_FINISHED = 1024
 
-#: The credit the receiving node grants: what may be on its way (1 MiB).
-WINDOW = 1024 * 1024
+#: The credit the receiving node grants: what may be on its way (8 MiB).
+#: Large enough to cover the round trip of a grant through two reactors
+#: and Redis at full rate, well under the 32 MiB a node may grow by.
+WINDOW = 8 * 1024 * 1024
 
 
 def _b64(data: bytes) -> str:
@@ -131,13 +140,14 @@ class ReceiverWindow:
         """
         What to grant now (0: nothing) while the recipient takes what it
         is written, C{size} being the file's size: the window back to full
-        once half of it arrived, never past the end of the file.
+        once a quarter of it arrived (early, so that the grant's round trip
+        overlaps the rest of the window), never past the end of the file.
         """
         left = size - self.granted
         if left <= 0:
             return 0
         outstanding = self.outstanding()
-        if outstanding > self.window // 2:
+        if outstanding > self.window - self.window // 4:
             return 0
         n = min(self.window - outstanding, left)
         self.granted += n
@@ -187,8 +197,7 @@ class OutgoingFile:
 
     def _publish(self, data: bytes) -> None:
         for start in range(0, len(data), CHUNK):
-            self.files.send(self.node, {"t": "fs-data", "id": self.id,
-                                        "d": _b64(data[start:start + CHUNK])})
+            self.files.sendData(self.node, self.id, data[start:start + CHUNK])
         self.credit.spend(len(data))
         self.files.factory.metrics.bytesRelayed(MSRP, MSRP, len(data))
         if self.idle is not None:
@@ -350,6 +359,7 @@ class RemoteFiles:
             "fs-stop": self._stopped,
             "fs-ack": self._acked,
         })
+        presence.rawInboxHandlers[FS_DATA] = self._data
         presence.addObserver(self._presenceEvent)
 
     @classmethod
@@ -365,6 +375,11 @@ class RemoteFiles:
 
     def send(self, node: str, data: dict) -> None:
         self.presence.sendToNode(node, data)
+
+    def sendData(self, node: str, fileId: str, content: bytes) -> None:
+        # Binary: base64 in JSON cost each node more than all the rest of
+        # a piece's way (docs/performance.md, scenario 7).
+        self.presence.sendRawToNode(node, FS_DATA, fileId.encode() + RAW_SEP + content)
 
     def remoteMsrpUser(self, name: str) -> str | None:
         """The name, as written, of C{name} if an MSRP user of another node."""
@@ -473,10 +488,14 @@ class RemoteFiles:
         if proxy.window.granted == 0 and not proxy.ended:
             proxy._grant(0)  # accepted; the credit comes when it goes live
 
-    def _data(self, data: dict) -> None:
-        proxy = self.incoming.get(data["id"])
+    def _data(self, frame: bytes) -> None:
+        end = frame.find(RAW_SEP)
+        if end < 0:
+            self.log.warn("cluster fs-data frame without an id dropped")
+            return
+        proxy = self.incoming.get(frame[:end].decode("utf-8", "replace"))
         if proxy is not None:
-            proxy.received(_unb64(data["d"]))
+            proxy.received(frame[end + 1:])
 
     def release(self, proxy: RemoteSender) -> FileStream | None:
         """

@@ -599,20 +599,9 @@ class InMemoryPresenceService:
         # nameKey, with its fast path inlined; also what isBroadcast compares.
         key = receiver.lower() if receiver.isascii() else nameKey(receiver)
         if key == BROADCAST:
-            message = ChatMessage(source.info.name, BROADCAST, text)
-            count = 0
             # A list copy: a delivery may disconnect someone and change the
             # directory while we walk it.
-            for entry in list(self._byName.values()):
-                if entry is not source:
-                    try:
-                        self._deliver(entry, message)
-                    except RecipientBusy:
-                        self.metrics.refused(source.info.protocol, BUSY)
-                        continue
-                    routed[entry.info.protocol] += 1
-                    count += 1
-            return count
+            return self._broadcastTo(list(self._byName.values()), source, text)
         target = self._byName.get(key)
         if target is None:
             raise NoSuchUser(f"{receiver} is not online")
@@ -628,6 +617,25 @@ class InMemoryPresenceService:
             self.log.failure("delivery to {name} failed", name=target.info.name)
         routed[target.info.protocol] += 1
         return 1
+
+    def _broadcastTo(self, entries: list[_Entry], source: _Entry, text: str) -> int:
+        """
+        Deliver C{text} from C{source}'s user to each of C{entries} but
+        C{source}, skipping the busy; how many took it.
+        """
+        message = ChatMessage(source.info.name, BROADCAST, text)
+        routed = self._routed[source.info.protocol]
+        count = 0
+        for entry in entries:
+            if entry is not source:
+                try:
+                    self._deliver(entry, message)
+                except RecipientBusy:
+                    self.metrics.refused(source.info.protocol, BUSY)
+                    continue
+                routed[entry.info.protocol] += 1
+                count += 1
+        return count
 
     def sendFile(
         self, sender: IChatSession, receiver: str, filename: str, content: bytes

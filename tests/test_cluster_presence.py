@@ -282,35 +282,6 @@ class ClaimTests(ClusterTestCase):
         self.assertEqual(str(failure), "the cluster cannot be reached")
 
 
-class ReclaimTests(ClusterTestCase):
-    @defer.inlineCallbacks
-    def test_reclaimAfterRedisLostTheDirectory(self):
-        a = yield self.node("a")
-        b = yield self.node("b")
-        yield self.login(a, "alice")
-        yield self.login(a, "José87", status="en clase 📚")
-        seen = events(a, LOGIN, "bob")
-        yield self.login(b, "bob")
-        yield seen
-        # Redis loses the names (as a restart of a cache-only Redis would).
-        yield a.connection.redis.delete(self.prefix + "names")
-        # Meanwhile another node takes one of a's names.
-        results = yield defer.DeferredList(
-            [b._claimInRedis("alice", "alice", '{"name":"alice","key":"alice",'
-             '"skel":"alice","proto":"protobuf","ip":"","status":"x","node":"b",'
-             '"auth":false,"files":false}', False)]
-        )
-        self.assertEqual(results[0][1][0], "ok")
-        lost = yield a.reclaimLocalUsers()
-        self.assertEqual([info.name for info in lost], ["alice"])
-        stored = self.redis.command("HGET", self.prefix + "names", "josé87")
-        self.assertIn('"node":"a"', stored)
-        self.assertIn("en clase 📚", stored)
-        # Claimed again twice: still ours, nothing lost.
-        lost = yield a.reclaimLocalUsers()
-        self.assertEqual([info.name for info in lost], ["alice"])
-
-
 class ReapTests(ClusterTestCase):
     @defer.inlineCallbacks
     def test_reapNodeWithoutHeartbeat(self):

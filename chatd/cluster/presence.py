@@ -376,18 +376,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             info = entry.info
             entries[entry.key] = entry
             claims.append(
-                {
-                    "name": info.name,
-                    "key": entry.key,
-                    "skel": entry.skeleton,
-                    "proto": info.protocol,
-                    "ip": info.ip,
-                    "status": info.status,
-                    "node": self.nodeId,
-                    "auth": bool(entry.authenticated),
-                    "files": IFileReceiver(entry.session, None) is not None,
-                    "t": entry.t,
-                }
+                self._record(
+                    info, entry.key, entry.skeleton, entry.authenticated,
+                    entry.session, entry.t,
+                )
             )
         outcomes = yield rejoin.reannounce(
             self.connection, self._names, self._seqKey, self._events, claims
@@ -479,18 +471,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
         loginTime = int(self.clock.seconds() * 1000)
         stored = json.dumps(
-            {
-                "name": name,
-                "key": key,
-                "skel": skeleton,
-                "proto": info.protocol,
-                "ip": info.ip,
-                "status": status,
-                "node": self.nodeId,
-                "auth": bool(authenticated),
-                "files": IFileReceiver(session, None) is not None,
-                "t": loginTime,
-            },
+            self._record(info, key, skeleton, authenticated, session, loginTime),
             # UTF-8 as it is: Lua's cjson passes it through untouched.
             ensure_ascii=False,
         )
@@ -539,6 +520,21 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
 
         return d.addCallbacks(claimed, failed)
 
+    def _record(self, info, key, skeleton, authenticated, session, loginTime) -> dict:
+        """A local user's entry as Redis keeps it (scripts.py lists the fields)."""
+        return {
+            "name": info.name,
+            "key": key,
+            "skel": skeleton,
+            "proto": info.protocol,
+            "ip": info.ip,
+            "status": info.status,
+            "node": self.nodeId,
+            "auth": bool(authenticated),
+            "files": IFileReceiver(session, None) is not None,
+            "t": loginTime,
+        }
+
     def _claimInRedis(self, key, skeleton, stored, authenticated) -> defer.Deferred:
         return self.connection.evalScript(
             scripts.CLAIM,
@@ -550,44 +546,6 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             ],
             [key, stored, "1" if authenticated else "0", self._events],
         )
-
-    @defer.inlineCallbacks
-    def reclaimLocalUsers(self):
-        """
-        Claim again, in Redis, every user of this node: for a Redis that
-        lost them (restarted empty). A user this node still holds in Redis
-        is left as it is.
-
-        @return: a Deferred firing with the L{UserInfo} of the local users
-            whose names someone else holds now (or that look like one held);
-            what becomes of them is the caller's rule.
-        """
-        lost = []
-        for entry in list(self._bySession.values()):
-            info = entry.info
-            stored = json.dumps(
-                {
-                    "name": info.name,
-                    "key": entry.key,
-                    "skel": entry.skeleton,
-                    "proto": info.protocol,
-                    "ip": info.ip,
-                    "status": info.status,
-                    "node": self.nodeId,
-                    "auth": bool(entry.authenticated),
-                    "files": IFileReceiver(entry.session, None) is not None,
-                },
-                ensure_ascii=False,
-            )
-            reply = yield self._claimInRedis(
-                entry.key, entry.skeleton, stored, entry.authenticated
-            )
-            outcome = _text(reply[0])
-            if outcome == "ok":
-                entry.seq = int(_text(reply[1]))
-            elif not (outcome == "inuse" and _text(reply[2]) == self.nodeId):
-                lost.append(info)
-        return lost
 
     def _check(self, session, name, status, authenticated) -> tuple[str, str]:
         # What needs no Redis first, in the in-memory service's order.
@@ -847,21 +805,7 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         )
 
     def _broadcastLocally(self, source, text: str) -> int:
-        message = ChatMessage(source.info.name, BROADCAST, text)
-        routed = self._routed[source.info.protocol]
-        count = 0
-        # A list copy: a delivery may disconnect someone and change the
-        # directory while we walk it.
-        for entry in list(self._bySession.values()):
-            if entry is not source:
-                try:
-                    self._deliver(entry, message)
-                except RecipientBusy:
-                    self.metrics.refused(source.info.protocol, BUSY)
-                    continue
-                routed[entry.info.protocol] += 1
-                count += 1
-        return count
+        return self._broadcastTo(list(self._bySession.values()), source, text)
 
     def _publish(self, channel: str, data: dict) -> None:
         # Joined with the rest of this turn's (chatd.cluster.redis.Publisher).

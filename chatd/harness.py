@@ -460,7 +460,29 @@ class ServerProcess:
         self.stop()
 
 
-class TwistdProcess(protocol.ProcessProtocol):
+class OutputWaiter:
+    """
+    Keeps a child process's output (out and err) in C{output}, and lets a
+    test wait for a text in it (L{waitForOutput}).
+    """
+
+    def _outputArrived(self, data: bytes) -> None:
+        self.output += data
+        for entry in list(self._waiting):
+            if entry[0] in self.output:
+                self._waiting.remove(entry)
+                entry[1].callback(None)
+
+    def waitForOutput(self, text: bytes) -> defer.Deferred:
+        """Fires once the process's output (out and err) holds C{text}."""
+        if text in self.output:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((text, d))
+        return d
+
+
+class TwistdProcess(OutputWaiter, protocol.ProcessProtocol):
     """
     C{twistd --nodaemon chatd ARGS} in C{directory}, driven by the
     reactor, for the tests. L{ready} fires with C{{label: port}} once
@@ -496,24 +518,12 @@ class TwistdProcess(protocol.ProcessProtocol):
         return self.ready
 
     def outReceived(self, data: bytes) -> None:
-        self.output += data
+        self._outputArrived(data)
         self.ports.update(listeningPorts(self.output))
         if not self.ready.called and self.labels <= set(self.ports):
             self.ready.callback(dict(self.ports))
-        for entry in list(self._waiting):
-            if entry[0] in self.output:
-                self._waiting.remove(entry)
-                entry[1].callback(None)
 
     errReceived = outReceived
-
-    def waitForOutput(self, text: bytes) -> defer.Deferred:
-        """Fires once the process's output (out and err) holds C{text}."""
-        if text in self.output:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((text, d))
-        return d
 
     def processEnded(self, reason: Failure) -> None:
         self.exitStatus = reason.value

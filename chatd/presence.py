@@ -513,6 +513,22 @@ class InMemoryPresenceService:
         status: str,
         authenticated: bool,
     ) -> UserInfo:
+        key, skeleton = self._checkClaim(session, name, status, authenticated)
+        info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
+        entry = _Entry(session, info, key, skeleton, authenticated)
+        self._byName[key] = entry
+        self._bySkeleton.setdefault(skeleton, []).append(entry)
+        self._bySession[session] = entry
+        return info
+
+    def _checkClaim(
+        self, session: IChatSession, name: str, status: str, authenticated: bool
+    ) -> tuple[str, str]:
+        """
+        The checks of a login against this directory (a cluster's node
+        makes them on its copy before it asks Redis): C{(key, skeleton)} of
+        C{name}, or a L{PresenceError}.
+        """
         if session in self._bySession:
             raise AlreadyLoggedIn(
                 f"already logged in as {self._bySession[session].info.name}"
@@ -535,12 +551,7 @@ class InMemoryPresenceService:
             raise NameProtected(
                 f"the name {name} belongs to a registered account"
             )
-        info = UserInfo(name, session.protocolName, ip[:MAX_IP_LENGTH], status)
-        entry = _Entry(session, info, key, skeleton, authenticated)
-        self._byName[key] = entry
-        self._bySkeleton.setdefault(skeleton, []).append(entry)
-        self._bySession[session] = entry
-        return info
+        return key, skeleton
 
     def logout(self, session: IChatSession) -> None:
         entry = self._bySession.pop(session, None)

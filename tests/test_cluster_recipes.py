@@ -31,7 +31,7 @@ import sys
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
-from chatd.harness import TwistdProcess, environment
+from chatd.harness import OutputWaiter, TwistdProcess, environment
 from chatd.testservers import freePort, redisServer
 from tests.test_client_support import LISTENERS, ClientTestMixin
 from tests.test_cluster_twistd import directoriesHold
@@ -317,7 +317,7 @@ class PostgresRecipeTests(TestCase):
         self.assertEqual(chatdOptionsOf(self, node)["db"], DOC_POSTGRES)
 
 
-class HAProxyProcess(protocol.ProcessProtocol):
+class HAProxyProcess(OutputWaiter, protocol.ProcessProtocol):
     """C{haproxy -f FILE -db}: in the foreground, its messages on stderr."""
 
     def __init__(self) -> None:
@@ -326,21 +326,9 @@ class HAProxyProcess(protocol.ProcessProtocol):
         self._waiting: list[tuple[bytes, defer.Deferred]] = []
 
     def outReceived(self, data: bytes) -> None:
-        self.output += data
-        for entry in list(self._waiting):
-            if entry[0] in self.output:
-                self._waiting.remove(entry)
-                entry[1].callback(None)
+        self._outputArrived(data)
 
     errReceived = outReceived
-
-    def waitForOutput(self, text: bytes) -> defer.Deferred:
-        """Fires once HAProxy's messages hold C{text}."""
-        if text in self.output:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((text, d))
-        return d
 
     def processEnded(self, reason) -> None:
         self.ended.callback(None)

@@ -55,16 +55,12 @@ from chatd.presence import (
     InMemoryPresenceService,
     IPresenceService,
     NameInUse,
-    NameProtected,
     NoSuchUser,
     PresenceError,
     RecipientBusy,
     UserInfo,
     _Entry,
-    checkName,
-    checkStatus,
     nameKey,
-    nameSkeleton,
 )
 
 #: The largest whole file handed to a user on another node (it travels in
@@ -548,26 +544,10 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         )
 
     def _check(self, session, name, status, authenticated) -> tuple[str, str]:
-        # What needs no Redis first, in the in-memory service's order.
-        if session in self._bySession:
-            raise AlreadyLoggedIn(
-                f"already logged in as {self._bySession[session].info.name}"
-            )
+        # What needs no Redis first, as the in-memory service checks it.
         if session in self._pending:
             raise AlreadyLoggedIn("a login is under way")
-        checkName(name)
-        checkStatus(status)
-        key = nameKey(name)
-        if key in self._byName:
-            raise NameInUse(f"the name {name} is already online")
-        skeleton = nameSkeleton(name)
-        alike = self._bySkeleton.get(skeleton, ())
-        if alike and not (authenticated and all(e.authenticated for e in alike)):
-            raise NameInUse(
-                f"the name {name} looks like {alike[0].info.name}, who is online"
-            )
-        if not authenticated and self.isProtectedName(name):
-            raise NameProtected(f"the name {name} belongs to a registered account")
+        key, skeleton = self._checkClaim(session, name, status, authenticated)
         if (
             not self.connection.connected
             or not self._ready.called

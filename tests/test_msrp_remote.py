@@ -166,6 +166,34 @@ class CrossNodeTests(TwoNodes):
         yield self.until(lambda: bytes(self.received(bobb)).endswith(whole))
 
     @defer.inlineCallbacks
+    def test_ackBeforeTheEndNotice(self):
+        """
+        The recipient has the whole file, and ACKs it, before node A's
+        "all sent" notice reaches node B (they are separate messages through
+        Redis): the ACK still reaches the sender. B ends the file at its
+        last byte, as a single node does, instead of waiting for the notice;
+        the ACK used to be refused ("no file ... to acknowledge") and the
+        sender waited for it for ever.
+        """
+        presenceB = self.nodes["b"][0]
+        held = []
+        ended = presenceB.inboxHandlers["fs-end"]
+        presenceB.inboxHandlers["fs-end"] = held.append
+        alic = yield self.client("a", b"alic")
+        bobb = yield self.client("b", b"bobb")
+        content = os.urandom(WINDOW // 2)
+        alic.send(encodeFileHeader(b"bobb", b"f.bin", len(content)) + content)
+        header = encodeFileHeader(b"alic", b"f.bin", len(content))
+        yield self.until(lambda: len(self.received(bobb)) >= len(header) + len(content))
+        yield self.until(lambda: held)
+        bobb.send(encodeAck(b"f.bin"))
+        for data in held:
+            ended(data)
+        yield self.until(lambda: self.received(alic) or self.received(bobb)[len(header) + len(content):])
+        self.assertEqual(bytes(bobb.got), header + content)
+        self.assertEqual(bytes(alic.got), encodeAck(b"f.bin"))
+
+    @defer.inlineCallbacks
     def spy(self, channel):
         """The payloads published on C{channel}, as Redis delivers them."""
         payloads = []

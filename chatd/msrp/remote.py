@@ -306,6 +306,13 @@ class RemoteSender:
         stream = self.stream  # released if the write ends it
         self.window.arrived(len(data))
         stream.write(data)
+        if self.stream is stream and stream.sent + stream.heldBytes >= stream.size:
+            # The last byte: the file ends here, as on one node, not when A's
+            # fs-end comes. The recipient may have it and ACK it before then
+            # (the two cross Redis apart), and an ACK is only taken for a
+            # file that ended.
+            self.files.release(self).finish()
+            return
         self.updateFlow(stream)
 
     def fileAbandoned(self, stream: FileStream, text: str) -> None:

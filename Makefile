@@ -17,19 +17,27 @@ ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+# setup.py builds the compiled hot path (chatd/protobuf/_speedups.c) in place:
+# a change to it is built again by the next `make run` or `make test`.
+BUILD_INPUTS := setup.cfg pyproject.toml setup.py chatd/protobuf/_speedups.c
+
+$(VENV)/.installed-run: $(BUILD_INPUTS) | $(BIN)/python
 	$(PIP_INSTALL) .
 	touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: $(BUILD_INPUTS) | $(BIN)/python
 	$(PIP_INSTALL) '.[test]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
 	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
 
+# Every test, twice: on the compiled hot path (which must have been built:
+# "required" fails at once otherwise), then on the pure-Python one
+# (docs/performance.md, "The compiled hot path").
 test: $(VENV)/.installed-test test-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHATD_SPEEDUPS=required $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHATD_SPEEDUPS=off $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Programs some tests run as a user would (the nc recipes of docs/*.md, curl
 # and openssl against TLS listeners), and the real servers the cluster tests
@@ -61,7 +69,7 @@ test-tools:
 	  fi; \
 	fi
 
-$(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: $(BUILD_INPUTS) | $(BIN)/python
 	$(PIP_INSTALL) '.[bench]'
 	touch $@ $(VENV)/.installed-run
 
@@ -92,4 +100,5 @@ proto: $(VENV)/.installed-test
 # under pytest (tests.test_*), Hypothesis' database.
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* tests.test_* .hypothesis \
+		chatd/protobuf/_speedups*.so \
 		twisted/plugins/dropin.cache

@@ -265,6 +265,11 @@ class ChatMessage(NamedTuple):
     text: str
 
 
+#: C{ChatMessage(sender, receiver, text)} from a tuple, without the Python
+#: frame of a named tuple's C{__new__} (the route of every direct message).
+_newMessage = functools.partial(tuple.__new__, ChatMessage)
+
+
 class IChatSession(Interface):
     """
     One logged-in connection, as the presence service sees it. Each protocol
@@ -619,7 +624,7 @@ class InMemoryPresenceService:
         # _deliver, inlined: this is every direct message's path.
         try:
             target.session.deliverMessage(
-                ChatMessage(source.info.name, target.info.name, text)
+                _newMessage((source.info.name, target.info.name, text))
             )
         except RecipientBusy:
             self.metrics.refused(source.info.protocol, BUSY)

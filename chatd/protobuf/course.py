@@ -158,6 +158,8 @@ class CourseRevision:
 
     #: What ends every response: C{0x00} for a client whose login ended so.
     _terminator = b""
+    #: Option 4 is STATUS_CHANGE here: every request takes the general path.
+    _classify = False
 
     def _handleFrame(self, frame: bytes) -> None:
         try:

@@ -109,7 +109,7 @@ def scanOption(frame: bytes) -> int | None:
                 if end is None:
                     break
                 pos = end
-    except MalformedFrame:
+    except FramingError:  # (a field longer than the frame, say)
         pass
     return option
 
@@ -143,6 +143,222 @@ def _skipValue(data, pos: int, wireType: int, maxLength: int) -> int | None:
     # Groups are not used by chat.proto (and are deprecated); 6 and 7 are
     # not wire types at all.
     raise MalformedFrame(f"wire type {wireType} is not used by chat.proto")
+
+
+# The errors of the scanners (_speedups.c shares the numbers).
+E_NONE, E_VARINT, E_TOO_LARGE, E_FIELD_ZERO, E_WIRE_TYPE = 0, 1, 2, 3, 4
+E_FIELD_LARGE, E_REQUEST_LARGE, E_FALLBACK = 5, 6, 7
+
+#: Values from here on do not fit the compiled scanner's 64 bits.
+_WIDE = 1 << 64
+
+
+def _rawError(code: int, buf, at: int, maxFrame: int) -> FramingError:
+    """The exception of the raw scanner's error C{code} at C{buf[at:]}."""
+    if code == E_VARINT:
+        return MalformedFrame("a varint is longer than ten bytes")
+    if code == E_FIELD_ZERO:
+        return MalformedFrame("field number 0 is not valid")
+    if code == E_WIRE_TYPE:
+        return MalformedFrame(
+            f"wire type {readVarint(buf, at)[0] & 7} is not used by chat.proto"
+        )
+    if code == E_FIELD_LARGE:
+        return FrameTooLarge(
+            f"a field of {readVarint(buf, at)[0]} bytes is larger than the"
+            f" maximum frame of {maxFrame} bytes"
+        )
+    return FrameTooLarge(
+        f"a request is larger than the maximum frame of {maxFrame} bytes"
+    )
+
+
+def _classifySend(frame) -> tuple[str, str] | None:
+    """
+    C{(receiver, text)} when C{frame} is a simple C{SEND_MESSAGE} request,
+    which the protocol may route without parsing it with protobuf; C{None}
+    for anything else, which takes the general path.
+
+    Simple is: C{option} 4, then C{messg} and nothing else, C{messg} holding
+    a non-empty C{receiver}, maybe a C{sender} (which chatd ignores), and a
+    non-empty C{text}, in that order, each once, the receiver and text valid
+    UTF-8. This is what every client's serializer writes for a message;
+    whatever else protobuf would accept (fields repeated or out of order,
+    unknown fields, other encodings of the option) goes the general way, so
+    that the answer is the same either way (tests/test_speedups.py).
+    """
+    n = len(frame)
+    if n < 4 or frame[0] != 0x08 or frame[1] != 0x04 or frame[2] != 0x2A:
+        return None
+    try:
+        read = readVarint(frame, 3)
+        if read is None or read[0] != n - read[1]:
+            return None
+        p = read[1]
+        if p >= n or frame[p] != 0x0A:
+            return None
+        read = readVarint(frame, p + 1)
+        if read is None or read[0] > n - read[1]:
+            return None
+        r, p = read[1], read[1] + read[0]
+        lr = read[0]
+        if p < n and frame[p] == 0x12:
+            read = readVarint(frame, p + 1)
+            if read is None or read[0] > n - read[1]:
+                return None
+            p = read[1] + read[0]
+        if p >= n or frame[p] != 0x1A:
+            return None
+        read = readVarint(frame, p + 1)
+        if read is None or read[0] != n - read[1]:
+            return None
+    except MalformedFrame:
+        return None
+    t = read[1]
+    if not lr or t == n:
+        return None
+    try:
+        return (bytes(frame[r : r + lr]).decode("utf-8"), bytes(frame[t:]).decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _scanDelimited(buf, maxFrame: int, classify: bool) -> tuple[list, int, int, int]:
+    """
+    The delimited frames at the start of C{buf}: C{(items, consumed, error,
+    at)}, where C{items} are the frames in order (simple C{SEND_MESSAGE}
+    requests as L{classifySend}'s tuples when C{classify}), C{consumed} how
+    many bytes they took, and C{error} an C{E_*} code found at C{buf[at:]}
+    (after the frames before it), or C{E_NONE}.
+    """
+    end = len(buf)
+    pos = 0
+    items = []
+    while pos < end:
+        length = buf[pos]
+        if length < 0x80:  # a request shorter than 128 bytes
+            start = pos + 1
+        else:
+            try:
+                read = readVarint(buf, pos)
+            except MalformedFrame:
+                return items, pos, E_VARINT, pos
+            if read is None:
+                break
+            length, start = read
+        if length > maxFrame:
+            return items, pos, E_TOO_LARGE, pos
+        stop = start + length
+        if stop > end:
+            break
+        frame = bytes(buf[start:stop])
+        items.append((_classifySend(frame) or frame) if classify else frame)
+        pos = stop
+    return items, pos, E_NONE, 0
+
+
+def _scanRaw(
+    buf, pos: int, start: int, lastField: int, fields: int, option: int,
+    maxFrame: int, classify: bool,
+) -> tuple:
+    """
+    Read fields of raw requests from C{buf[pos:]}, the request under way
+    starting at C{buf[start:]} with the state C{lastField}, C{fields},
+    C{option} (see L{RawFramer}), until the bytes run out or an error.
+
+    @return: C{(items, pos, start, lastField, fields, option, endedByZero,
+        error, at)}: the requests completed, in order (as in
+        L{_scanDelimited}), the state to go on from, whether one ended at a
+        C{0x00}, and an C{E_*} error code found at C{buf[at:]}, or C{E_NONE}.
+    """
+    end = len(buf)
+    items = []
+    endedByZero = False
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0:
+            if pos != start:
+                frame = bytes(buf[start:pos])
+                items.append((_classifySend(frame) or frame) if classify else frame)
+                lastField = fields = option = 0
+                endedByZero = True
+            # (Or a terminator after the previous message, or padding.)
+            start = pos = pos + 1
+            continue
+        if tag < 0x80:  # a one-byte tag, as every field of chat.proto's
+            valueStart = pos + 1
+        else:
+            try:
+                read = readVarint(buf, pos)
+            except MalformedFrame:
+                return (items, pos, start, lastField, fields, option, endedByZero, E_VARINT, pos)
+            if read is None:
+                break
+            tag, valueStart = read
+        field, wireType = tag >> 3, tag & 7
+        if field == 0:
+            return (items, pos, start, lastField, fields, option, endedByZero, E_FIELD_ZERO, pos)
+        if field <= lastField:
+            # Not ascending: this tag starts the next message.
+            frame = bytes(buf[start:pos])
+            items.append((_classifySend(frame) or frame) if classify else frame)
+            start = pos
+            lastField = fields = option = 0
+            continue
+        if (
+            wireType == LEN
+            and valueStart < end
+            and buf[valueStart] < 0x80
+            and buf[valueStart] <= maxFrame
+        ):
+            # A field shorter than 128 bytes (_skipValue, inlined).
+            valueEnd = valueStart + 1 + buf[valueStart]
+            if valueEnd > end:
+                break
+        else:
+            try:
+                valueEnd = _skipValue(buf, valueStart, wireType, maxFrame)
+            except MalformedFrame:
+                code = E_VARINT if wireType in (VARINT, LEN) else E_WIRE_TYPE
+                at = valueStart if code == E_VARINT else pos
+                return (items, pos, start, lastField, fields, option, endedByZero, code, at)
+            except FrameTooLarge:
+                return (items, pos, start, lastField, fields, option, endedByZero, E_FIELD_LARGE, valueStart)
+            if valueEnd is None:
+                break
+        if valueEnd - start > maxFrame:
+            return (items, pos, start, lastField, fields, option, endedByZero, E_REQUEST_LARGE, pos)
+        if field == OPTION_FIELD and wireType == VARINT:
+            option = readVarint(buf, valueStart)[0]
+        if field < 64:
+            fields |= 1 << field
+        lastField = field
+        pos = valueEnd
+    return (items, pos, start, lastField, fields, option, endedByZero, E_NONE, 0)
+
+
+_SMALL_LENGTHS = [bytes((n,)) for n in range(0x80)]
+# ServerResponse: option = SEND_MESSAGE (field 1, varint 4), code =
+# SUCCESSFUL (field 2, varint 1), then messg (field 6).
+DELIVERY_PREFIX = b"\x08\x04\x10\x01\x32"
+
+
+def _encodeDelivery(head: bytes, text: str, delimited: bool) -> bytes:
+    """
+    The delivery of C{text}: C{ServerResponse(option=SEND_MESSAGE,
+    code=SUCCESSFUL, messg=Message(<head>, text=text))}, with its varint
+    length before it when C{delimited}. C{head} is the Message's C{receiver}
+    and C{sender} fields, encoded (C{protocol.deliveryHead}).
+    """
+    t = text.encode("utf-8")
+    lt = encodeVarint(len(t))
+    size = len(head) + 1 + len(lt) + len(t)
+    ls = encodeVarint(size)
+    if delimited:
+        return b"".join(
+            (encodeVarint(5 + len(ls) + size), DELIVERY_PREFIX, ls, head, b"\x1a", lt, t)
+        )
+    return b"".join((DELIVERY_PREFIX, ls, head, b"\x1a", lt, t))
 
 
 class RawFramer:
@@ -204,104 +420,70 @@ class RawFramer:
             are not protobuf; what was buffered is dropped, and framing starts
             again with the next read.
         """
+        frames, error = self.scan(data)
+        yield from frames
+        if error is not None:
+            raise error
+
+    def scan(self, data: bytes, classify: bool = False) -> tuple[list, FramingError | None]:
+        """
+        Add C{data}; the messages it completes, in order, and the error that
+        ended the read (L{feed} says which), if any.
+
+        @param classify: whether a simple C{SEND_MESSAGE} request is handed
+            back as C{(receiver, text)} (see L{classifySend}) instead of its
+            bytes.
+        """
         buf = self._buffer
         buf += data
-        while True:
-            try:
-                frame = self._next(buf)
-            except MalformedFrame:
+        option = self._option
+        lastField = self._lastField
+        (items, pos, start, lastField, fields, option, endedByZero, code, at) = scanRaw(
+            buf, self._pos, self._start,
+            lastField if lastField < _WIDE else _WIDE - 1,
+            self._fields,
+            option if option < _WIDE else _WIDE - 1,
+            self.maxFrameSize, classify,
+        )
+        if code == E_FALLBACK:
+            (more, pos, start, lastField, fields, option, zero, code, at) = _scanRaw(
+                buf, pos, start, lastField, fields, option, self.maxFrameSize, classify
+            )
+            items += more
+            endedByZero = endedByZero or zero
+        if endedByZero:
+            self.endedByZero = True
+        if code:
+            error = _rawError(code, buf, at, self.maxFrameSize)
+            if isinstance(error, MalformedFrame):
                 buf.clear()
                 self._reset(0)
-                raise
-            if frame is None:
-                break
-            yield frame
-        if self._start:
-            del buf[: self._start]
-            self._pos -= self._start
-            self._start = 0
+                return items, error
+            # The connection is closed: the state no longer matters.
+            return items, error
+        if start:
+            del buf[:start]
+            pos -= start
+            start = 0
+        self._pos, self._start = pos, start
+        self._lastField, self._fields, self._option = lastField, fields, option
         if len(buf) > self.maxFrameSize:
-            raise FrameTooLarge(
+            return items, FrameTooLarge(
                 f"a request is larger than the maximum frame of"
                 f" {self.maxFrameSize} bytes"
             )
-        if self.waiting and self._complete():
-            frame = bytes(buf[: self._pos])
+        if pos and pos == len(buf) and self._complete():
+            frame = bytes(buf)
             buf.clear()
             self._reset(0)
-            yield frame
+            items.append((classifySend(frame) or frame) if classify else frame)
+        return items, None
 
     def _complete(self) -> bool:
         needed = self.neededFields.get(self._option)
         if needed is not None and self._fields & (1 << needed):
             return True
         return self._lastField >= self.lastField
-
-    def _next(self, buf: bytearray) -> bytes | None:
-        """
-        Read fields until a message is known to have ended before or at the
-        current position, and return it; C{None} when the bytes run out first.
-        """
-        end = len(buf)
-        maxFrame = self.maxFrameSize
-        # The state in locals while the loop runs (this is every raw
-        # request's path); saved back when the bytes run out.
-        pos, start = self._pos, self._start
-        lastField, fields = self._lastField, self._fields
-        while pos < end:
-            tag = buf[pos]
-            if tag == 0:
-                if pos == start:
-                    # A terminator after the previous message, or padding.
-                    start = pos = pos + 1
-                    continue
-                frame = bytes(buf[start:pos])
-                self._reset(pos + 1)
-                self.endedByZero = True
-                return frame
-            if tag < 0x80:  # a one-byte tag, as every field of chat.proto's
-                valueStart = pos + 1
-            else:
-                read = readVarint(buf, pos)
-                if read is None:
-                    break
-                tag, valueStart = read
-            field, wireType = tag >> 3, tag & 7
-            if field == 0:
-                raise MalformedFrame("field number 0 is not valid")
-            if field <= lastField:
-                # Not ascending: this tag starts the next message.
-                frame = bytes(buf[start:pos])
-                self._reset(pos)
-                return frame
-            if (
-                wireType == LEN
-                and valueStart < end
-                and buf[valueStart] < 0x80
-                and buf[valueStart] <= maxFrame
-            ):
-                # A field shorter than 128 bytes (_skipValue, inlined).
-                valueEnd = valueStart + 1 + buf[valueStart]
-                if valueEnd > end:
-                    break
-            else:
-                valueEnd = _skipValue(buf, valueStart, wireType, maxFrame)
-                if valueEnd is None:
-                    break
-            if valueEnd - start > maxFrame:
-                raise FrameTooLarge(
-                    f"a request is larger than the maximum frame of"
-                    f" {maxFrame} bytes"
-                )
-            if field == OPTION_FIELD and wireType == VARINT:
-                self._option = readVarint(buf, valueStart)[0]
-            if field < 64:
-                fields |= 1 << field
-            lastField = field
-            pos = valueEnd
-        self._pos, self._start = pos, start
-        self._lastField, self._fields = lastField, fields
-        return None
 
 
 class RawRequestFramer(RawFramer):
@@ -370,45 +552,42 @@ class DelimitedFramer:
         """
         Add C{data} and yield every message it completes, in order.
 
-        @raise FrameTooLarge: for a length prefix above the maximum.
-        @raise MalformedFrame: for a length prefix that is not a varint.
+        @raise FrameTooLarge: (after the messages before it) for a length
+            prefix above the maximum.
+        @raise MalformedFrame: (after the messages before it) for a length
+            prefix that is not a varint; what was buffered is dropped.
+        """
+        frames, error = self.scan(data)
+        yield from frames
+        if error is not None:
+            raise error
+
+    def scan(self, data: bytes, classify: bool = False) -> tuple[list, FramingError | None]:
+        """
+        Add C{data}; the messages it completes, in order, and the error that
+        ended the read (L{feed} says which), if any.
+
+        @param classify: as for L{RawFramer.scan}.
         """
         buf = self._buffer
         buf += data
-        end = len(buf)
-        maxFrame = self.maxFrameSize
         # Frames are read at an offset and the buffer is cut once at the end,
         # not once per frame: a read of many small requests would move the
         # rest of the buffer for every one of them.
-        pos = 0
-        try:
-            while pos < end:
-                length = buf[pos]
-                if length < 0x80:  # a request shorter than 128 bytes
-                    start = pos + 1
-                else:
-                    try:
-                        read = readVarint(buf, pos)
-                    except MalformedFrame:
-                        buf.clear()
-                        pos = 0
-                        raise
-                    if read is None:
-                        return
-                    length, start = read
-                if length > maxFrame:
-                    raise FrameTooLarge(
-                        f"a request of {length} bytes is larger than the"
-                        f" maximum frame of {maxFrame} bytes"
-                    )
-                stop = start + length
-                if stop > end:
-                    return
-                pos = stop
-                yield bytes(buf[start:stop])
-        finally:
-            if pos:
-                del buf[:pos]
+        items, pos, code, at = scanDelimited(buf, self.maxFrameSize, classify)
+        error = None
+        if code == E_VARINT:
+            buf.clear()
+            return items, MalformedFrame("a varint is longer than ten bytes")
+        if code == E_TOO_LARGE:
+            length = readVarint(buf, at)[0]
+            error = FrameTooLarge(
+                f"a request of {length} bytes is larger than the"
+                f" maximum frame of {self.maxFrameSize} bytes"
+            )
+        if pos:
+            del buf[:pos]
+        return items, error
 
 
 def encodeRaw(payload: bytes) -> bytes:
@@ -422,3 +601,20 @@ def encodeDelimited(payload: bytes) -> bytes:
     if length < 0x80:
         return _SMALL_VARINTS[length] + payload
     return encodeVarint(length) + payload
+
+
+# The hot path: compiled (chatd/protobuf/_speedups.c) when it was built and
+# CHATD_SPEEDUPS is not "off", else the pure-Python functions above, which
+# stay the reference (docs/performance.md, "The compiled hot path").
+from chatd.protobuf import speedups as _speedups  # noqa: E402
+
+if _speedups.compiled is not None:
+    scanDelimited = _speedups.compiled.scan_delimited
+    scanRaw = _speedups.compiled.scan_raw
+    classifySend = _speedups.compiled.classify_send
+    encodeDelivery = _speedups.compiled.encode_delivery
+else:
+    scanDelimited = _scanDelimited
+    scanRaw = _scanRaw
+    classifySend = _classifySend
+    encodeDelivery = _encodeDelivery

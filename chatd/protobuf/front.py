@@ -5,10 +5,12 @@ listener (docs/protobuf.md).
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
 from chatd.fronts import DISABLED, IFront, addListener, limit, positiveFloat, size
+from chatd.protobuf import speedups
 from chatd.protobuf.framing import DEFAULT_MAX_FRAME
 from chatd.protobuf.protocol import (
     AUTO,
@@ -26,6 +28,7 @@ class ProtobufFront:
 
     name = "protobuf"
     endpointOptions = ("protobuf",)
+    log = Logger()
 
     def options(self) -> list:
         return [
@@ -92,6 +95,13 @@ class ProtobufFront:
     def build(self, config, services, reactor) -> None:
         if config["protobuf"] == DISABLED:
             return
+        # Which of the two equivalent hot paths runs (docs/performance.md).
+        self.log.info(
+            "chatd protobuf hot path: {path}",
+            path=speedups.describe(),
+            compiled=speedups.compiled is not None,
+            event="hot-path",
+        )
         factory = ProtobufChatFactory(
             services.presence,
             reactor,

@@ -42,6 +42,7 @@ from chatd.protobuf.framing import (
     MalformedFrame,
     RawRequestFramer,
     encodeDelimited,
+    encodeDelivery as encodeDeliveryFrame,
     encodeRaw,
     encodeVarint,
     scanOption,
@@ -106,9 +107,9 @@ def text(value: str | bytes, field: str) -> str:
 # serializing ServerResponse objects was most of the cost of routing one.
 # They are byte for byte what SerializeToString gives (tests/test_protobuf_wire.py).
 #   option = SEND_MESSAGE (field 1, varint 4), code = SUCCESSFUL (field 2,
-#   varint 1), then response (field 3) or messg (field 6).
+#   varint 1), then response (field 3); the delivery's prefix, with messg
+#   (field 6), is framing.DELIVERY_PREFIX.
 _SENT_PREFIX = b"\x08\x04\x10\x01\x1a"
-_DELIVERY_PREFIX = b"\x08\x04\x10\x01\x32"
 
 
 def encodeSent(text: str) -> bytes:
@@ -124,21 +125,12 @@ def deliveryHead(receiver: str, sender: str) -> bytes:
     return b"".join((b"\x0a", encodeVarint(len(r)), r, b"\x12", encodeVarint(len(s)), s))
 
 
-def encodeDeliveryAfter(head: bytes, text: str) -> bytes:
-    """L{encodeDelivery}, with its L{deliveryHead} already encoded."""
-    t = text.encode("utf-8")
-    lt = encodeVarint(len(t))
-    return b"".join(
-        (_DELIVERY_PREFIX, encodeVarint(len(head) + 1 + len(lt) + len(t)), head, b"\x1a", lt, t)
-    )
-
-
 def encodeDelivery(receiver: str, sender: str, text: str) -> bytes:
     """
     C{ServerResponse(option=SEND_MESSAGE, code=SUCCESSFUL,
     messg=Message(receiver=receiver, sender=sender, text=text))}.
     """
-    return encodeDeliveryAfter(deliveryHead(receiver, sender), text)
+    return encodeDeliveryFrame(deliveryHead(receiver, sender), text, False)
 
 
 def users(count: int) -> str:
@@ -166,6 +158,9 @@ class ProtobufChatProtocol(SessionProtocol):
     #: Whether the next request may reveal the course revision (set by the
     #: factory for C{--protobuf-dialect auto}; cleared after the first).
     _detect = False
+    #: Whether the framer may hand simple messages over already read
+    #: (framing.classifySend; the seed's meaning of option 4).
+    _classify = True
 
     def __init__(
         self,
@@ -179,6 +174,7 @@ class ProtobufChatProtocol(SessionProtocol):
         self.clock = clock
         self.framer = framer
         self.encode = encode
+        self._delimited = encode is encodeDelimited
         self.rawWait = rawWait
         self.user: UserInfo | None = None
         self._loggingIn = False
@@ -223,26 +219,37 @@ class ProtobufChatProtocol(SessionProtocol):
         if self._waitCall is not None:
             self._waitCall.cancel()
             self._waitCall = None
-        try:
-            for frame in self.framer.feed(data):
-                self._handleFrame(frame)
-                if self._closing:
-                    return
-        except FrameTooLarge as e:
+        # Once logged in, a simple message comes out of the framer already
+        # read, as (receiver, text): the route of nearly every request skips
+        # protobuf's parse (framing.classifySend says which ones).
+        items, error = self.framer.scan(data, self._classify and self.user is not None)
+        for item in items:
+            if item.__class__ is tuple:
+                try:
+                    self._sendText(*item)
+                except Refused as e:
+                    self._fail(SEND_MESSAGE, str(e))
+                except Exception:
+                    self._internalError(SEND_MESSAGE)
+            else:
+                self._handleFrame(item)
+            if self._closing:
+                return
+        if error.__class__ is FrameTooLarge:
             self.log.info(
                 "protobuf connection of {user} closed: {text}",
                 user=self.user.name if self.user else self.peerHost,
                 peer=self.peerHost,
-                text=str(e),
+                text=str(error),
                 protocol=self.protocolName,
                 reason=TOO_LARGE,
                 event="disconnect",
             )
             self.factory.disconnecting(self, TOO_LARGE)
-            self.disconnect(str(e))
+            self.disconnect(str(error))
             return
-        except MalformedFrame as e:
-            self._fail(None, f"malformed request: {e}")
+        if error is not None:
+            self._fail(None, f"malformed request: {error}")
         if self.framer.waiting and not self._closing:
             self._waitCall = self.clock.callLater(self.rawWait, self._waited)
 
@@ -334,9 +341,13 @@ class ProtobufChatProtocol(SessionProtocol):
         except Refused as e:
             self._fail(option, str(e))
         except Exception:
-            if self.allowance.mayLogError():
-                self.log.failure("protobuf request {option} failed", option=option)
-            self._fail(option, "internal error")
+            self._internalError(option)
+
+    def _internalError(self, option: int) -> None:
+        """Answer a request that failed in chatd (logged, within limits)."""
+        if self.allowance.mayLogError():
+            self.log.failure("protobuf request {option} failed", option=option)
+        self._fail(option, "internal error")
 
     # Bytes out.
 
@@ -449,13 +460,20 @@ class ProtobufChatProtocol(SessionProtocol):
         )
 
     def _sendMessage(self, request: Request) -> None:
-        # The hottest request of all: kept to as few calls as it can be.
         messg = request.messg
         receiver = messg.receiver
         body = messg.text
         if receiver.__class__ is not str or body.__class__ is not str:
             text(receiver, "messg.receiver")
             text(body, "messg.text")
+        self._sendText(receiver, body)
+
+    def _sendText(self, receiver: str, body: str) -> None:
+        """
+        Send C{body} to C{receiver} and answer the sender. The hottest route
+        of all (framing.classifySend's messages come straight here): kept to
+        as few calls as it can be.
+        """
         if not receiver:
             raise Refused("a message needs messg.receiver")
         if not body:
@@ -524,17 +542,7 @@ class ProtobufChatProtocol(SessionProtocol):
             if len(heads) >= _MAX_ANSWERS:
                 heads.clear()
             cached = heads[sender] = (receiver, deliveryHead(receiver, sender))
-        # encodeDeliveryAfter and the framing, inlined: one join per delivery.
-        head = cached[1]
-        t = message.text.encode("utf-8")
-        lt = encodeVarint(len(t))
-        size = len(head) + 1 + len(lt) + len(t)
-        ls = encodeVarint(size)
-        if self.encode is encodeDelimited:
-            pieces = (encodeVarint(5 + len(ls) + size), _DELIVERY_PREFIX, ls, head, b"\x1a", lt, t)
-        else:
-            pieces = (_DELIVERY_PREFIX, ls, head, b"\x1a", lt, t)
-        if self._write(b"".join(pieces)) is False:
+        if self._write(encodeDeliveryFrame(cached[1], message.text, self._delimited)) is False:
             raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 
     # IHalfCloseableProtocol.

@@ -14,6 +14,8 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from chatd.writethrough import writeThrough
+
 
 #: Defaults of the limits; docs/operations.md lists each with its option.
 DEFAULT_MAX_CONNECTIONS = 10000
@@ -274,6 +276,9 @@ class OutboundQueue:
         # and an empty list is a tenth of an empty deque (idle sessions).
         self._waiting: list[bytes] = []
         self._paused = False
+        # Sent at once when the transport's buffer is empty (see
+        # chatd.writethrough); the transport still pauses us when it fills.
+        self._send = writeThrough(transport)
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -281,7 +286,7 @@ class OutboundQueue:
         if self.overflowed:
             return False
         if not self._paused:
-            self.transport.write(data)
+            self._send(data)
             return True
         if self.maxBytes and self.queued + len(data) > self.maxBytes:
             self.overflowed = True

@@ -35,6 +35,7 @@ from chatd.protobuf import chat_pb2
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import SENDQ, TOO_LARGE, ChatdMetrics
 from chatd.sessions import SessionFactory, SessionProtocol
+from chatd.writethrough import writeThrough
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
     DelimitedFramer,
@@ -200,7 +201,9 @@ class ProtobufChatProtocol(SessionProtocol):
     def admitted(self) -> None:
         self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
         self._out = (
-            self.transport.write if self.outbound is None else self.outbound.write
+            writeThrough(self.transport)
+            if self.outbound is None
+            else self.outbound.write
         )
 
     def dataReceived(self, data: bytes) -> None:

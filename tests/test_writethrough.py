@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from chatd.limits import OutboundQueue
+from chatd.tls import tlsEndpoint
 from chatd.writethrough import writeThrough
 from tests.tls import LOOPBACK, clientOptions, makePKI, serverDescription
 from tests.twistd import ByteCollector
@@ -125,9 +126,11 @@ class _LoopbackMixin:
         factory = _ServerFactory(onMade)
         if tls:
             pki = makePKI(self.mktemp())
-            port = yield serverFromString(reactor, serverDescription(pki)).listen(
-                factory
+            # As chatd's listeners are: its own TLS layer on the ssl: endpoint.
+            endpoint = tlsEndpoint(
+                reactor, serverFromString(reactor, serverDescription(pki)), "test"
             )
+            port = yield endpoint.listen(factory)
             endpoint = SSL4ClientEndpoint(
                 reactor, LOOPBACK, port.getHost().port, clientOptions(pki)
             )

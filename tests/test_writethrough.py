@@ -332,6 +332,30 @@ class ClosingTests(_LoopbackMixin, TestCase):
         self.assertEqual(through, plain)
 
     @defer.inlineCallbacks
+    def afterAbort(self, makeWrite):
+        """All the client gets when the server writes after C{abortConnection}."""
+        server, client = yield self.connect()
+        server.transport.write(b"before|")
+        yield client.waitFor(received(len(b"before|")))
+        server.transport.abortConnection()
+        makeWrite(server.transport)(b"after")
+        yield client.closed
+        yield server.lost
+        return client.received
+
+    @defer.inlineCallbacks
+    def test_afterAbort(self):
+        """
+        Twisted drops what is written after C{abortConnection} ("dropping
+        any buffered data"): so does L{writeThrough} (it sent it, before
+        it looked at C{_aborting}).
+        """
+        plain = yield self.afterAbort(lambda transport: transport.write)
+        self.assertEqual(plain, b"before|")
+        through = yield self.afterAbort(writeThrough)
+        self.assertEqual(through, plain)
+
+    @defer.inlineCallbacks
     def afterHalfClose(self, makeWrite):
         """
         All the client gets when the server writes after its half-close went

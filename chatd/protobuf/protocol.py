@@ -502,7 +502,11 @@ class ProtobufChatProtocol(SessionProtocol):
             answer = self._answers[receiver] = self.encode(
                 encodeSent(f"delivered to {receiver}")
             )
-        self._write(answer)
+        pending = self._pending
+        if pending is not None and not self._closing:
+            pending.append(answer)  # _write's corked case, without its call
+        else:
+            self._write(answer)
 
     # IChatSession.
 
@@ -521,6 +525,8 @@ class ProtobufChatProtocol(SessionProtocol):
         if self.factory.corked and not self._closing:
             pending = self._pending
             if pending is not None:
+                # (Only ever set while corked: deliverMessage and _sendText
+                # append to it themselves.)
                 pending.append(data)
                 return True
             outbound = self.outbound
@@ -545,7 +551,11 @@ class ProtobufChatProtocol(SessionProtocol):
             if len(heads) >= _MAX_ANSWERS:
                 heads.clear()
             cached = heads[sender] = (receiver, deliveryHead(receiver, sender))
-        if self._write(encodeDeliveryFrame(cached[1], message.text, self._delimited)) is False:
+        data = encodeDeliveryFrame(cached[1], message.text, self._delimited)
+        pending = self._pending
+        if pending is not None and not self._closing:
+            pending.append(data)  # _write's corked case, without its call
+        elif self._write(data) is False:
             raise RecipientBusy(f"{message.receiver} is not reading; disconnected")
 
     # IHalfCloseableProtocol.

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatd.writethrough import writeThrough
+from chatd.writethrough import sendNow
 
 
 #: Defaults of the limits; docs/operations.md lists each with its option.
@@ -276,9 +276,6 @@ class OutboundQueue:
         # and an empty list is a tenth of an empty deque (idle sessions).
         self._waiting: list[bytes] = []
         self._paused = False
-        # Sent at once when the transport's buffer is empty (see
-        # chatd.writethrough); the transport still pauses us when it fills.
-        self._send = writeThrough(transport)
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> bool:
@@ -286,7 +283,9 @@ class OutboundQueue:
         if self.overflowed:
             return False
         if not self._paused:
-            self._send(data)
+            # Sent at once when the transport's buffer is empty (see
+            # chatd.writethrough); the transport still pauses us when full.
+            sendNow(self.transport, data)
             return True
         if self.maxBytes and self.queued + len(data) > self.maxBytes:
             self.overflowed = True

@@ -10,8 +10,7 @@ protobuf factory's cork), so the coalescing Twisted's queue buys is done;
 what is left is its cost, which was a sixth of the server's time routing
 pipelined messages (docs/performance.md).
 
-L{writeThrough} returns a function that writes as C{transport.write} does,
-but first offers the bytes to the socket at once when nothing is waiting in
+L{sendNow} writes as C{transport.write} does, but first offers the bytes to the socket at once when nothing is waiting in
 the transport's own buffer. Whatever the kernel does not take (a full socket
 buffer, an error) goes to C{transport.write}: order is kept, and errors are
 found and reported by Twisted as before (a write after a reset is queued,
@@ -20,43 +19,46 @@ and its C{doWrite} reports the lost connection).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from twisted.internet import tcp
 
 
+def sendNow(transport, data: bytes) -> None:
+    """
+    C{transport.write(data)}; for a plain TCP (or UNIX) connection of
+    Twisted's reactors whose buffer is empty, the bytes are first offered to
+    the socket at once, and only what it does not take is queued.
+    """
+    if not isinstance(transport, tcp.Connection) or (
+        transport._tempDataLen
+        or transport.dataBuffer
+        or transport.TLS
+        or not transport.connected
+        or transport.disconnecting
+        or transport._aborting
+        or transport._writeDisconnecting
+        or transport._writeDisconnected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        # Would block, or the connection failed: Twisted's own write path
+        # sends it later, or finds the error and closes the connection.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
+
+
 def writeThrough(transport) -> Callable[[bytes], None]:
     """
-    C{transport.write}, or, for a plain TCP (or UNIX) connection of Twisted's
-    reactors, a function that sends at once when the transport's buffer is
-    empty and queues only the rest.
+    A function of one argument that writes to C{transport} as L{sendNow}
+    does, or C{transport.write} itself where L{sendNow} would only call it
+    (TLS wrappers, test transports). Small: it is kept per connection.
     """
-    write = transport.write
     if not isinstance(transport, tcp.Connection):
-        return write  # TLS wrappers, test transports: as they are
-    send = transport.socket.send
-
-    def writeNow(data: bytes) -> None:
-        t = transport
-        if (
-            t._tempDataLen
-            or t.dataBuffer
-            or t.TLS
-            or not t.connected
-            or t.disconnecting
-            or t._aborting
-            or t._writeDisconnecting
-            or t._writeDisconnected
-        ):
-            write(data)
-            return
-        try:
-            sent = send(data)
-        except OSError:
-            # Would block, or the connection failed: Twisted's own write path
-            # sends it later, or finds the error and closes the connection.
-            sent = 0
-        if sent < len(data):
-            write(data[sent:] if sent else data)
-
-    return writeNow
+        return transport.write
+    return partial(sendNow, transport)

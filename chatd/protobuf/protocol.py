@@ -145,6 +145,10 @@ def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
     )
 
 
+def _discard(data: bytes) -> None:
+    """Where a connection's bytes go before it is admitted: nowhere."""
+
+
 @implementer(IChatSession, IHalfCloseableProtocol)
 class ProtobufChatProtocol(SessionProtocol):
     """
@@ -184,7 +188,7 @@ class ProtobufChatProtocol(SessionProtocol):
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
         # Where bytes go: the transport, or the bounded outbound queue.
-        self._out: Callable[[bytes], object] = lambda data: None
+        self._out: Callable[[bytes], object] = _discard
         # Responses held while the factory is corked (see _write).
         self._pending: list[bytes] | None = None
         # receiver -> the encoded answer "delivered to <receiver>".

@@ -31,20 +31,27 @@ def sendNow(transport, data: bytes) -> None:
     Twisted's reactors whose buffer is empty, the bytes are first offered to
     the socket at once, and only what it does not take is queued.
     """
-    if not isinstance(transport, tcp.Connection) or (
-        transport._tempDataLen
-        or transport.dataBuffer
-        or transport.TLS
-        or not transport.connected
-        or transport.disconnecting
-        or transport._aborting
-        or transport._writeDisconnecting
-        or transport._writeDisconnected
-    ):
+    try:
+        if not isinstance(transport, tcp.Connection) or (
+            transport._tempDataLen
+            or transport.dataBuffer
+            or transport.TLS
+            or not transport.connected
+            or transport.disconnecting
+            or transport._aborting
+            or transport._writeDisconnecting
+            or transport._writeDisconnected
+        ):
+            transport.write(data)
+            return
+        send = transport.socket.send
+    except AttributeError:
+        # A Twisted whose transports keep their state otherwise (these are
+        # FileDescriptor's own attributes): its write, as it is.
         transport.write(data)
         return
     try:
-        sent = transport.socket.send(data)
+        sent = send(data)
     except OSError:
         # Would block, or the connection failed: Twisted's own write path
         # sends it later, or finds the error and closes the connection.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from array import array
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor, tcp
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
     TCP4ClientEndpoint,
@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from chatd.limits import OutboundQueue
 from chatd.tls import tlsEndpoint
-from chatd.writethrough import writeThrough
+from chatd.writethrough import sendNow, writeThrough
 from tests.tls import LOOPBACK, clientOptions, makePKI, serverDescription
 from tests.twistd import ByteCollector
 
@@ -464,3 +464,15 @@ class OutboundQueueTests(_LoopbackMixin, TestCase):
         self.assertEqual(overflows, [self.maxBytes])
         queue.detach()
 
+
+class OtherTwistedTests(TestCase):
+    def test_transportWithoutTheAttributes(self):
+        """
+        A TCP transport that does not keep the state sendNow looks at (a
+        Twisted of another shape) is written to with its own write.
+        """
+        transport = tcp.Connection.__new__(tcp.Connection)  # no __init__: no state
+        written = []
+        transport.write = written.append
+        sendNow(transport, b"as it is")
+        self.assertEqual(written, [b"as it is"])

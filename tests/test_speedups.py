@@ -386,3 +386,35 @@ class ScanOptionTests(TestCase):
         answer = R.FromString(DelimitedFramer().scan(writes[0][-1])[0][0])
         self.assertEqual(answer.response, "malformed request: not a chat.ClientRequest")
         self.assertFalse(writes[2])
+
+
+class ServerSaysWhichTests(TestCase):
+    """twistd chatd logs the route it runs, as CHATD_SPEEDUPS chose it."""
+
+    def started(self, value: str) -> str:
+        from chatd.harness import ServerProcess, chatdCommand, environment
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        argv, _ = chatdCommand(
+            {"protobuf": "tcp:0:interface=127.0.0.1", "msrp": "none", "http": "none",
+             "msgr": "none", "db": "none"},
+            known=set(),
+        )
+        env = environment()
+        env[speedups.ENVIRONMENT] = value
+        server = ServerProcess(argv, ["protobuf"], cwd=directory, env=env)
+        self.addCleanup(server.stop)
+        server.start()
+        return server.log()
+
+    def test_off(self) -> None:
+        self.assertIn("chatd protobuf hot path: pure Python: CHATD_SPEEDUPS=off\n", self.started("off"))
+
+    def test_required(self) -> None:
+        if notBuilt:
+            raise self.skipTest(notBuilt)
+        self.assertIn(
+            "chatd protobuf hot path: compiled (chatd.protobuf._speedups)\n",
+            self.started("required"),
+        )

@@ -14,7 +14,12 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.loadgen import accounts, scenarios, wire
-from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
+from chatd.loadgen.records import (
+    AnswerLineCounter,
+    InterleavedRecordCounter,
+    RecordCounter,
+    template,
+)
 from chatd.harness import ServerProcess, chatdCommand, chatdOptions
 from chatd.msgr import codec as msgr
 from chatd.msrp import codec as msrp
@@ -184,6 +189,120 @@ class DialectTests(SynchronousTestCase):
         argv, off = chatdCommand({"rate": "5"}, {"rate", "max-conns", "protobuf"})
         self.assertEqual(off, ["max-conns"])
         self.assertEqual(argv[argv.index("chatd") + 1 :], ["--max-conns", "0", "--rate", "5"])
+
+
+class IrcWireTests(SynchronousTestCase):
+    """The load generator's IRC, for the ngircd baseline of scenario 1, on bytes."""
+
+    #: ngircd's welcome, as it sends it (shortened: 002 to 005, LUSERS).
+    WELCOME = (
+        b":irc.test 001 ana :Welcome to the Internet Relay Network ana!~ana@127.0.0.1\r\n"
+        b":irc.test 005 ana NICKLEN=30 :are supported on this server\r\n"
+        b":irc.test 251 ana :There are 2 users and 0 services on 1 servers\r\n"
+        b":irc.test 375 ana :- irc.test message of the day\r\n"
+        b":irc.test 372 ana :- chatd bench\r\n"
+        b":irc.test 376 ana :End of MOTD command\r\n"
+    )
+
+    def setUp(self) -> None:
+        self.irc = wire.dialect("irc")
+
+    def delivery(self, stamp: int, sender: bytes = b"ana") -> bytes:
+        return b":%s!~%s@127.0.0.1 PRIVMSG bea :%s\r\n" % (
+            sender, sender, wire.makeText(wire.makeStamp(stamp))
+        )
+
+    def test_registrationAndMessage(self) -> None:
+        """NICK and USER register; a message is a PRIVMSG with the text as its last parameter."""
+        self.assertEqual(self.irc.login("ana"), b"NICK ana\r\nUSER ana 0 * :ana\r\n")
+        self.assertEqual(
+            self.irc.message("ana", "bea", wire.CALIBRATION_TEXT),
+            b"PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n",
+        )
+
+    def test_loggedInAtTheWelcomesEnd(self) -> None:
+        """
+        A client is logged in at the end of the welcome (376, or 422 when
+        the server has no message of the day), not at 001: nothing of the
+        welcome may arrive among deliveries. What follows is kept.
+        """
+        for end in (b":irc.test 376 ana :End of MOTD command\r\n",
+                    b":irc.test 422 ana :MOTD file is missing\r\n"):
+            welcome = self.WELCOME.rpartition(b":irc.test 376")[0] + end
+            after = self.delivery(1)
+            reader = self.irc.loginReader("ana")
+            self.assertFalse(reader.feed(welcome[:-len(end) - 3]))
+            self.assertTrue(reader.feed(welcome[-len(end) - 3:] + after))
+            self.assertEqual(reader.rest, after)
+
+    def test_refusedRegistration(self) -> None:
+        """An error numeric or ERROR while registering is a refused login, with the server's words."""
+        for line in (b":irc.test 433 * ana :Nickname already in use\r\n",
+                     b":irc.test 432 * 1ana :Erroneous nickname\r\n",
+                     b"ERROR :Closing connection\r\n"):
+            reader = self.irc.loginReader("ana")
+            with self.assertRaises(wire.LoginFailed) as caught:
+                reader.feed(line)
+            self.assertEqual(str(caught.exception), line.decode().rstrip("\r\n"))
+
+    def test_reader(self) -> None:
+        """A PRIVMSG is a delivery from its prefix's nick; PING, errors and the rest are told apart."""
+        data = (self.delivery(7) + b"PING :irc.test\r\n"
+                + b":irc.test 401 ana nobody :No such nick or channel name\r\n"
+                + b":irc.test NOTICE ana :hello\r\n")
+        for cut in range(len(data) + 1):
+            reader = self.irc.reader()
+            items = reader.feed(data[:cut]) + reader.feed(data[cut:])
+            self.assertEqual(b"".join(raw for raw, _ in items), data)
+            delivery, ping, error, other = (item for _, item in items)
+            self.assertEqual(
+                (delivery.sender, delivery.receiver, delivery.text),
+                ("ana", "bea", wire.makeText(wire.makeStamp(7))),
+            )
+            self.assertEqual(self.irc.pong(ping), b"PONG :irc.test\r\n")
+            self.assertEqual((error.ok, error.detail),
+                             (False, ":irc.test 401 ana nobody :No such nick or channel name"))
+            self.assertEqual(other.value, ":irc.test NOTICE ana :hello")
+        self.assertRaises(wire.UnexpectedFrame, self.irc.reader().feed, b":" + b"x" * 600)
+
+    def counter(self, mode: str, answers: list) -> InterleavedRecordCounter:
+        record, offset = template(
+            b":ana!~ana@127.0.0.1 PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n",
+            wire.CALIBRATION_TEXT,
+        )
+        return InterleavedRecordCounter(
+            record, offset, mode, lambda line: answers.append(self.irc.unasked(line))
+        )
+
+    def test_pingsAmongDeliveries(self) -> None:
+        """
+        However the stream is cut, and in both modes, a PING between
+        deliveries is answered with PONG, once, and is not counted;
+        every delivery is.
+        """
+        data = (self.delivery(1) + b"PING :irc.test\r\n" + self.delivery(2) + self.delivery(3)
+                + b"PING :again\r\n" + b"PING :and again\r\n" + self.delivery(4))
+        for mode in ("all", "sample"):
+            for cut in range(len(data) + 1):
+                answers: list = []
+                counter = self.counter(mode, answers)
+                first, second = counter.feed(data[:cut]), counter.feed(data[cut:])
+                self.assertEqual((first[0] + second[0], counter.count), (4, 4), (mode, cut))
+                self.assertEqual(
+                    answers, [b"PONG :irc.test\r\n", b"PONG :again\r\n", b"PONG :and again\r\n"]
+                )
+                if mode == "all":
+                    self.assertEqual([wire.readStamp(s) for s in first[1] + second[1]], [1, 2, 3, 4])
+
+    def test_anythingElseIsAnError(self) -> None:
+        """An error numeric or a notice among deliveries is an error, not a lower figure."""
+        for line in (b":irc.test 401 ana nobody :No such nick or channel name\r\n",
+                     b"ERROR :Closing connection\r\n",
+                     b":irc.test NOTICE bea :hello\r\n"):
+            counter = self.counter("all", [])
+            self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + line + self.delivery(2))
+        counter = self.counter("sample", [])
+        self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + b"P" * 600)
 
 
 class RelayTests(ServerCase):

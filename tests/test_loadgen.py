@@ -8,10 +8,12 @@ bytes, never times: how fast anything went is `make bench`'s business.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from chatd.loadgen import accounts, scenarios, wire
 from chatd.loadgen.records import (
@@ -339,6 +341,72 @@ class RelayTests(ServerCase):
         data = b""
         while len(data) < size:
             chunk = sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class NgircdTests(ServerCase):
+    """
+    ngircd, the second baseline of scenario 1, as bench/run.py starts it
+    (its configuration in a temporary directory, in the foreground), driven
+    by the load generator's IRC.
+    """
+
+    def setUp(self) -> None:
+        program = shutil.which("ngircd")
+        if program is None:
+            raise SkipTest("ngircd is not installed (Debian ngircd; make bench installs it as root)")
+        from tests.test_bench_cluster import loadBench
+
+        directory = os.path.abspath(self.mktemp())
+        server, port = loadBench().startNgircd(
+            program, directory, directory + "-ngircd.log"
+        )
+        self.addCleanup(server.stop)
+        self.pid = server.pid
+        self.target = scenarios.Target(ports={"irc": port}, pid=server.pid)
+
+    def test_pairs(self) -> None:
+        """Scenario 1's pairs through ngircd: every PRIVMSG arrives, the server's CPU is read."""
+        result = scenarios.pairs(self.target, protocol="irc", count=3, workers=1, window=4, **TINY)
+        self.assertAllDelivered(result)
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+        self.assertIn("cpu_percent", result["server"])
+
+    def test_noFloodPenalty(self) -> None:
+        """
+        The configuration turns the flood penalty off: 300 PRIVMSGs written
+        at once all arrive within seconds (with ngircd's penalty, about one
+        a second once the sender is ahead).
+        """
+        clients = {}
+        for name in ("ana", "bea"):
+            sock = socket.create_connection(self.target.address("irc"), timeout=10)
+            self.addCleanup(sock.close)
+            sock.sendall(wire.dialect("irc").login(name))
+            clients[name] = sock
+            self.readUntil(sock, b" 376 " + name.encode())
+        messages = 300
+        clients["ana"].sendall(b"PRIVMSG bea :hola\r\n" * messages)
+        received = self.readUntil(
+            clients["bea"], b"", count=messages, deadline=time.monotonic() + 10
+        )
+        self.assertEqual(received.count(b":ana!~ana@127.0.0.1 PRIVMSG bea :hola\r\n"), messages)
+
+    @staticmethod
+    def readUntil(sock: socket.socket, end: bytes, count: int = 0,
+                  deadline: float | None = None) -> bytes:
+        """Read until C{end} has arrived, or C{count} lines; at most until C{deadline}."""
+        data = b""
+        deadline = deadline or time.monotonic() + 10
+        while (end not in data if end else data.count(b"\n") < count):
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
             if not chunk:
                 break
             data += chunk

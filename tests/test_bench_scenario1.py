@@ -127,6 +127,19 @@ class TableTests(SynchronousTestCase):
                       " (target >= 0.75)", text)
 
 
+class NgircdConfigTests(SynchronousTestCase):
+    """ngircd's configuration, as docs/performance.md shows it."""
+
+    def test_documented(self) -> None:
+        """The documentation shows the configuration the benchmark writes, line for line."""
+        config = loadBench().NGIRCD_CONF.format(
+            port="<a free port>", pingTimeout=120, directory="<the temporary directory>",
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "docs", "performance.md"), encoding="utf-8") as f:
+            self.assertIn("\n```\n" + config + "```\n", f.read())
+
+
 class ScenarioOneTests(SynchronousTestCase):
     """bench/run.py's scenario 1, end to end against real servers, tiny."""
 

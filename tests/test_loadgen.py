@@ -7,9 +7,12 @@ bytes, never times: how fast anything went is `make bench`'s business.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import time
 
@@ -394,6 +397,30 @@ class NgircdTests(ServerCase):
             clients["bea"], b"", count=messages, deadline=time.monotonic() + 10
         )
         self.assertEqual(received.count(b":ana!~ana@127.0.0.1 PRIVMSG bea :hola\r\n"), messages)
+
+    def test_docRecipe(self) -> None:
+        """
+        docs/performance.md's chatd-loadgen line (the block marked
+        "ngircd-loadgen"), as written but for the server's port: every
+        message of the 100 pairs arrives, and it says so.
+        """
+        with open(os.path.join(ROOT, "docs", "performance.md"), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        block = lines.index("<!-- run by tests/test_loadgen.py: ngircd-loadgen -->")
+        end = lines.index("```", block + 2)
+        [line] = [l for l in lines[block + 2 : end] if l.startswith("chatd-loadgen ")]
+        self.assertIn(" --irc-port 6667 ", line)
+        argv = shlex.split(line.replace(" --irc-port 6667 ", f" --irc-port {self.target.ports['irc']} "))
+        program = os.path.join(os.path.dirname(sys.executable), argv[0])
+        done = subprocess.run([program, *argv[1:]], capture_output=True, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stderr.decode("utf-8", "replace")[-2000:])
+        result = json.loads(done.stdout)
+        self.assertEqual(
+            (result["protocol"], result["pairs"], result["window"], result["ok"], result["errors"]),
+            ("irc", 100, 64, True, []),
+        )
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+        self.assertGreater(result["msgs_per_s"], 0)
 
     @staticmethod
     def readUntil(sock: socket.socket, end: bytes, count: int = 0,

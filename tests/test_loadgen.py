@@ -19,6 +19,8 @@ import time
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from chatd.loadgen import accounts, scenarios, wire
+from chatd.loadgen.loop import Loop, Session
+from chatd.loadgen.traffic import Traffic
 from chatd.loadgen.records import (
     AnswerLineCounter,
     InterleavedRecordCounter,
@@ -308,6 +310,89 @@ class IrcWireTests(SynchronousTestCase):
             self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + line + self.delivery(2))
         counter = self.counter("sample", [])
         self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + b"P" * 600)
+
+
+class IrcTrafficTests(SynchronousTestCase):
+    """
+    A receiver and a sender of the load generator's IRC against a server
+    played by this test on a real loopback socket: a PING wherever it comes
+    is answered, and counts stay right.
+    """
+
+    def setUp(self) -> None:
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        self.loop = Loop()
+        self.addCleanup(self.loop.closeAll)
+        irc = wire.dialect("irc")
+        self.peers = {}
+        self.sessions = {}
+        for name in ("ana", "bea"):
+            session = Session(name, irc)
+            self.loop.connect(session, listener.getsockname())
+            peer, _ = listener.accept()
+            self.addCleanup(peer.close)
+            peer.settimeout(10)
+            self.peers[name], self.sessions[name] = peer, session
+        while any(s.connecting for s in self.sessions.values()):
+            self.loop.poll(0.1)
+        self.traffic = Traffic(self.loop, mode="all", windowSize=4)
+        self.traffic.addPair(self.sessions["ana"], self.sessions["bea"])
+
+    def serverReads(self, name: str, size: int) -> bytes:
+        """What the client C{name} wrote, C{size} bytes, while the loop runs."""
+        data = b""
+        self.peers[name].setblocking(False)
+        deadline = time.monotonic() + 10
+        while len(data) < size and time.monotonic() < deadline:
+            self.loop.poll(0.01)
+            try:
+                data += self.peers[name].recv(size - len(data))
+            except BlockingIOError:
+                pass
+        return data
+
+    def test_pings(self) -> None:
+        """
+        The calibration PRIVMSG goes out as IRC; a PING to the receiver
+        before the calibration delivery, between deliveries, and split over
+        two reads, and a PING to the sender, are each answered PONG; every
+        delivery is counted, nothing is an error.
+        """
+        self.traffic.calibrate(0.0, sendOnly=True)
+        privmsg = b"PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n"
+        self.assertEqual(self.serverReads("ana", len(privmsg)), privmsg)
+
+        def delivery(text: bytes) -> bytes:
+            return b":ana!~ana@127.0.0.1 PRIVMSG bea :" + text + b"\r\n"
+
+        bea, ana = self.peers["bea"], self.peers["ana"]
+        bea.sendall(b"PING :one\r\n" + delivery(wire.CALIBRATION_TEXT))
+        self.assertEqual(self.serverReads("bea", 11), b"PONG :one\r\n")
+        self.assertTrue(self.traffic.waitCalibrated(10))
+
+        stamped = [delivery(wire.makeText(wire.makeStamp(n))) for n in (1, 2, 3)]
+        bea.sendall(stamped[0] + b"PING :two\r\n" + stamped[1] + b"PI")
+        self.assertEqual(self.serverReads("bea", 11), b"PONG :two\r\n")
+        bea.sendall(b"NG :three\r\n" + stamped[2])
+        ana.sendall(b"PING :four\r\n")
+        self.assertEqual(self.serverReads("bea", 13), b"PONG :three\r\n")
+        self.assertEqual(self.serverReads("ana", 12), b"PONG :four\r\n")
+        self.assertEqual(
+            (self.traffic.inboxes[0].delivered, self.traffic.pongs, self.traffic.errors),
+            (3, 4, []),
+        )
+
+    def test_errorNumericToTheSender(self) -> None:
+        """A sender told 401 (no such nick) is an error of the run."""
+        self.peers["ana"].sendall(b":irc.test 401 ana bea :No such nick or channel name\r\n")
+        deadline = time.monotonic() + 10
+        while not self.traffic.errors and time.monotonic() < deadline:
+            self.loop.poll(0.05)
+        self.assertEqual(len(self.traffic.errors), 1)
+        self.assertIn("401 ana bea :No such nick", self.traffic.errors[0])
 
 
 class RelayTests(ServerCase):

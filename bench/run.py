@@ -116,7 +116,9 @@ TARGET_CPU_VS_RELAY_1 = {"delimited": 0.75}
 #: no DNS or ident lookups, no PAM, no connection, join or nick-length
 #: limits that the pairs would meet, and no flood penalty: with its
 #: penalty (one more second per command once a client is ahead), a
-#: pipelined sender gets one message a second through. Nothing is written
+#: pipelined sender gets one message a second through. PingTimeout is
+#: ngircd's default, said here because receivers, which never speak, are
+#: sent a PING after it (the load generator answers). Nothing is written
 #: outside the directory it runs in (no PID file; the message of the day
 #: is a phrase; IncludeDir is that directory, which holds no *.conf).
 NGIRCD_CONF = """\
@@ -134,7 +136,7 @@ MaxConnectionsIP = 0
 MaxJoins = 0
 MaxNickLength = 30
 MaxPenaltyTime = 0
-PingTimeout = {pingTimeout}
+PingTimeout = 120
 [Options]
 DNS = no
 Ident = no
@@ -143,11 +145,11 @@ IncludeDir = {directory}
 """
 
 
-def ngircdConfig(directory: str, port: int, pingTimeout: int = 120) -> str:
+def ngircdConfig(directory: str, port: int) -> str:
     """Write L{NGIRCD_CONF} into C{directory}; its path."""
     path = os.path.join(directory, "ngircd.conf")
     with open(path, "w") as f:
-        f.write(NGIRCD_CONF.format(port=port, pingTimeout=pingTimeout, directory=directory))
+        f.write(NGIRCD_CONF.format(port=port, directory=directory))
     return path
 
 
@@ -158,8 +160,9 @@ def freePort() -> int:
         return probe.getsockname()[1]
 
 
-def startNgircd(program: str, directory: str, logPath: str, pingTimeout: int = 120,
-                timeout: float = 30.0) -> tuple[ServerProcess, int]:
+def startNgircd(
+    program: str, directory: str, logPath: str, timeout: float = 30.0
+) -> tuple[ServerProcess, int]:
     """
     ngircd in the foreground (C{-n}, so that the process whose CPU is read
     is the one that routes) with L{ngircdConfig} in C{directory}, once it
@@ -169,7 +172,7 @@ def startNgircd(program: str, directory: str, logPath: str, pingTimeout: int = 1
     """
     os.makedirs(directory, exist_ok=True)
     port = freePort()
-    config = ngircdConfig(directory, port, pingTimeout)
+    config = ngircdConfig(directory, port)
     server = ServerProcess([program, "-n", "-f", config], [], cwd=directory, logPath=logPath)
     server.start()
     deadline = time.monotonic() + timeout

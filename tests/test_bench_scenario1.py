@@ -133,7 +133,7 @@ class NgircdConfigTests(SynchronousTestCase):
     def test_documented(self) -> None:
         """The documentation shows the configuration the benchmark writes, line for line."""
         config = loadBench().NGIRCD_CONF.format(
-            port="<a free port>", pingTimeout=120, directory="<the temporary directory>",
+            port="<a free port>", directory="<the temporary directory>",
         )
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         with open(os.path.join(root, "docs", "performance.md"), encoding="utf-8") as f:

@@ -312,6 +312,24 @@ class IrcWireTests(SynchronousTestCase):
         self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + b"P" * 600)
 
 
+class LoopTests(SynchronousTestCase):
+    """The load generator's sockets."""
+
+    def test_refusedSaysWhere(self) -> None:
+        """A refused connection says which address refused it (a scenario has several servers)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = probe.getsockname()  # nothing listens there once it is closed
+        loop = Loop()
+        self.addCleanup(loop.closeAll)
+        session = Session("ana", wire.dialect("irc"))
+        loop.connect(session, address)
+        deadline = time.monotonic() + 10
+        while session.closed is None and time.monotonic() < deadline:
+            loop.poll(0.1)
+        self.assertEqual(session.closed, f"connect to 127.0.0.1:{address[1]} failed: ECONNREFUSED")
+
+
 class IrcTrafficTests(SynchronousTestCase):
     """
     A receiver and a sender of the load generator's IRC against a server

@@ -7,14 +7,26 @@ bytes, never times: how fast anything went is `make bench`'s business.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import shutil
 import socket
+import subprocess
 import sys
+import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from chatd.loadgen import accounts, scenarios, wire
-from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
+from chatd.loadgen.loop import Loop, Session
+from chatd.loadgen.traffic import Traffic
+from chatd.loadgen.records import (
+    AnswerLineCounter,
+    InterleavedRecordCounter,
+    RecordCounter,
+    template,
+)
 from chatd.harness import ServerProcess, chatdCommand, chatdOptions
 from chatd.msgr import codec as msgr
 from chatd.msrp import codec as msrp
@@ -186,6 +198,221 @@ class DialectTests(SynchronousTestCase):
         self.assertEqual(argv[argv.index("chatd") + 1 :], ["--max-conns", "0", "--rate", "5"])
 
 
+class IrcWireTests(SynchronousTestCase):
+    """The load generator's IRC, for the ngircd baseline of scenario 1, on bytes."""
+
+    #: ngircd's welcome, as it sends it (shortened: 002 to 005, LUSERS).
+    WELCOME = (
+        b":irc.test 001 ana :Welcome to the Internet Relay Network ana!~ana@127.0.0.1\r\n"
+        b":irc.test 005 ana NICKLEN=30 :are supported on this server\r\n"
+        b":irc.test 251 ana :There are 2 users and 0 services on 1 servers\r\n"
+        b":irc.test 375 ana :- irc.test message of the day\r\n"
+        b":irc.test 372 ana :- chatd bench\r\n"
+        b":irc.test 376 ana :End of MOTD command\r\n"
+    )
+
+    def setUp(self) -> None:
+        self.irc = wire.dialect("irc")
+
+    def delivery(self, stamp: int, sender: bytes = b"ana") -> bytes:
+        return b":%s!~%s@127.0.0.1 PRIVMSG bea :%s\r\n" % (
+            sender, sender, wire.makeText(wire.makeStamp(stamp))
+        )
+
+    def test_registrationAndMessage(self) -> None:
+        """NICK and USER register; a message is a PRIVMSG with the text as its last parameter."""
+        self.assertEqual(self.irc.login("ana"), b"NICK ana\r\nUSER ana 0 * :ana\r\n")
+        self.assertEqual(
+            self.irc.message("ana", "bea", wire.CALIBRATION_TEXT),
+            b"PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n",
+        )
+
+    def test_loggedInAtTheWelcomesEnd(self) -> None:
+        """
+        A client is logged in at the end of the welcome (376, or 422 when
+        the server has no message of the day), not at 001: nothing of the
+        welcome may arrive among deliveries. What follows is kept.
+        """
+        for end in (b":irc.test 376 ana :End of MOTD command\r\n",
+                    b":irc.test 422 ana :MOTD file is missing\r\n"):
+            welcome = self.WELCOME.rpartition(b":irc.test 376")[0] + end
+            after = self.delivery(1)
+            reader = self.irc.loginReader("ana")
+            self.assertFalse(reader.feed(welcome[:-len(end) - 3]))
+            self.assertTrue(reader.feed(welcome[-len(end) - 3:] + after))
+            self.assertEqual(reader.rest, after)
+
+    def test_refusedRegistration(self) -> None:
+        """An error numeric or ERROR while registering is a refused login, with the server's words."""
+        for line in (b":irc.test 433 * ana :Nickname already in use\r\n",
+                     b":irc.test 432 * 1ana :Erroneous nickname\r\n",
+                     b"ERROR :Closing connection\r\n"):
+            reader = self.irc.loginReader("ana")
+            with self.assertRaises(wire.LoginFailed) as caught:
+                reader.feed(line)
+            self.assertEqual(str(caught.exception), line.decode().rstrip("\r\n"))
+
+    def test_reader(self) -> None:
+        """A PRIVMSG is a delivery from its prefix's nick; PING, errors and the rest are told apart."""
+        data = (self.delivery(7) + b"PING :irc.test\r\n"
+                + b":irc.test 401 ana nobody :No such nick or channel name\r\n"
+                + b":irc.test NOTICE ana :hello\r\n")
+        for cut in range(len(data) + 1):
+            reader = self.irc.reader()
+            items = reader.feed(data[:cut]) + reader.feed(data[cut:])
+            self.assertEqual(b"".join(raw for raw, _ in items), data)
+            delivery, ping, error, other = (item for _, item in items)
+            self.assertEqual(
+                (delivery.sender, delivery.receiver, delivery.text),
+                ("ana", "bea", wire.makeText(wire.makeStamp(7))),
+            )
+            self.assertEqual(self.irc.pong(ping), b"PONG :irc.test\r\n")
+            self.assertEqual((error.ok, error.detail),
+                             (False, ":irc.test 401 ana nobody :No such nick or channel name"))
+            self.assertEqual(other.value, ":irc.test NOTICE ana :hello")
+        self.assertRaises(wire.UnexpectedFrame, self.irc.reader().feed, b":" + b"x" * 600)
+
+    def counter(self, mode: str, answers: list) -> InterleavedRecordCounter:
+        record, offset = template(
+            b":ana!~ana@127.0.0.1 PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n",
+            wire.CALIBRATION_TEXT,
+        )
+        return InterleavedRecordCounter(
+            record, offset, mode, lambda line: answers.append(self.irc.unasked(line))
+        )
+
+    def test_pingsAmongDeliveries(self) -> None:
+        """
+        However the stream is cut, and in both modes, a PING between
+        deliveries is answered with PONG, once, and is not counted;
+        every delivery is.
+        """
+        data = (self.delivery(1) + b"PING :irc.test\r\n" + self.delivery(2) + self.delivery(3)
+                + b"PING :again\r\n" + b"PING :and again\r\n" + self.delivery(4))
+        for mode in ("all", "sample"):
+            for cut in range(len(data) + 1):
+                answers: list = []
+                counter = self.counter(mode, answers)
+                first, second = counter.feed(data[:cut]), counter.feed(data[cut:])
+                self.assertEqual((first[0] + second[0], counter.count), (4, 4), (mode, cut))
+                self.assertEqual(
+                    answers, [b"PONG :irc.test\r\n", b"PONG :again\r\n", b"PONG :and again\r\n"]
+                )
+                if mode == "all":
+                    self.assertEqual([wire.readStamp(s) for s in first[1] + second[1]], [1, 2, 3, 4])
+
+    def test_anythingElseIsAnError(self) -> None:
+        """An error numeric or a notice among deliveries is an error, not a lower figure."""
+        for line in (b":irc.test 401 ana nobody :No such nick or channel name\r\n",
+                     b"ERROR :Closing connection\r\n",
+                     b":irc.test NOTICE bea :hello\r\n"):
+            counter = self.counter("all", [])
+            self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + line + self.delivery(2))
+        counter = self.counter("sample", [])
+        self.assertRaises(wire.UnexpectedFrame, counter.feed, self.delivery(1) + b"P" * 600)
+
+
+class LoopTests(SynchronousTestCase):
+    """The load generator's sockets."""
+
+    def test_refusedSaysWhere(self) -> None:
+        """A refused connection says which address refused it (a scenario has several servers)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = probe.getsockname()  # nothing listens there once it is closed
+        loop = Loop()
+        self.addCleanup(loop.closeAll)
+        session = Session("ana", wire.dialect("irc"))
+        loop.connect(session, address)
+        deadline = time.monotonic() + 10
+        while session.closed is None and time.monotonic() < deadline:
+            loop.poll(0.1)
+        self.assertEqual(session.closed, f"connect to 127.0.0.1:{address[1]} failed: ECONNREFUSED")
+
+
+class IrcTrafficTests(SynchronousTestCase):
+    """
+    A receiver and a sender of the load generator's IRC against a server
+    played by this test on a real loopback socket: a PING wherever it comes
+    is answered, and counts stay right.
+    """
+
+    def setUp(self) -> None:
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        self.loop = Loop()
+        self.addCleanup(self.loop.closeAll)
+        irc = wire.dialect("irc")
+        self.peers = {}
+        self.sessions = {}
+        for name in ("ana", "bea"):
+            session = Session(name, irc)
+            self.loop.connect(session, listener.getsockname())
+            peer, _ = listener.accept()
+            self.addCleanup(peer.close)
+            peer.settimeout(10)
+            self.peers[name], self.sessions[name] = peer, session
+        while any(s.connecting for s in self.sessions.values()):
+            self.loop.poll(0.1)
+        self.traffic = Traffic(self.loop, mode="all", windowSize=4)
+        self.traffic.addPair(self.sessions["ana"], self.sessions["bea"])
+
+    def serverReads(self, name: str, size: int) -> bytes:
+        """What the client C{name} wrote, C{size} bytes, while the loop runs."""
+        data = b""
+        self.peers[name].setblocking(False)
+        deadline = time.monotonic() + 10
+        while len(data) < size and time.monotonic() < deadline:
+            self.loop.poll(0.01)
+            try:
+                data += self.peers[name].recv(size - len(data))
+            except BlockingIOError:
+                pass
+        return data
+
+    def test_pings(self) -> None:
+        """
+        The calibration PRIVMSG goes out as IRC; a PING to the receiver
+        before the calibration delivery, between deliveries, and split over
+        two reads, and a PING to the sender, are each answered PONG; every
+        delivery is counted, nothing is an error.
+        """
+        self.traffic.calibrate(0.0, sendOnly=True)
+        privmsg = b"PRIVMSG bea :" + wire.CALIBRATION_TEXT + b"\r\n"
+        self.assertEqual(self.serverReads("ana", len(privmsg)), privmsg)
+
+        def delivery(text: bytes) -> bytes:
+            return b":ana!~ana@127.0.0.1 PRIVMSG bea :" + text + b"\r\n"
+
+        bea, ana = self.peers["bea"], self.peers["ana"]
+        bea.sendall(b"PING :one\r\n" + delivery(wire.CALIBRATION_TEXT))
+        self.assertEqual(self.serverReads("bea", 11), b"PONG :one\r\n")
+        self.assertTrue(self.traffic.waitCalibrated(10))
+
+        stamped = [delivery(wire.makeText(wire.makeStamp(n))) for n in (1, 2, 3)]
+        bea.sendall(stamped[0] + b"PING :two\r\n" + stamped[1] + b"PI")
+        self.assertEqual(self.serverReads("bea", 11), b"PONG :two\r\n")
+        bea.sendall(b"NG :three\r\n" + stamped[2])
+        ana.sendall(b"PING :four\r\n")
+        self.assertEqual(self.serverReads("bea", 13), b"PONG :three\r\n")
+        self.assertEqual(self.serverReads("ana", 12), b"PONG :four\r\n")
+        self.assertEqual(
+            (self.traffic.inboxes[0].delivered, self.traffic.pongs, self.traffic.errors),
+            (3, 4, []),
+        )
+
+    def test_errorNumericToTheSender(self) -> None:
+        """A sender told 401 (no such nick) is an error of the run."""
+        self.peers["ana"].sendall(b":irc.test 401 ana bea :No such nick or channel name\r\n")
+        deadline = time.monotonic() + 10
+        while not self.traffic.errors and time.monotonic() < deadline:
+            self.loop.poll(0.05)
+        self.assertEqual(len(self.traffic.errors), 1)
+        self.assertIn("401 ana bea :No such nick", self.traffic.errors[0])
+
+
 class RelayTests(ServerCase):
     """bench/relay.py, the baseline of scenario 1."""
 
@@ -220,6 +447,96 @@ class RelayTests(ServerCase):
         data = b""
         while len(data) < size:
             chunk = sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+class NgircdTests(ServerCase):
+    """
+    ngircd, the second baseline of scenario 1, as bench/run.py starts it
+    (its configuration in a temporary directory, in the foreground), driven
+    by the load generator's IRC.
+    """
+
+    def setUp(self) -> None:
+        program = shutil.which("ngircd")
+        if program is None:
+            raise SkipTest("ngircd is not installed (Debian ngircd; make bench installs it as root)")
+        from tests.test_bench_cluster import loadBench
+
+        directory = os.path.abspath(self.mktemp())
+        server, port = loadBench().startNgircd(
+            program, directory, directory + "-ngircd.log"
+        )
+        self.addCleanup(server.stop)
+        self.pid = server.pid
+        self.target = scenarios.Target(ports={"irc": port}, pid=server.pid)
+
+    def test_pairs(self) -> None:
+        """Scenario 1's pairs through ngircd: every PRIVMSG arrives, the server's CPU is read."""
+        result = scenarios.pairs(self.target, protocol="irc", count=3, workers=1, window=4, **TINY)
+        self.assertAllDelivered(result)
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+        self.assertIn("cpu_percent", result["server"])
+
+    def test_noFloodPenalty(self) -> None:
+        """
+        The configuration turns the flood penalty off: 300 PRIVMSGs written
+        at once all arrive within seconds (with ngircd's penalty, about one
+        a second once the sender is ahead).
+        """
+        clients = {}
+        for name in ("ana", "bea"):
+            sock = socket.create_connection(self.target.address("irc"), timeout=10)
+            self.addCleanup(sock.close)
+            sock.sendall(wire.dialect("irc").login(name))
+            clients[name] = sock
+            self.readUntil(sock, b" 376 " + name.encode())
+        messages = 300
+        clients["ana"].sendall(b"PRIVMSG bea :hola\r\n" * messages)
+        received = self.readUntil(
+            clients["bea"], b"", count=messages, deadline=time.monotonic() + 10
+        )
+        self.assertEqual(received.count(b":ana!~ana@127.0.0.1 PRIVMSG bea :hola\r\n"), messages)
+
+    def test_docRecipe(self) -> None:
+        """
+        docs/performance.md's chatd-loadgen line (the block marked
+        "ngircd-loadgen"), as written but for the server's port: every
+        message of the 100 pairs arrives, and it says so.
+        """
+        with open(os.path.join(ROOT, "docs", "performance.md"), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        block = lines.index("<!-- run by tests/test_loadgen.py: ngircd-loadgen -->")
+        end = lines.index("```", block + 2)
+        [line] = [l for l in lines[block + 2 : end] if l.startswith("chatd-loadgen ")]
+        self.assertIn(" --irc-port 6667 ", line)
+        argv = shlex.split(line.replace(" --irc-port 6667 ", f" --irc-port {self.target.ports['irc']} "))
+        program = os.path.join(os.path.dirname(sys.executable), argv[0])
+        done = subprocess.run([program, *argv[1:]], capture_output=True, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stderr.decode("utf-8", "replace")[-2000:])
+        result = json.loads(done.stdout)
+        self.assertEqual(
+            (result["protocol"], result["pairs"], result["window"], result["ok"], result["errors"]),
+            ("irc", 100, 64, True, []),
+        )
+        self.assertEqual(result["total_delivered"], result["total_sent"])
+        self.assertGreater(result["msgs_per_s"], 0)
+
+    @staticmethod
+    def readUntil(sock: socket.socket, end: bytes, count: int = 0,
+                  deadline: float | None = None) -> bytes:
+        """Read until C{end} has arrived, or C{count} lines; at most until C{deadline}."""
+        data = b""
+        deadline = deadline or time.monotonic() + 10
+        while (end not in data if end else data.count(b"\n") < count):
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
             if not chunk:
                 break
             data += chunk

@@ -51,6 +51,7 @@ class Session:
         "startedAt",
         "loginSeconds",
         "backlog",
+        "address",
     )
 
     def __init__(self, name: str, dialect: Dialect, token: str | None = None) -> None:
@@ -70,6 +71,7 @@ class Session:
         self.startedAt = 0.0
         self.loginSeconds = 0.0
         self.backlog = bytearray()
+        self.address: tuple[str, int] | None = None  # where it connects
 
     def keep(self, data: bytes) -> None:
         """The default L{onData}: keep the bytes in L{backlog}."""
@@ -98,6 +100,7 @@ class Loop:
             sock.close()
             raise OSError(error, f"connect to {address}: {errno.errorcode.get(error, error)}")
         session.sock = sock
+        session.address = address
         session.connecting = True
         session.closed = None
         session.events = 0
@@ -191,7 +194,12 @@ class Loop:
             if session.connecting:
                 error = session.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    self.lose(session, f"connect failed: {errno.errorcode.get(error, error)}")
+                    # Which server refused says which of a scenario's servers to look at.
+                    host, port = session.address
+                    self.lose(
+                        session,
+                        f"connect to {host}:{port} failed: {errno.errorcode.get(error, error)}",
+                    )
                     continue
                 session.connecting = False
                 self._watch(session)

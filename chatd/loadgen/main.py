@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=int, default=8000, help="MSGR's HTTP API")
     parser.add_argument("--msgr-port", type=int, default=1234, help="MSGR's chat socket")
     parser.add_argument("--relay-port", type=int, default=None, help="bench/relay.py, for --protocol relay")
+    parser.add_argument("--irc-port", type=int, default=None, help="an IRC server (ngircd), for --protocol irc")
     parser.add_argument("--framing", choices=("raw", "delimited"), default="raw",
                         help="the protobuf listener's --protobuf-framing (default: %(default)s)")
     parser.add_argument("--password", default="loadgen-password",
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
 
     p = sub.add_parser("pairs", help="1 and 2: direct messages between sender/receiver pairs")
-    p.add_argument("--protocol", choices=("protobuf", "relay"), default="protobuf")
+    p.add_argument("--protocol", choices=("protobuf", "relay", "irc"), default="protobuf")
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--window", type=int, default=64, help="messages in flight per pair (pipelined)")
     p.add_argument("--rate", type=float, default=None,
@@ -94,6 +95,8 @@ def run(args) -> dict:
     }
     if args.relay_port:
         ports["relay"] = args.relay_port
+    if args.irc_port:
+        ports["irc"] = args.irc_port
     target = Target(args.host, ports, args.pid, args.framing, args.password)
     mode = "all" if args.verify else "sample"
     timing = {"warmup": args.warmup, "duration": args.duration}

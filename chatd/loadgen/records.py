@@ -56,6 +56,11 @@ class RecordCounter:
         self._partial = 0  # bytes seen of the record under way
         self._carry = b""  # those bytes, in "all" mode
 
+    @property
+    def pending(self) -> int:
+        """Bytes seen of the record under way (0 at a record's start)."""
+        return len(self._carry) if self.all else self._partial
+
     def _check(self, record: bytes) -> bytes | None:
         offset = self.stampOffset
         if offset is None:
@@ -99,6 +104,75 @@ class RecordCounter:
         return count, stamps
 
 
+class InterleavedRecordCounter:
+    """
+    A L{RecordCounter} for a line protocol whose server may put a line of
+    its own between two deliveries, which the client must answer (IRC's
+    C{PING}). Every record starts with the template's first byte (C{:} in
+    IRC: a prefix); where a record should start and another byte is there,
+    a line of the server's starts instead: it is cut out of the stream up to
+    its newline and handed to C{unasked} (which answers it, or raises
+    L{UnexpectedFrame}), and counting goes on after it.
+
+    Which byte starts each record is checked with one slice per read
+    (C{data[first::size]}), so the cost stays per read, not per record.
+    """
+
+    #: The longest line of the server's own (RFC 2812's 512 bytes).
+    LINE_LIMIT = 512
+
+    def __init__(self, template: bytes, stampOffset: int | None, mode: str, unasked) -> None:
+        self.records = RecordCounter(template, stampOffset, mode)
+        self.size = len(template)
+        self.lead = template[:1]
+        self.unasked = unasked
+        self._line: bytes | None = None  # a line of the server's under way
+
+    @property
+    def count(self) -> int:
+        return self.records.count
+
+    def feed(self, data: bytes) -> tuple[int, list[bytes]]:
+        """
+        Count the records C{data} completes, answering the lines between.
+
+        @return: C{(how many, stamps)}, as L{RecordCounter.feed}.
+        @raise UnexpectedFrame: for a record that is not the template, or
+            a line C{unasked} does not accept.
+        """
+        count = 0
+        stamps: list[bytes] = []
+        size = self.size
+        while data:
+            if self._line is not None:
+                end = data.find(b"\n")
+                if end < 0:
+                    self._line += data
+                    if len(self._line) > self.LINE_LIMIT:
+                        raise UnexpectedFrame(f"expected a delivery, got {self._line[:80]!r}...")
+                    break
+                line, data = self._line + data[: end + 1], data[end + 1 :]
+                self._line = None
+                self.unasked(line)
+                continue
+            first = (size - self.records.pending) % size
+            starts = data[first::size]
+            good = len(starts) - len(starts.lstrip(self.lead))
+            if good == len(starts):
+                more, sampled = self.records.feed(data)
+                count += more
+                stamps += sampled
+                break
+            # Records up to the line, then the line itself.
+            cut = first + good * size
+            more, sampled = self.records.feed(data[:cut])
+            count += more
+            stamps += sampled
+            self._line = b""
+            data = data[cut:]
+        return count, stamps
+
+
 class AnswerLineCounter:
     """
     Counts MSGR answer lines, each of which must end with C{okEnding}
@@ -128,4 +202,4 @@ class AnswerLineCounter:
         return lines
 
 
-__all__ = ["RecordCounter", "AnswerLineCounter", "template"]
+__all__ = ["RecordCounter", "InterleavedRecordCounter", "AnswerLineCounter", "template"]

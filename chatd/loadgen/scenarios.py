@@ -33,7 +33,7 @@ _DIGITS = "0123456789abcdefghijknpqrstuvwxyz"
 class Target:
     """
     Where the server under test listens: C{ports} by label (C{protobuf},
-    C{msrp}, C{msgr}, C{msgr-http}, or C{relay} for the baseline), on
+    C{msrp}, C{msgr}, C{msgr-http}, or C{relay} and C{irc} for the baselines), on
     C{host}. C{pid} is the server's process id when it runs on this machine.
     """
 
@@ -229,6 +229,7 @@ def _measure(
         "unanswered": sum(d["unanswered"] for d in drains),
         "errors": errors[:10],
         "error_count": sum(d["error_count"] for d in drains),
+        "pongs": sum(d.get("pongs", 0) for d in drains),
     }
     if lags:
         result["send_lag_ms"] = percentiles(lags)
@@ -281,7 +282,7 @@ def pairs(
 ) -> dict:
     """
     Scenarios 1 and 2: C{count} sender/receiver pairs of C{protocol}
-    (C{protobuf} or C{relay}) sending 64-byte texts: pipelined, C{window}
+    (C{protobuf}, or a baseline: C{relay}, C{irc}) sending 64-byte texts: pipelined, C{window}
     messages in flight per pair; or, with C{rate}, paced at C{rate}
     messages a second in all, evenly spread.
 

@@ -23,11 +23,17 @@ import time
 from typing import Callable
 
 from chatd.loadgen.loop import Loop, Session
-from chatd.loadgen.records import AnswerLineCounter, RecordCounter, template
+from chatd.loadgen.records import (
+    AnswerLineCounter,
+    InterleavedRecordCounter,
+    RecordCounter,
+    template,
+)
 from chatd.loadgen.wire import (
     CALIBRATION_TEXT,
     STAMP_LENGTH,
     Answer,
+    Ping,
     UnexpectedFrame,
     makeStamp,
     matches,
@@ -85,7 +91,7 @@ class Inbox:
         traffic.loop.take(session, self._calibrate)
 
     def _calibrate(self, data: bytes) -> None:
-        items = self.reader.feed(data)
+        items = answerPings(self.traffic, self.session, self.reader.feed(data))
         if not items:
             return
         raw, item = items[0]
@@ -93,11 +99,22 @@ class Inbox:
             self.traffic.error(f"{self.session!r} expected the calibration message, got {item!r}")
             return
         record, offset = template(raw, CALIBRATION_TEXT)
-        self.counter = RecordCounter(record, offset, self.traffic.mode)
+        dialect = self.session.dialect
+        if dialect.interleaves:
+            self.counter = InterleavedRecordCounter(
+                record, offset, self.traffic.mode, self._unasked
+            )
+        else:
+            self.counter = RecordCounter(record, offset, self.traffic.mode)
         self.session.onData = self._count
         self.traffic.calibrated += 1
         for raw, item in items[1:]:
             self._count(raw)
+
+    def _unasked(self, line: bytes) -> None:
+        """Answer a line the server put between deliveries (IRC's PING)."""
+        self.traffic.loop.write(self.session, self.session.dialect.unasked(line))
+        self.traffic.pongs += 1
 
     def _count(self, data: bytes) -> None:
         try:
@@ -166,6 +183,12 @@ class Outbox:
 
     def _unexpected(self, data: bytes) -> None:
         items = self.answerReader.feed(data)
+        if self.session.dialect.interleaves:
+            # An IRC sender gets nothing but, when idle, a PING (and the
+            # rest of a line comes in a later read).
+            items = answerPings(self.traffic, self.session, items)
+            if not items:
+                return
         self.traffic.error(f"{self.session!r} got what it did not ask for: {items or data!r}"[:500])
 
     def _calibrate(self, data: bytes) -> None:
@@ -205,6 +228,16 @@ class Outbox:
     @property
     def complete(self) -> bool:
         return self.answered >= self.sent if self.answers else True
+
+
+def answerPings(traffic: "Traffic", session: Session, items: list) -> list:
+    """C{items} but their L{Ping}s, each answered."""
+    pings = [item for _, item in items if isinstance(item, Ping)]
+    if not pings:
+        return items
+    traffic.loop.write(session, b"".join(session.dialect.pong(p) for p in pings))
+    traffic.pongs += len(pings)
+    return [(raw, item) for raw, item in items if not isinstance(item, Ping)]
 
 
 class Pair:
@@ -271,6 +304,7 @@ class Traffic:
         self.sending = False
         self.lags: list[int] = []
         self.cpu: dict = {}
+        self.pongs = 0  # PINGs the server sent (IRC) and were answered
 
     # Setting up.
 
@@ -451,6 +485,7 @@ class Traffic:
             "cpu": self.cpu,
             "errors": self.errors[:20],
             "error_count": len(self.errors),
+            "pongs": self.pongs,
         }
 
 

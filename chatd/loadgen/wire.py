@@ -3,9 +3,10 @@ What the load generator's clients write and read, protocol by protocol.
 
 Every byte is made and read by chatd's own codecs: the protobuf chat through
 L{chatd.protobuf.chat_pb2} and L{chatd.protobuf.framing}, MSRP through
-L{chatd.msrp.codec}, MSGR's chat socket through L{chatd.msgr.codec}. The one
-format defined here is the relay baseline's (C{bench/relay.py}): a 4-byte
-big-endian length, then one byte of name length, the name, and the payload.
+L{chatd.msrp.codec}, MSGR's chat socket through L{chatd.msgr.codec}. The
+formats defined here are the baselines': the relay's (C{bench/relay.py}), a
+4-byte big-endian length, then one byte of name length, the name, and the
+payload; and IRC's (ngircd), lines of RFC 2812.
 
 A L{Dialect} knows, for one protocol:
 
@@ -123,16 +124,25 @@ class Dialect:
     """
     One protocol as a load-generating client speaks it.
 
-    @ivar name: the protocol's name (C{protobuf}, C{msrp}, C{msgr}, C{relay}).
+    @ivar name: the protocol's name (C{protobuf}, C{msrp}, C{msgr}, C{relay},
+        C{irc}).
     @ivar answersMessages: whether the server answers each message to its
         sender: C{"records"} (answers of one fixed size), C{"lines"} (MSGR's
         C{#RESPUESTA} lines, whose size varies) or C{None}.
     @ivar needsToken: whether logging in needs an MSGR token first.
+    @ivar interleaves: whether the server may put lines of its own between
+        deliveries, which the client must answer (IRC's C{PING}): then
+        deliveries are counted by L{chatd.loadgen.records.InterleavedRecordCounter},
+        which hands those lines to L{unasked}.
     """
 
     name = ""
     answersMessages: str | None = None
     needsToken = False
+    interleaves = False
+    #: At most this many logins under way at once per worker (C{None}: as
+    #: many as asked).
+    loginConcurrency: int | None = None
 
     def login(self, name: str, token: str | None = None) -> bytes:
         """The bytes that log C{name} in."""
@@ -159,6 +169,15 @@ class Dialect:
     def reader(self) -> "Reader":
         """A new reader of what the server sends to one client."""
         raise NotImplementedError()
+
+    def unasked(self, line: bytes) -> bytes:
+        """
+        The answer to C{line}, which the server sent between deliveries
+        (only where L{interleaves}).
+
+        @raise UnexpectedFrame: when it is not something to answer.
+        """
+        raise UnexpectedFrame(f"unexpected between deliveries: {line!r}")
 
 
 class Reader:
@@ -466,10 +485,140 @@ class RelayDialect(Dialect):
         return RelayReader()
 
 
+# IRC (RFC 2812), for the ngircd baseline of scenario 1.
+
+
+class Ping:
+    """A server's C{PING}: the client must answer C{PONG} with its C{token}."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+    def __repr__(self) -> str:
+        return f"Ping({self.token!r})"
+
+
+#: The longest line an IRC server may send (RFC 2812: 512 bytes with its
+#: CR LF); a longer one is not IRC.
+IRC_LINE_LIMIT = 512
+
+
+class IrcReader(Reader):
+    """
+    Lines of an IRC server: a C{PRIVMSG} is a L{Delivery} (its sender the
+    nick of its prefix), a C{PING} a L{Ping}, a numeric of 400 and up (an
+    error) an L{Answer} that is not C{ok}, anything else an L{Other}.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, object]]:
+        buf = self.buffer + data
+        out = []
+        pos = 0
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                break
+            raw = buf[pos : end + 1]
+            out.append((raw, ircItem(raw)))
+            pos = end + 1
+        self.buffer = buf[pos:]
+        if len(self.buffer) > IRC_LINE_LIMIT:
+            raise UnexpectedFrame(f"an IRC line longer than {IRC_LINE_LIMIT} bytes: {self.buffer[:80]!r}")
+        return out
+
+
+def ircItem(raw: bytes) -> object:
+    """What one IRC line from a server (with its line end) means."""
+    line = raw.rstrip(b"\r\n")
+    prefix = b""
+    if line.startswith(b":"):
+        prefix, _, line = line[1:].partition(b" ")
+    command, _, rest = line.partition(b" ")
+    if command == b"PRIVMSG":
+        receiver, _, text = rest.partition(b" :")
+        nick = prefix.split(b"!", 1)[0].decode("utf-8", "replace")
+        return Delivery(nick, receiver.decode("utf-8", "replace"), text)
+    if command == b"PING":
+        return Ping(rest[1:] if rest.startswith(b":") else rest)
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    if len(command) == 3 and command.isdigit() and command >= b"400" or command == b"ERROR":
+        return Answer(False, text)
+    return Other(text)
+
+
+class IrcDialect(Dialect):
+    """
+    IRC, as the ngircd baseline of scenario 1 speaks it. A client registers
+    with C{NICK} and C{USER}; it is logged in once the server has sent
+    C{001} and the end of its welcome (the message of the day's end,
+    C{376}, or C{422} when there is none), so that nothing of the welcome
+    is left to arrive among deliveries. A message is a C{PRIVMSG}, which
+    the server does not answer; it delivers it as C{:nick!user@host
+    PRIVMSG receiver :text}. A server's C{PING} is answered with C{PONG}
+    (L{pong}) wherever it arrives.
+    """
+
+    name = "irc"
+    interleaves = True
+    #: ngircd listens with a backlog of 10 (not configurable): more
+    #: connections at once than that overflow it, and some are lost for
+    #: good (the client believes it is connected, the server never accepts
+    #: it). Two workers of 4 stay under it.
+    loginConcurrency = 4
+
+    def login(self, name: str, token: str | None = None) -> bytes:
+        wire = name.encode("utf-8")
+        return b"NICK %s\r\nUSER %s 0 * :%s\r\n" % (wire, wire, wire)
+
+    def loginDone(self, name: str, item: object, state: dict) -> bool:
+        if isinstance(item, Answer):
+            if item.detail.split(" ", 2)[1:2] == ["422"]:
+                return "welcome" in state
+            raise LoginFailed(item.detail)
+        if isinstance(item, Other):
+            code = item.value.split(" ", 2)[1:2]
+            if code == ["001"]:
+                state["welcome"] = True
+            elif code == ["376"] and "welcome" in state:
+                return True
+            return False
+        raise LoginFailed(f"unexpected while registering: {item!r}")
+
+    def message(
+        self, sender: str, receiver: str, text: bytes, token: str | None = None
+    ) -> bytes:
+        return b"PRIVMSG %s :%s\r\n" % (receiver.encode("utf-8"), text)
+
+    def reader(self) -> Reader:
+        return IrcReader()
+
+    def pong(self, ping: Ping) -> bytes:
+        """The answer to C{ping}."""
+        return b"PONG :%s\r\n" % ping.token
+
+    def unasked(self, line: bytes) -> bytes:
+        """
+        The answer to C{line}, a line that came between deliveries: a
+        C{PING}'s C{PONG}.
+
+        @raise UnexpectedFrame: for any other line (an error numeric, a
+            notice): the figures would not be what they seem.
+        """
+        item = ircItem(line)
+        if isinstance(item, Ping):
+            return self.pong(item)
+        raise UnexpectedFrame(f"expected a delivery or a PING, got {line!r}")
+
+
 def dialect(name: str, framing: str = "raw") -> Dialect:
     """
     The L{Dialect} called C{name}: C{protobuf} (with C{framing}), C{msrp},
-    C{msgr} or C{relay}.
+    C{msgr}, C{relay} or C{irc}.
     """
     if name == "protobuf":
         return ProtobufDialect(framing)
@@ -479,6 +628,8 @@ def dialect(name: str, framing: str = "raw") -> Dialect:
         return MsgrDialect()
     if name == "relay":
         return RelayDialect()
+    if name == "irc":
+        return IrcDialect()
     raise ValueError(f"unknown protocol {name!r}")
 
 
@@ -512,4 +663,6 @@ __all__ = [
     "dialect",
     "matches",
     "relayFrame",
+    "Ping",
+    "ircItem",
 ]

@@ -75,6 +75,8 @@ class Worker:
         speaker = dialect(protocol, framing)
         tokens = tokens or {}
         sessions = [Session(name, speaker, tokens.get(name)) for name in names]
+        if speaker.loginConcurrency is not None:
+            concurrency = min(concurrency, speaker.loginConcurrency)
         result = logIn(self.loop, sessions, tuple(address), concurrency, timeout, source)
         self.groups.setdefault(group, []).extend(result.loggedIn)
         return result.asDict()

@@ -38,6 +38,7 @@ from zope.interface import implementer
 from chatd.cluster import DEFAULT_TTL, rejoin, scripts
 from chatd.cluster.metrics import ClusterMetrics
 from chatd.cluster.redis import ClusterConnection
+from chatd.cork import CORK
 from chatd.metrics import BUSY, ChatdMetrics
 from chatd.presence import (
     BROADCAST,
@@ -620,13 +621,22 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             else:
                 self._applyEvent(data)
         elif channel == self._broadcast:
-            # A batch (the Publisher's JSON array), applied in order.
-            for item in data:
-                if item["node"] != self.nodeId:
-                    self._applyOne(self._deliverBroadcast, item)
+            # A batch (the Publisher's JSON array), applied in order, its
+            # deliveries corked: one write per connection per batch.
+            CORK.enter()
+            try:
+                for item in data:
+                    if item["node"] != self.nodeId:
+                        self._applyOne(self._deliverBroadcast, item)
+            finally:
+                CORK.leave()
         elif channel == self._inbox:
-            for item in data:
-                self._applyOne(self._inboxMessage, item)
+            CORK.enter()
+            try:
+                for item in data:
+                    self._applyOne(self._inboxMessage, item)
+            finally:
+                CORK.leave()
 
     def _rawFrame(self, frame: bytes) -> None:
         end = frame.find(RAW_MARK, 1)

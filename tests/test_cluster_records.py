@@ -100,3 +100,25 @@ class MessageRecordTests(ClusterTestCase):
         self.assertEqual(len(dropped), len(bad))
         self.assertEqual([e for e in seen if "log_failure" in e], [])
         self.assertEqual(b.clusterMetrics.bounced, 0)
+
+    @defer.inlineCallbacks
+    def test_failedDeliveryDoesNotCostTheRest(self):
+        """
+        A delivery that fails with an error of the receiver's session is
+        logged; the messages after it in the same frame are delivered.
+        """
+        a, b, users = yield self.twoNodes(["alice"], ["bob", "carol"])
+        bob = users["bob"]
+
+        def broken(message):
+            raise RuntimeError("a bug in bob's protocol")
+
+        bob.deliverMessage = broken
+        for receiver, text in [("carol", "one"), ("bob", "lost"), ("carol", "two")]:
+            a.sendMessage(users["alice"], receiver, text)
+        received = yield users["carol"].messagesArrived(2)
+        self.assertEqual(
+            received,
+            [ChatMessage("alice", "carol", "one"), ChatMessage("alice", "carol", "two")],
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -900,10 +900,13 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             )
             return
         node = frame[5:nodeEnd]
+        byName = self._byName
         it = iter(lengths)
-        end = 0
+        end = delivered = 0
         CORK.enter()
         try:
+            # The route of every message from another node, written out in
+            # one loop: a call less per message is a tenth of this part.
             for senderLength, receiverLength, textLength in zip(it, it, it):
                 start = end
                 end += senderLength
@@ -915,27 +918,24 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 end += textLength
                 # One bad message does not cost the rest of its frame.
                 try:
-                    self._remoteMessage(node, sender, receiver, fields[start:end])
+                    entry = byName.get(
+                        receiver.lower() if receiver.isascii() else nameKey(receiver)
+                    )
+                    if entry is None or entry.session is None:
+                        self._bounce(node, sender, receiver, "is not online any more")
+                        continue
+                    entry.session.deliverMessage(
+                        ChatMessage(sender, entry.info.name, fields[start:end])
+                    )
+                    delivered += 1
+                except RecipientBusy:
+                    self.metrics.refused(entry.info.protocol, BUSY)
+                    self._bounce(node, sender, receiver, "is busy")
                 except Exception:
-                    self.log.failure("cluster message to {user!r} failed", user=receiver)
+                    self.log.failure("delivery to {name} failed", name=receiver)
         finally:
+            self.clusterMetrics.remoteDelivered += delivered
             CORK.leave()
-
-    def _remoteMessage(self, node: str, sender: str, receiver: str, text: str) -> None:
-        entry = self._byName.get(receiver.lower() if receiver.isascii() else nameKey(receiver))
-        if entry is None or entry.session is None:
-            self._bounce(node, sender, receiver, "is not online any more")
-            return
-        try:
-            entry.session.deliverMessage(ChatMessage(sender, entry.info.name, text))
-        except RecipientBusy:
-            self.metrics.refused(entry.info.protocol, BUSY)
-            self._bounce(node, sender, receiver, "is busy")
-            return
-        except Exception:
-            self.log.failure("delivery to {name} failed", name=entry.info.name)
-            return
-        self.clusterMetrics.remoteDelivered += 1
 
     def _bounce(self, node: str, sender: str, receiver: str, why: str) -> None:
         self.clusterMetrics.bounced += 1

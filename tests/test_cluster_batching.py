@@ -7,6 +7,7 @@ on a real redis-server.
 from __future__ import annotations
 
 import os
+import struct
 
 from twisted.internet import defer, reactor, task
 
@@ -15,20 +16,24 @@ from chatd.presence import BROADCAST, LOGIN, LOGOUT, ChatMessage
 from tests.test_cluster_presence import ClusterTestCase, WaitingSession, events
 
 
-def readMessages(frame: str) -> tuple[str, list[tuple[str, str, str]]]:
+def readMessages(frame) -> tuple[str, list[tuple[str, str, str]]]:
     """
     The sending node and the (sender, receiver, text) of a frame of direct
     messages, read as docs/cluster.md describes it.
     """
-    assert frame.startswith("\0msg\0"), frame
-    node, lengths, fields = frame[5:].split("\0", 2)
-    counts = [int(n) for n in lengths.split(",")]
+    if isinstance(frame, str):
+        frame = frame.encode()  # as txredisapi hands what is valid UTF-8
+    assert frame.startswith(b"\0msg\0"), frame
+    node, count, rest = frame[5:].split(b"\0", 2)
+    count = int(count)
+    lengths = struct.unpack(f"<{3 * count}I", rest[:12 * count])
+    fields = rest[12 * count:].decode()
     values, start = [], 0
-    for count in counts:
-        values.append(fields[start:start + count])
-        start += count
+    for length in lengths:
+        values.append(fields[start:start + length])
+        start += length
     assert start == len(fields)
-    return node, [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
+    return node.decode(), [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
 
 
 class BatchingTests(ClusterTestCase):
@@ -200,8 +205,9 @@ class BatchingTests(ClusterTestCase):
     def test_wireFormat(self):
         """
         The bytes Redis carries for the direct messages of one turn (one
-        frame of records: the sending node, the lengths of each message's
-        sender, receiver and text in characters, then those fields) and for
+        frame of records: the sending node, the number of messages, the
+        lengths of each one's sender, receiver and text in characters as
+        32-bit little-endian integers, then those fields) and for
         a broadcast (a compact JSON array), as docs/cluster.md shows them.
         """
         a, b, alice, bob = yield self.twoNodes()
@@ -222,8 +228,16 @@ class BatchingTests(ClusterTestCase):
         )
         yield b.connection.redis.ping()
         self.assertEqual(
-            inbox,
-            ['\x00msg\x00a\x005,3,13,5,3,3\x00alicebobh\u00e9llo "you"\n\\alicebobx\x00y'],
+            [p.encode() if isinstance(p, str) else p for p in inbox],
+            [
+                b"\x00msg\x00a\x002\x00"
+                + struct.pack("<6I", 5, 3, 13, 5, 3, 3)
+                + 'alicebobh\u00e9llo "you"\n\\alicebobx\x00y'.encode()
+            ],
+        )
+        self.assertEqual(
+            readMessages(inbox[0]),
+            ("a", [("alice", "bob", text), ("alice", "bob", "x\x00y")]),
         )
         self.assertEqual(
             broadcasts,
@@ -238,7 +252,7 @@ class BatchingTests(ClusterTestCase):
         """
         with open(os.path.join(os.path.dirname(__file__), "..", "docs", "cluster.md")) as f:
             doc = f.read()
-        start = doc.index("`a` to `bob`, then a broadcast, as Redis carries them:")
+        start = doc.index("`bob`, then a broadcast, as Redis carries them")
         example = doc[start:].split("```\n")[1].splitlines()
         a, b, alice, bob = yield self.twoNodes()
         inbox = yield self.spy(b.connection.key("to", "b"))
@@ -248,4 +262,8 @@ class BatchingTests(ClusterTestCase):
         a.sendMessage(alice, BROADCAST, "hi all")
         yield bob.messagesArrived(3)
         yield b.connection.redis.ping()
-        self.assertEqual(inbox + broadcasts, [line.replace("\\0", "\x00") for line in example])
+        wire = [p.encode() if isinstance(p, str) else p for p in inbox + broadcasts]
+        # The doc writes bytes as Python does, escaping the unprintable ones.
+        self.assertEqual(
+            wire, [line.encode().decode("unicode_escape").encode("latin-1") for line in example]
+        )

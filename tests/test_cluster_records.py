@@ -7,6 +7,8 @@ costing what follows. Real redis-server, real nodes.
 
 from __future__ import annotations
 
+import struct
+
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
@@ -73,23 +75,25 @@ class MessageRecordTests(ClusterTestCase):
     @defer.inlineCallbacks
     def test_malformedFramesDropped(self):
         """
-        Frames of messages that do not read (lengths that are not numbers,
-        not three per message, negative, or not adding up to the fields; no
-        lengths at all; bytes that are not UTF-8) are each logged as one
+        Frames of messages that do not read (a count that is not a number
+        or is negative, lengths cut short or not adding up to the fields, no
+        count at all, bytes that are not UTF-8) are each logged as one
         warning and dropped whole, with no traceback; a good message after
         them is delivered.
         """
         a, b, users = yield self.twoNodes(["alice"], ["bob"])
         seen = self.logged()
         channel = b.connection.key("to", "b")
+        lengths = struct.pack("<3I", 5, 3, 2)
         bad = [
-            "\x00msg\x00a\x00x,3,2\x00alicebobhi",
-            "\x00msg\x00a\x005,3\x00alicebob",
-            "\x00msg\x00a\x00-1,9,2\x00alicebobhi",
-            "\x00msg\x00a\x005,3,9\x00alicebobhi",
-            "\x00msg\x00a\x00\x00",
-            "\x00msg\x00a",
-            b"\x00msg\x00a\x005,3,2\x00alice\xff\xfebhi",
+            b"\x00msg\x00a\x00x\x00" + lengths + b"alicebobhi",  # count not a number
+            b"\x00msg\x00a\x00-1\x00" + lengths + b"alicebobhi",  # count negative
+            b"\x00msg\x00a\x002\x00" + lengths + b"alicebobhi",  # lengths cut short
+            b"\x00msg\x00a\x001\x00" + lengths + b"alicebobhi!",  # fields too long
+            b"\x00msg\x00a\x001\x00" + lengths + b"alicebob",  # fields too short
+            b"\x00msg\x00a\x001\x00" + lengths[:10],  # lengths cut inside one
+            b"\x00msg\x00a",  # no count
+            b"\x00msg\x00a\x001\x00" + lengths + b"alice\xff\xfebhi",  # not UTF-8
         ]
         for payload in bad:
             yield a.connection.redis.publish(channel, payload)

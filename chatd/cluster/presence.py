@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from array import array
 from json.encoder import encode_basestring as _jsonString
 from typing import Callable
 
@@ -37,7 +38,7 @@ from zope.interface import implementer
 
 from chatd.cluster import DEFAULT_TTL, rejoin, scripts
 from chatd.cluster.metrics import ClusterMetrics
-from chatd.cluster.redis import ClusterConnection
+from chatd.cluster.redis import BIG_ENDIAN, LENGTHS, ClusterConnection
 from chatd.cork import CORK
 from chatd.metrics import BUSY, ChatdMetrics
 from chatd.presence import (
@@ -796,15 +797,14 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
             raise self._unreachable(target)
         receiver = target.info.name
         fields = sender + receiver + text
-        lengths = f"{len(sender)},{len(receiver)},{len(text)}"
         self.connection.publisher.publishRecord(
             target.channel,
             self._msgHead,
-            lengths,
+            (len(sender), len(receiver), len(text)),
             fields,
             # The bytes it adds (a text that cannot be UTF-8 fails here,
             # for its sender, not in the batch).
-            len(lengths) + 1 + (len(fields) if fields.isascii() else len(fields.encode())),
+            12 + (len(fields) if fields.isascii() else len(fields.encode())),
         )
         self.clusterMetrics.remoteSent += 1
 
@@ -883,13 +883,21 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
         not read is logged and dropped whole, before any of it is delivered.
         """
         try:
-            if frame.__class__ is bytes:
-                frame = frame.decode()
-            nodeEnd = frame.index(RAW_MARK_TEXT, 5)
-            lengthsEnd = frame.index(RAW_MARK_TEXT, nodeEnd + 1)
-            lengths = list(map(int, frame[nodeEnd + 1:lengthsEnd].split(",")))
-            fields = frame[lengthsEnd + 1:]
-            if len(lengths) % 3 or min(lengths) < 0 or sum(lengths) != len(fields):
+            if frame.__class__ is not bytes:
+                frame = frame.encode()  # txredisapi's text of valid UTF-8
+            nodeEnd = frame.index(RAW_MARK, 5)
+            countEnd = frame.index(RAW_MARK, nodeEnd + 1)
+            count = int(frame[nodeEnd + 1:countEnd])
+            # Three lengths a message, four bytes each.
+            lengthsEnd = countEnd + 1 + 12 * count
+            if count < 0 or lengthsEnd > len(frame):
+                raise ValueError("its lengths are cut short")
+            lengths = array(LENGTHS, frame[countEnd + 1:lengthsEnd])
+            if BIG_ENDIAN:
+                lengths.byteswap()
+            fields = frame[lengthsEnd:].decode()
+            node = frame[5:nodeEnd].decode()
+            if sum(lengths) != len(fields):
                 raise ValueError("its lengths do not match its fields")
         except ValueError as e:  # UnicodeDecodeError is one
             self.log.warn(
@@ -899,14 +907,13 @@ class ClusterPresenceService(InMemoryPresenceService, service.Service):
                 event="cluster-malformed",
             )
             return
-        node = frame[5:nodeEnd]
         byName = self._byName
-        it = iter(lengths)
+        it = iter(lengths.tolist())
         end = delivered = 0
         CORK.enter()
         try:
             # The route of every message from another node, written out in
-            # one loop: a call less per message is a tenth of this part.
+            # one loop, without a call of ours per message.
             for senderLength, receiverLength, textLength in zip(it, it, it):
                 start = end
                 end += senderLength

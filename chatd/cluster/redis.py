@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
+from array import array
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -209,6 +211,12 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 #: The kinds of a L{Publisher}'s runs.
 _JSON, _RAW, _RECORDS = 0, 1, 2
 
+#: The lengths of a run of records: unsigned 32-bit integers, little-endian
+#: on the wire (L{Publisher.publishRecord}).
+LENGTHS = "I" if array("I").itemsize == 4 else "L"
+assert array(LENGTHS).itemsize == 4
+BIG_ENDIAN = sys.byteorder == "big"
+
 
 class _Run:
     """
@@ -225,7 +233,7 @@ class _Run:
         self.size = 0
         #: A record run's frame start; its records' lengths, in order.
         self.head = head
-        self.lengths: list[str] = []
+        self.lengths: list[int] = []
 
 
 class Publisher:
@@ -298,13 +306,15 @@ class Publisher:
             self._flushCall = self.clock.callLater(0, self.flush)
 
     def publishRecord(
-        self, channel: str, head: bytes, lengths: str, fields: str, size: int
+        self, channel: str, head: bytes, lengths: tuple, fields: str, size: int
     ) -> None:
         """
         Publish one record on C{channel} at the end of the turn, in a run of
-        records that share the frame start C{head}: the run goes as C{head},
-        its records' C{lengths} joined by commas, NUL, and their C{fields}
-        one after the other, UTF-8 (the C{msg} frame of docs/cluster.md).
+        records that share the frame start C{head}. The run goes as C{head},
+        the number of its records in decimal, NUL, every record's C{lengths}
+        (in characters) as unsigned 32-bit little-endian integers, and every
+        record's C{fields} one after the other, UTF-8 (the C{msg} frame of
+        docs/cluster.md): the other side reads the lengths with one call.
 
         @param size: the record's size in bytes, for the limit.
         """
@@ -317,7 +327,7 @@ class Publisher:
         ):
             run = self._open[channel] = _Run(channel, _RECORDS, head)
             self._runs.append(run)
-        run.lengths.append(lengths)
+        run.lengths += lengths
         run.items.append(fields)
         run.size += size
         if self._flushCall is None:
@@ -350,9 +360,17 @@ class Publisher:
             if run.kind == _JSON:
                 payload = b"[" + b",".join(items) + b"]"
             elif run.kind == _RECORDS:
-                payload = run.head + (
-                    ",".join(run.lengths) + "\0" + "".join(items)
-                ).encode()
+                lengths = array(LENGTHS, run.lengths)
+                if BIG_ENDIAN:
+                    lengths.byteswap()
+                payload = b"".join(
+                    (
+                        run.head,
+                        b"%d\0" % len(items),
+                        lengths.tobytes(),
+                        "".join(items).encode(),
+                    )
+                )
             else:
                 payload = items[0]
             self._send(run.channel, payload).addErrback(self._failed, run.channel)

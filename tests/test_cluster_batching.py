@@ -6,13 +6,34 @@ on a real redis-server.
 
 from __future__ import annotations
 
-import json
+import os
+import struct
 
 from twisted.internet import defer, reactor, task
 
 from chatd.cluster.redis import ClusterConnection, parseClusterURL
 from chatd.presence import BROADCAST, LOGIN, LOGOUT, ChatMessage
 from tests.test_cluster_presence import ClusterTestCase, WaitingSession, events
+
+
+def readMessages(frame) -> tuple[str, list[tuple[str, str, str]]]:
+    """
+    The sending node and the (sender, receiver, text) of a frame of direct
+    messages, read as docs/cluster.md describes it.
+    """
+    if isinstance(frame, str):
+        frame = frame.encode()  # as txredisapi hands what is valid UTF-8
+    assert frame.startswith(b"\0msg\0"), frame
+    node, count, rest = frame[5:].split(b"\0", 2)
+    count = int(count)
+    lengths = struct.unpack(f"<{3 * count}I", rest[:12 * count])
+    fields = rest[12 * count:].decode()
+    values, start = [], 0
+    for length in lengths:
+        values.append(fields[start:start + length])
+        start += length
+    assert start == len(fields)
+    return node.decode(), [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
 
 
 class BatchingTests(ClusterTestCase):
@@ -104,12 +125,12 @@ class BatchingTests(ClusterTestCase):
         received = yield bob.messagesArrived(40)
         self.assertEqual([m.text for m in received], texts)
         yield b.connection.redis.ping()  # the spy's connection had its turn too
-        batches = [json.loads(p) for p in payloads]
+        batches = [readMessages(p)[1] for p in payloads]
         one = len(payloads[0]) // len(batches[0])
         self.assertGreater(len(batches), 1)
         for payload in payloads:
             self.assertLessEqual(len(payload.encode()), limit + 2 * one)
-        self.assertEqual([m["text"] for batch in batches for m in batch], texts)
+        self.assertEqual([m[2] for batch in batches for m in batch], texts)
 
     @defer.inlineCallbacks
     def test_rawFrameAloneAndInOrder(self):
@@ -183,23 +204,66 @@ class BatchingTests(ClusterTestCase):
     @defer.inlineCallbacks
     def test_wireFormat(self):
         """
-        The bytes Redis carries for a message and a broadcast: compact JSON
-        arrays, as docs/cluster.md shows them.
+        The bytes Redis carries for the direct messages of one turn (one
+        frame of records: the sending node, the number of messages, the
+        lengths of each one's sender, receiver and text in characters as
+        32-bit little-endian integers, then those fields) and for
+        a broadcast (a compact JSON array), as docs/cluster.md shows them.
         """
         a, b, alice, bob = yield self.twoNodes()
         inbox = yield self.spy(b.connection.key("to", "b"))
         broadcasts = yield self.spy(b.connection.key("broadcast"))
         text = 'h\u00e9llo "you"\n\\'
         a.sendMessage(alice, "bob", text)
+        a.sendMessage(alice, "bob", "x\x00y")
         a.sendMessage(alice, BROADCAST, text)
-        yield bob.messagesArrived(2)
+        received = yield bob.messagesArrived(3)
+        self.assertEqual(
+            received,
+            [
+                ChatMessage("alice", "bob", text),
+                ChatMessage("alice", "bob", "x\x00y"),
+                ChatMessage("alice", BROADCAST, text),
+            ],
+        )
         yield b.connection.redis.ping()
         self.assertEqual(
-            inbox,
-            ['[{"t":"msg","from":"a","sender":"alice","receiver":"bob",'
-             '"text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+            [p.encode() if isinstance(p, str) else p for p in inbox],
+            [
+                b"\x00msg\x00a\x002\x00"
+                + struct.pack("<6I", 5, 3, 13, 5, 3, 3)
+                + 'alicebobh\u00e9llo "you"\n\\alicebobx\x00y'.encode()
+            ],
+        )
+        self.assertEqual(
+            readMessages(inbox[0]),
+            ("a", [("alice", "bob", text), ("alice", "bob", "x\x00y")]),
         )
         self.assertEqual(
             broadcasts,
             ['[{"node":"a","sender":"alice","text":"h\u00e9llo \\"you\\"\\n\\\\"}]'],
+        )
+
+    @defer.inlineCallbacks
+    def test_docsExample(self):
+        """
+        docs/cluster.md's example of what Redis carries is what it carries:
+        two messages from alice on node a to bob, then a broadcast.
+        """
+        with open(os.path.join(os.path.dirname(__file__), "..", "docs", "cluster.md")) as f:
+            doc = f.read()
+        start = doc.index("`bob`, then a broadcast, as Redis carries them")
+        example = doc[start:].split("```\n")[1].splitlines()
+        a, b, alice, bob = yield self.twoNodes()
+        inbox = yield self.spy(b.connection.key("to", "b"))
+        broadcasts = yield self.spy(b.connection.key("broadcast"))
+        a.sendMessage(alice, "bob", "hi")
+        a.sendMessage(alice, "bob", "hello")
+        a.sendMessage(alice, BROADCAST, "hi all")
+        yield bob.messagesArrived(3)
+        yield b.connection.redis.ping()
+        wire = [p.encode() if isinstance(p, str) else p for p in inbox + broadcasts]
+        # The doc writes bytes as Python does, escaping the unprintable ones.
+        self.assertEqual(
+            wire, [line.encode().decode("unicode_escape").encode("latin-1") for line in example]
         )

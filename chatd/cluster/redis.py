@@ -13,8 +13,9 @@ capped exponential backoff:
     C{onMessage(channel, message)} and subscribes again after a reconnect.
 
 What a node publishes goes through L{Publisher}, which joins what one
-reactor turn publishes into one PUBLISH per run of a channel (a JSON array:
-docs/cluster.md, "What is in Redis").
+reactor turn publishes into one PUBLISH per run of a channel (a JSON array,
+or the binary frame of a run of direct messages: docs/cluster.md, "What is
+in Redis").
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
+from array import array
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -205,6 +208,34 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.owner._messageReceived(channel, message)
 
 
+#: The kinds of a L{Publisher}'s runs.
+_JSON, _RAW, _RECORDS = 0, 1, 2
+
+#: The lengths of a run of records: unsigned 32-bit integers, little-endian
+#: on the wire (L{Publisher.publishRecord}).
+LENGTHS = "I" if array("I").itemsize == 4 else "L"
+assert array(LENGTHS).itemsize == 4
+BIG_ENDIAN = sys.byteorder == "big"
+
+
+class _Run:
+    """
+    What one PUBLISH will carry: a run of JSON messages, one binary frame,
+    or a run of records (L{Publisher.publishRecord}).
+    """
+
+    __slots__ = ("channel", "kind", "items", "size", "head", "lengths")
+
+    def __init__(self, channel: str, kind: int, head: bytes = b"") -> None:
+        self.channel = channel
+        self.kind = kind
+        self.items: list = []
+        self.size = 0
+        #: A record run's frame start; its records' lengths, in order.
+        self.head = head
+        self.lengths: list[int] = []
+
+
 class Publisher:
     """
     Joins what a node publishes during one reactor turn into as few PUBLISH
@@ -217,19 +248,21 @@ class Publisher:
     the turn that published it (one C{callLater(0)} per turn, none while
     nothing is pending).
 
-    A batch is a run of messages for one channel, sent as the JSON array of
-    them. The runs go out in the order they began, so:
+    A batch is a run of messages for one channel: JSON messages sent as the
+    JSON array of them, or records (L{publishRecord}: the direct messages)
+    sent as one binary frame. The runs go out in the order they began, so:
 
       - a message for a node's own channel joins the open run of that
-        channel (what other nodes' channels got meanwhile cannot be seen by
-        that node, so it need not wait behind it);
+        channel if it is of its kind, else starts one (what other nodes'
+        channels got meanwhile cannot be seen by that node, so it need not
+        wait behind it);
       - a C{barrier} message (a broadcast: every node sees it) joins the
         last run only if that run is of its channel, and closes every open
         run: what follows a broadcast is published after it;
       - a run closes once it holds C{limit} bytes.
 
-    @param send: C{send(channel, payload)} publishes one batch (the bytes of
-        a JSON array), returning a Deferred.
+    @param send: C{send(channel, payload)} publishes one batch (bytes),
+        returning a Deferred.
     @param clock: the L{IReactorTime} whose C{callLater(0)} ends a turn.
     """
 
@@ -239,10 +272,10 @@ class Publisher:
         self._send = send
         self.clock = clock
         self.limit = limit
-        #: The runs not sent yet, in order: [channel, [messages], bytes].
-        self._runs: list[list] = []
+        #: The runs not sent yet, in order.
+        self._runs: list[_Run] = []
         #: The runs new messages of a channel may still join.
-        self._open: dict[str, list] = {}
+        self._open: dict[str, _Run] = {}
         self._flushCall = None
         #: How many PUBLISH commands and messages went out (the metrics).
         self.batches = 0
@@ -252,18 +285,51 @@ class Publisher:
         """Publish C{message} (one JSON value, UTF-8) on C{channel} at the end of the turn."""
         if barrier:
             run = self._runs[-1] if self._runs else None
-            if run is None or run[0] != channel or run[1] is None or run[2] >= self.limit:
-                run = [channel, [], 0]
+            if (
+                run is None
+                or run.channel != channel
+                or run.kind != _JSON
+                or run.size >= self.limit
+            ):
+                run = _Run(channel, _JSON)
                 self._runs.append(run)
             # Nothing published after a broadcast may overtake it.
             self._open.clear()
         else:
             run = self._open.get(channel)
-            if run is None or run[2] >= self.limit:
-                run = self._open[channel] = [channel, [], 0]
+            if run is None or run.kind != _JSON or run.size >= self.limit:
+                run = self._open[channel] = _Run(channel, _JSON)
                 self._runs.append(run)
-        run[1].append(message)
-        run[2] += len(message) + 1
+        run.items.append(message)
+        run.size += len(message) + 1
+        if self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self.flush)
+
+    def publishRecord(
+        self, channel: str, head: bytes, lengths: tuple, fields: str, size: int
+    ) -> None:
+        """
+        Publish one record on C{channel} at the end of the turn, in a run of
+        records that share the frame start C{head}. The run goes as C{head},
+        the number of its records in decimal, NUL, every record's C{lengths}
+        (in characters) as unsigned 32-bit little-endian integers, and every
+        record's C{fields} one after the other, UTF-8 (the C{msg} frame of
+        docs/cluster.md): the other side reads the lengths with one call.
+
+        @param size: the record's size in bytes, for the limit.
+        """
+        run = self._open.get(channel)
+        if (
+            run is None
+            or run.kind != _RECORDS
+            or run.head != head
+            or run.size >= self.limit
+        ):
+            run = self._open[channel] = _Run(channel, _RECORDS, head)
+            self._runs.append(run)
+        run.lengths += lengths
+        run.items.append(fields)
+        run.size += size
         if self._flushCall is None:
             self._flushCall = self.clock.callLater(0, self.flush)
 
@@ -273,7 +339,9 @@ class Publisher:
         turn: after what C{channel} got before, before what it gets after.
         """
         self._open.pop(channel, None)  # what follows goes in a later run
-        self._runs.append([channel, None, payload])
+        run = _Run(channel, _RAW)
+        run.items.append(payload)
+        self._runs.append(run)
         if self._flushCall is None:
             self._flushCall = self.clock.callLater(0, self.flush)
 
@@ -285,15 +353,27 @@ class Publisher:
             self._flushCall = None
         runs, self._runs = self._runs, []
         self._open.clear()
-        for channel, messages, size in runs:
+        for run in runs:
             self.batches += 1
-            if messages is None:  # publishRaw's: its payload in place of a size
-                self.messages += 1
-                d = self._send(channel, size)
+            items = run.items
+            self.messages += len(items)
+            if run.kind == _JSON:
+                payload = b"[" + b",".join(items) + b"]"
+            elif run.kind == _RECORDS:
+                lengths = array(LENGTHS, run.lengths)
+                if BIG_ENDIAN:
+                    lengths.byteswap()
+                payload = b"".join(
+                    (
+                        run.head,
+                        b"%d\0" % len(items),
+                        lengths.tobytes(),
+                        "".join(items).encode(),
+                    )
+                )
             else:
-                self.messages += len(messages)
-                d = self._send(channel, b"[" + b",".join(messages) + b"]")
-            d.addErrback(self._failed, channel)
+                payload = items[0]
+            self._send(run.channel, payload).addErrback(self._failed, run.channel)
 
     def _failed(self, failure, channel) -> None:
         self.log.failure("cluster publish on {channel} failed", failure, channel=channel)

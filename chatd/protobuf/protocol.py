@@ -35,6 +35,7 @@ from chatd.protobuf import chat_pb2
 from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import SENDQ, TOO_LARGE, ChatdMetrics
 from chatd.sessions import SessionFactory, SessionProtocol
+from chatd.cork import CORK
 from chatd.writethrough import writeThrough
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
@@ -213,14 +214,14 @@ class ProtobufChatProtocol(SessionProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        factory = self.factory
-        factory.corked += 1
+        cork = CORK
+        cork.depth += 1
         try:
             self._framesReceived(data)
         finally:
-            factory.corked -= 1
-            if not factory.corked:
-                factory.flush()
+            cork.depth -= 1
+            if not cork.depth:
+                cork.flush()
 
     def _framesReceived(self, data: bytes) -> None:
         if self._waitCall is not None:
@@ -519,14 +520,15 @@ class ProtobufChatProtocol(SessionProtocol):
         Send C{data}; C{False} when it overflowed the outbound queue (which
         disconnects this client).
 
-        While the factory is corked (inside any of its connections'
-        C{dataReceived}), what is written is held and handed to the
-        transport once, in one piece, when the read has been handled: a read
-        of many pipelined requests costs one write per connection, not two
-        per request. Nothing is held for a client whose queue is paused, so
+        While the process is corked (chatd.cork: inside any protobuf
+        connection's C{dataReceived}, or a batch from the cluster), what is
+        written is held and handed to the transport once, in one piece, when
+        the burst has been handled: a read of many pipelined requests, or a
+        batch of many messages from another node, costs one write per
+        connection, not one per message. Nothing is held for a client whose queue is paused, so
         an overflow is still found at once, and told to the sender.
         """
-        if self.factory.corked and not self._closing:
+        if CORK.depth and not self._closing:
             pending = self._pending
             if pending is not None:
                 # (Only ever set while corked: deliverMessage and _sendText
@@ -536,7 +538,7 @@ class ProtobufChatProtocol(SessionProtocol):
             outbound = self.outbound
             if outbound is None or not outbound.paused:
                 self._pending = [data]
-                self.factory.dirty.append(self)
+                CORK.dirty.append(self)
                 return True
         return self._out(data)
 
@@ -768,18 +770,6 @@ class ProtobufChatFactory(SessionFactory):
 
         #: The course revision's class for a connection of the given class.
         self.courseClass = courseClass
-        #: How many of this factory's connections are inside dataReceived;
-        #: while it is not 0, responses are held (ProtobufChatProtocol._write).
-        self.corked = 0
-        #: The connections holding responses, flushed when the last read ends.
-        self.dirty: list[ProtobufChatProtocol] = []
-
-    def flush(self) -> None:
-        """Hand every held response to its transport."""
-        while self.dirty:
-            dirty, self.dirty = self.dirty, []
-            for protocol in dirty:
-                protocol.flush()
 
     def buildProtocol(self, addr) -> ProtobufChatProtocol:
         if self.framing == RAW:

@@ -888,12 +888,34 @@ def waitDirectory(servers: list[ServerProcess], users: int, timeout: float = 30.
         time.sleep(0.02)
 
 
-#: What a message to another node looks like on its channel (JSON of this
-#: size: a 64-byte text, two names, the node), for redis-benchmark.
-PUBLISHED = (
-    '{"t": "msg", "from": "a", "sender": "pxs0001", "receiver": "pxr0001",'
-    ' "text": "' + "x" * 64 + '"}'
-)
+def _publishedSize() -> int:
+    """
+    The size of what one message to another node is on its channel: a
+    frame of one record (docs/cluster.md, "msg"), from node C{a}, between
+    two pair names, with a 64-byte text, as chatd's own Publisher writes it.
+    """
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from chatd.cluster.presence import MSG_FRAME, RAW_MARK
+    from chatd.cluster.redis import Publisher
+
+    sent = []
+    publisher = Publisher(lambda channel, payload: sent.append(payload) or defer.succeed(None), Clock())
+    sender, receiver, text = "pxs0001", "pxr0001", "x" * 64
+    fields = sender + receiver + text
+    publisher.publishRecord(
+        "to-b", MSG_FRAME + b"a" + RAW_MARK, (len(sender), len(receiver), len(text)),
+        fields, 12 + len(fields),
+    )
+    publisher.flush()
+    return len(sent[0])
+
+
+#: A PUBLISH of the size of one message to another node, for
+#: redis-benchmark (which takes its payload as an argument, so no NUL: the
+#: size is what matters to Redis).
+PUBLISHED = "x" * _publishedSize()
 
 
 def redisPublishRate(redis: RedisServer, publishes: int) -> dict:

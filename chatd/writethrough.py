@@ -19,9 +19,6 @@ and its C{doWrite} reports the lost connection).
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
-
 from twisted.internet import tcp
 
 
@@ -58,14 +55,3 @@ def sendNow(transport, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         transport.write(data[sent:] if sent else data)
-
-
-def writeThrough(transport) -> Callable[[bytes], None]:
-    """
-    A function of one argument that writes to C{transport} as L{sendNow}
-    does, or C{transport.write} itself where L{sendNow} would only call it
-    (TLS wrappers, test transports). Small: it is kept per connection.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return transport.write
-    return partial(sendNow, transport)

@@ -197,6 +197,20 @@ class DialectTests(SynchronousTestCase):
         self.assertEqual(off, ["max-conns"])
         self.assertEqual(argv[argv.index("chatd") + 1 :], ["--max-conns", "0", "--rate", "5"])
 
+    def test_addressLockoutRaised(self) -> None:
+        """
+        The MSGR address lockout has no "off": it is raised out of the load
+        generator's reach (scenario 4 logs 500 accounts in from one address,
+        and a login being checked counts against it).
+        """
+        argv, off = chatdCommand({}, {"msgr-lockout-address-failures", "msgr"})
+        self.assertEqual(off, ["msgr-lockout-address-failures"])
+        self.assertEqual(
+            argv[argv.index("chatd") + 1 :], ["--msgr-lockout-address-failures", "1000000"]
+        )
+        argv, off = chatdCommand({"msgr-lockout-address-failures": "3"}, {"msgr-lockout-address-failures"})
+        self.assertEqual((off, argv[-1]), ([], "3"))
+
 
 class IrcWireTests(SynchronousTestCase):
     """The load generator's IRC, for the ngircd baseline of scenario 1, on bytes."""

@@ -36,7 +36,7 @@ from chatd.limits import ConnectionLimiter, Limits
 from chatd.metrics import SENDQ, TOO_LARGE, ChatdMetrics
 from chatd.sessions import SessionFactory, SessionProtocol
 from chatd.cork import CORK
-from chatd.writethrough import writeThrough
+from chatd.writethrough import sendNow
 from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
     DelimitedFramer,
@@ -146,10 +146,6 @@ def userInformation(info: UserInfo) -> chat_pb2.UserInformation:
     )
 
 
-def _discard(data: bytes) -> None:
-    """Where a connection's bytes go before it is admitted: nowhere."""
-
-
 @implementer(IChatSession, IHalfCloseableProtocol)
 class ProtobufChatProtocol(SessionProtocol):
     """
@@ -188,8 +184,6 @@ class ProtobufChatProtocol(SessionProtocol):
         self._readLost = False  # the client sends nothing more
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
-        # Where bytes go: the transport, or the bounded outbound queue.
-        self._out: Callable[[bytes], object] = _discard
         # Responses held while the factory is corked (see _write).
         self._pending: list[bytes] | None = None
         # receiver -> the encoded answer "delivered to <receiver>".
@@ -205,11 +199,23 @@ class ProtobufChatProtocol(SessionProtocol):
 
     def admitted(self) -> None:
         self.outbound = self.factory.outbound(self.transport, self._sendQueueFull)
-        self._out = (
-            writeThrough(self.transport)
-            if self.outbound is None
-            else self.outbound.write
-        )
+        if self.outbound is not None:
+            self._out = self.outbound.write
+        self._admitted = True
+
+    #: Whether the connection was admitted (see L{_out}).
+    _admitted = False
+
+    def _out(self, data: bytes) -> object:
+        """
+        Where bytes go: once admitted, the transport, sent at once when it
+        can take them (chatd.writethrough); nowhere before. An instance
+        attribute takes its place with an outbound queue (its C{write}), or
+        while refusing and closing (the transport's own C{write}): a method,
+        so that a connection keeps nothing for it.
+        """
+        if self._admitted:
+            sendNow(self.transport, data)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:

@@ -361,7 +361,27 @@ def _encodeDelivery(head: bytes, text: str, delimited: bool) -> bytes:
     return b"".join((DELIVERY_PREFIX, ls, head, b"\x1a", lt, t))
 
 
-class RawFramer:
+class _Framer:
+    """What both framings share: L{feed}, in terms of their C{scan}."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """
+        Add C{data} and yield every message it completes, in order.
+
+        @raise FrameTooLarge: (after the messages before it) for a message
+            longer than the maximum, or a length prefix above it; the
+            connection cannot be resynchronised and should be closed.
+        @raise MalformedFrame: (after the messages before it) for bytes that
+            are not protobuf; what was buffered is dropped, and framing starts
+            again with the next read.
+        """
+        frames, error = self.scan(data)
+        yield from frames
+        if error is not None:
+            raise error
+
+
+class RawFramer(_Framer):
     """
     Frames raw (unprefixed) serialized messages of one type (see
     L{RawRequestFramer} for the rules). Subclasses say which field each option
@@ -408,22 +428,6 @@ class RawFramer:
         self._buffer.clear()
         self._reset(0)
         return frame
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """
-        Add C{data} and yield every message it completes, in order.
-
-        @raise FrameTooLarge: (after the messages before it) for a message
-            longer than the maximum; the connection cannot be resynchronised
-            and should be closed.
-        @raise MalformedFrame: (after the messages before it) for bytes that
-            are not protobuf; what was buffered is dropped, and framing starts
-            again with the next read.
-        """
-        frames, error = self.scan(data)
-        yield from frames
-        if error is not None:
-            raise error
 
     def scan(self, data: bytes, classify: bool = False) -> tuple[list, FramingError | None]:
         """
@@ -529,7 +533,7 @@ class RawResponseFramer(RawFramer):
     lastField = 7
 
 
-class DelimitedFramer:
+class DelimitedFramer(_Framer):
     """
     Frames messages prefixed with their length as a varint (protobuf's
     C{writeDelimitedTo} / C{parseDelimitedFrom}).
@@ -547,20 +551,6 @@ class DelimitedFramer:
 
     def flush(self) -> None:
         return None
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """
-        Add C{data} and yield every message it completes, in order.
-
-        @raise FrameTooLarge: (after the messages before it) for a length
-            prefix above the maximum.
-        @raise MalformedFrame: (after the messages before it) for a length
-            prefix that is not a varint; what was buffered is dropped.
-        """
-        frames, error = self.scan(data)
-        yield from frames
-        if error is not None:
-            raise error
 
     def scan(self, data: bytes, classify: bool = False) -> tuple[list, FramingError | None]:
         """

@@ -27,7 +27,6 @@ from chatd.protobuf import chat_pb2, framing, speedups
 from chatd.protobuf.framing import (
     E_FALLBACK,
     DelimitedFramer,
-    FramingError,
     RawRequestFramer,
     encodeDelimited,
     encodeVarint,

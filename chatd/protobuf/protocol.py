@@ -41,7 +41,6 @@ from chatd.protobuf.framing import (
     DEFAULT_MAX_FRAME,
     DelimitedFramer,
     FrameTooLarge,
-    MalformedFrame,
     RawRequestFramer,
     encodeDelimited,
     encodeDelivery as encodeDeliveryFrame,

@@ -183,7 +183,7 @@ class ProtobufChatProtocol(SessionProtocol):
         self._readLost = False  # the client sends nothing more
         self._waitCall: IDelayedCall | None = None
         self.outbound = None
-        # Responses held while the factory is corked (see _write).
+        # Responses held while the process is corked (see _write).
         self._pending: list[bytes] | None = None
         # receiver -> the encoded answer "delivered to <receiver>".
         self._answers: dict[str, bytes] = {}
@@ -530,8 +530,9 @@ class ProtobufChatProtocol(SessionProtocol):
         written is held and handed to the transport once, in one piece, when
         the burst has been handled: a read of many pipelined requests, or a
         batch of many messages from another node, costs one write per
-        connection, not one per message. Nothing is held for a client whose queue is paused, so
-        an overflow is still found at once, and told to the sender.
+        connection, not one per message. Nothing is held for a client whose
+        queue is paused, so an overflow is still found at once, and told to
+        the sender.
         """
         if CORK.depth and not self._closing:
             pending = self._pending

@@ -5,16 +5,17 @@ Twisted's TCP transport queues every C{write} and sends it when the reactor
 next finds the socket writable: each write to an idle connection registers
 the socket with epoll (C{epoll_ctl}), and after the send unregisters it
 again, two system calls and a reactor dispatch for every write. chatd
-already joins what one read makes for one connection into one write (the
-protobuf factory's cork), so the coalescing Twisted's queue buys is done;
-what is left is its cost, which was a sixth of the server's time routing
+already joins what one burst of input makes for one connection into one
+write (chatd/cork.py), so the coalescing Twisted's queue buys is done; what
+is left is its cost, which was a sixth of the server's time routing
 pipelined messages (docs/performance.md).
 
-L{sendNow} writes as C{transport.write} does, but first offers the bytes to the socket at once when nothing is waiting in
-the transport's own buffer. Whatever the kernel does not take (a full socket
-buffer, an error) goes to C{transport.write}: order is kept, and errors are
-found and reported by Twisted as before (a write after a reset is queued,
-and its C{doWrite} reports the lost connection).
+L{sendNow} writes as C{transport.write} does, but first offers the bytes to
+the socket at once when nothing is waiting in the transport's own buffer.
+Whatever the kernel does not take (a full socket buffer, an error) goes to
+C{transport.write}: order is kept, and errors are found and reported by
+Twisted as before (a write after a reset is queued, and its C{doWrite}
+reports the lost connection).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def sendNow(transport, data: bytes) -> None:
     Twisted's reactors whose buffer is empty, the bytes are first offered to
     the socket at once, and only what it does not take is queued.
     """
+    send = None
     try:
-        if not isinstance(transport, tcp.Connection) or (
+        if isinstance(transport, tcp.Connection) and not (
             transport._tempDataLen
             or transport.dataBuffer
             or transport.TLS
@@ -39,12 +41,12 @@ def sendNow(transport, data: bytes) -> None:
             or transport._writeDisconnecting
             or transport._writeDisconnected
         ):
-            transport.write(data)
-            return
-        send = transport.socket.send
+            send = transport.socket.send
     except AttributeError:
         # A Twisted whose transports keep their state otherwise (these are
         # FileDescriptor's own attributes): its write, as it is.
+        pass
+    if send is None:
         transport.write(data)
         return
     try:

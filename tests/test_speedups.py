@@ -328,6 +328,44 @@ class RoutesAnswerAlikeTests(TestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+class SimpleMessagesSkipTheParseTests(TestCase):
+    """
+    Once logged in, a simple message is routed without protobuf's parse
+    (the point of the route): only the login and the other requests are
+    parsed, and the messages still arrive.
+    """
+
+    def test_onlyTheOthersParsed(self) -> None:
+        from chatd.protobuf import protocol
+
+        parsed = []
+        real = protocol.Request
+
+        class CountingRequest:
+            @staticmethod
+            def FromString(frame):
+                parsed.append(frame)
+                return real.FromString(frame)
+
+        self.patch(protocol, "Request", CountingRequest)
+        listUsers = Q(option=Q.CONNECTED_USERS).SerializeToString()
+        chunks = [
+            encodeDelimited(login("mallory").SerializeToString()),
+            b"".join(
+                encodeDelimited(f)
+                for f in [
+                    message("carol", "uno").SerializeToString(),
+                    listUsers,
+                    message("carol", "dos").SerializeToString(),
+                ]
+            ),
+        ]
+        writes = session("delimited", chunks, True)
+        self.assertEqual(parsed, [login("carol").SerializeToString(), login("mallory").SerializeToString(), listUsers])
+        delivered = [R.FromString(f).messg.text for w in writes[1] for f in DelimitedFramer().feed(w)]
+        self.assertEqual([t for t in delivered if t], ["uno", "dos"])
+
+
 def pathIn(environment: str | None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop(speedups.ENVIRONMENT, None)
